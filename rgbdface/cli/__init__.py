@@ -1,0 +1,1 @@
+"""The `rgbdface` command line: one thin file per command over library functions."""

@@ -1,0 +1,23 @@
+"""Options shared by every command, defined once and reused in each signature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model", "-m", help="Model folder (from `train`/`finetune-mask`/`train-motion`). Default: the bundled rgbdface-tiny."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="'auto' (fp16 autocast on CUDA, float32 on CPU), 'fp32', 'fp16' or 'bf16'.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Number of denoising steps.")]
+SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: 'ddim' or any diffusers scheduler class name (e.g. DPMSolverMultistepScheduler).")]
+GuidanceOpt = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale on the reference (1 = off).")]
+OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log output on stderr.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist (default: skip them).")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="Process only shard i of n ('i/n', 0-based); default from RANK/WORLD_SIZE when launched.")]

@@ -1,0 +1,1 @@
+"""Data: media I/O, face detection and cropping, face-mesh depth, datasets."""

@@ -1,0 +1,149 @@
+"""Reading and writing images and depth maps, atomically and with one-line errors.
+
+Conventions (see README, "File formats"):
+- RGB images are uint8 arrays [H, W, 3].
+- Depth files are 16-bit PNG with 0 = no depth. Ground truth from `prep-depth`
+  stores millimetres of camera-space distance; predictions store relative depth
+  (larger = farther) mapped to 1..65535.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rgbdface.utils import InputError, atomic_path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB [H, W, 3]; grayscale, RGBA and 16-bit inputs are converted."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an image file")
+    try:
+        img = iio.imread(path)
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise InputError(f"{path}: not a readable image ({type(e).__name__}); pass a JPEG or PNG file") from e
+    return to_rgb_uint8(img, name=str(path))
+
+
+def to_rgb_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """Convert any 2-D or 3-D image array (gray, gray+alpha, RGB, RGBA; 8 or 16 bit; float) to uint8 RGB."""
+    img = np.asarray(img)
+    if img.ndim == 4:  # animated GIF etc.: first frame
+        img = img[0]
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[0] < 2 or img.shape[1] < 2:
+        raise InputError(f"{name}: not a 2-D image (shape {tuple(img.shape)})")
+    c = img.shape[2]
+    if c in (2, 4):  # drop alpha (composited over black would change the face; keep colour as is)
+        img = img[..., : c - 1]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if img.shape[2] != 3:
+        raise InputError(f"{name}: unsupported number of channels ({c})")
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    if img.dtype == np.uint16:
+        return (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        return (np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if img.dtype == bool:
+        return img.astype(np.uint8) * 255
+    info = np.iinfo(img.dtype)
+    return ((img.astype(np.float64) - info.min) / (info.max - info.min) * 255).round().astype(np.uint8)
+
+
+def save_image(path: str | Path, img: np.ndarray) -> Path:
+    """Write uint8 RGB (or gray) atomically; the format follows the suffix."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.ascontiguousarray(img), extension=path.suffix.lower())
+    return path
+
+
+def load_depth(path: str | Path) -> np.ndarray:
+    """Read a depth map as float32 [H, W]: a 16-bit (or 8-bit) PNG, or a .npy of floats. 0 = no depth."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.suffix.lower() == ".npy":
+        try:
+            d = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable .npy array ({type(e).__name__})") from e
+    else:
+        try:
+            d = iio.imread(path)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable depth image ({type(e).__name__}); pass a 16-bit PNG or .npy") from e
+    d = np.asarray(d)
+    if d.ndim == 3:
+        d = d[..., 0]
+    if d.ndim != 2:
+        raise InputError(f"{path}: depth must be a single-channel image, got shape {tuple(d.shape)}")
+    d = d.astype(np.float32)
+    if not np.isfinite(d).all():
+        raise InputError(f"{path}: depth contains NaN or inf values")
+    return d
+
+
+def save_depth16(path: str | Path, depth_u16: np.ndarray) -> Path:
+    """Write a uint16 depth map [H, W] as a 16-bit PNG, atomically."""
+    import imageio.v3 as iio
+
+    depth_u16 = np.asarray(depth_u16)
+    if depth_u16.dtype != np.uint16 or depth_u16.ndim != 2:
+        raise ValueError(f"save_depth16 expects uint16 [H, W], got {depth_u16.dtype} {depth_u16.shape}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, depth_u16, extension=".png")
+    return path
+
+
+def save_npy(path: str | Path, arr: np.ndarray) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+    return path
+
+
+def relative_depth_to_u16(depth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Map relative depth in [-1, 1] (larger = farther) to uint16 1..65535, with 0 where not valid."""
+    d = np.clip((np.asarray(depth, np.float64) + 1.0) / 2.0, 0.0, 1.0)
+    out = (1.0 + d * 65534.0).round().astype(np.uint16)
+    if valid is not None:
+        out[~valid] = 0
+    return out
+
+
+def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """A uint8 RGB preview of a depth map: near = bright warm, far = dark cool; invalid = black."""
+    d = np.asarray(depth, np.float64)
+    if valid is None:
+        valid = d > 0
+    out = np.zeros(d.shape + (3,), np.uint8)
+    if valid.any():
+        lo, hi = np.percentile(d[valid], [1, 99])
+        t = np.clip((d - lo) / max(hi - lo, 1e-8), 0, 1)
+        t = 1.0 - t  # near = 1
+        # a compact perceptual-ish ramp (dark blue -> teal -> yellow)
+        r = np.clip(1.5 * t - 0.3, 0, 1)
+        g = np.clip(np.sin(np.pi * t * 0.9), 0, 1)
+        b = np.clip(0.6 - 0.6 * t + 0.3 * np.sin(np.pi * t), 0, 1)
+        rgb = (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
+        out[valid] = rgb[valid]
+    return out
