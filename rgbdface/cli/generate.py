@@ -1,0 +1,61 @@
+"""`rgbdface generate`: reference portrait → joint RGB + depth samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rgbdface.cli.common import handle_errors, log
+from rgbdface.cli.loading import load_for_command
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, OutputDirOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+
+
+@handle_errors
+def generate_command(
+    reference: Annotated[Path, typer.Argument(help="Reference portrait (JPEG/PNG); it is cropped to the face.")],
+    output: OutputDirOpt,
+    num: Annotated[int, typer.Option("--num", "-n", min=1, help="Number of samples.")] = 4,
+    steps: StepsOpt = 25,
+    seed: SeedOpt = 0,
+    guidance: GuidanceOpt = 1.0,
+    scheduler: SchedulerOpt = "ddim",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate RGB + depth pairs of the person in REFERENCE.
+
+    Writes, per sample i: STEM_i_rgb.png, STEM_i_depth.png (16-bit, relative depth:
+    1..65535, larger = farther, 0 = no depth) and STEM_i_preview.png (RGB | depth).
+    """
+    import numpy as np
+
+    from rgbdface.data.face import crop_face
+    from rgbdface.data.io import colorize_depth, load_image, relative_depth_to_u16, save_depth16, save_image
+    from rgbdface.pipelines.generate import generate
+
+    if guidance < 1.0:
+        raise typer.BadParameter("must be >= 1 (1 = off)", param_hint="--guidance")
+    # Everything that can fail on bad input happens before anything is written.
+    image = load_image(reference)
+    m = load_for_command(model, device, dtype, quiet)
+    if 1 not in m.meta.stages:
+        log("warning: this model has not been trained (stage 0); samples will be noise", quiet)
+    crop = crop_face(image, size=m.meta.image_size, name=str(reference))
+    out = generate(m, crop.image, num_samples=num, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed, progress=not quiet)
+
+    output.mkdir(parents=True, exist_ok=True)
+    for i in range(num):
+        stem = output / f"{reference.stem}_{i:02d}"
+        preview = colorize_depth(out.depth[i], out.valid[i])
+        save_image(f"{stem}_rgb.png", out.rgb[i])
+        save_depth16(f"{stem}_depth.png", relative_depth_to_u16(out.depth[i], out.valid[i]))
+        save_image(f"{stem}_preview.png", np.concatenate([out.rgb[i], preview], axis=1))
+    log(f"wrote {num} RGB + depth samples to {output}", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate", no_args_is_help=True)(generate_command)

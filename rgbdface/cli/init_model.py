@@ -1,0 +1,40 @@
+"""`rgbdface init-model`: build an untrained (stage-0) joint model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rgbdface.cli.common import handle_errors, log
+from rgbdface.cli.options import QuietOpt, SeedOpt
+from rgbdface.utils import InputError
+
+
+@handle_errors
+def init_model_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
+    base: Annotated[Optional[Path], typer.Option("--base", help="A Stable-Diffusion-1.5-layout diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/).")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny configuration (random weights, runs on a CPU in seconds).")] = False,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Face-crop size in pixels (default 512 for --base, 64 for --tiny).")] = None,
+    seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a stage-0 joint RGB + depth model: the base UNet widened to 2C channels
+    (new input channels zero-initialised, output layer duplicated), a ReferenceNet
+    copied from the base UNet, the base VAE, and the cached empty-prompt embedding."""
+    from rgbdface.models.builder import build_from_sd15, build_tiny
+
+    if (base is None) == (not tiny):
+        raise InputError("give exactly one of --base SD15_DIR or --tiny")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise InputError(f"{output}: already exists; pass --overwrite to replace it")
+    model = build_tiny(image_size or 64, seed=seed) if tiny else build_from_sd15(base, image_size or 512)
+    model.save_pretrained(output)
+    log(f"wrote stage-0 model ({'tiny' if tiny else base}, {model.meta.image_size}px) to {output}", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init-model")(init_model_command)

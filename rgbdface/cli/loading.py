@@ -1,0 +1,30 @@
+"""Model loading for commands: the one loading core plus --device/--dtype resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rgbdface.cli.common import log, resolve_device
+from rgbdface.utils import InputError
+
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def load_for_command(model: Path | None, device: str = "auto", dtype: str = "auto", quiet: bool = False):
+    """Load `model` (or the bundled default) onto the chosen device.
+
+    dtype 'auto' keeps float32 weights and runs fp16 autocast on CUDA (see RGBDFaceModel.autocast).
+    """
+    import torch
+
+    from rgbdface.models.model import load_model
+
+    dev = resolve_device(device)
+    if dtype != "auto" and dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: expected auto, fp32, fp16 or bf16")
+    torch_dtype = getattr(torch, DTYPES.get(dtype, "float32"))
+    if dev == "cpu" and torch_dtype == torch.float16:
+        raise InputError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    m = load_model(model, device=dev, dtype=torch_dtype)
+    log(f"model: {model or 'bundled rgbdface-tiny'} (stages {m.meta.stages}, {m.meta.image_size}px) on {dev}", quiet)
+    return m

@@ -1,0 +1,211 @@
+"""The one loading core: an `RGBDFaceModel` folder ↔ modules on a device.
+
+A model folder holds everything needed to run it, weights as safetensors only:
+
+    rgbdface.json            stages reached, image size, latent channels, depth convention
+    vae/                     diffusers AutoencoderKL (the latent codec)
+    scheduler/               the training noise schedule (DDPM, 1000 steps)
+    context.safetensors      the cached empty-prompt text embedding [1, L, D]
+    unet/ reference_unet/    stage 1: joint RGB + depth denoiser and its ReferenceNet
+    masked_unet/             stage 2: the masked (channel-wise inpainting) denoiser
+    masked_reference_unet/   stage 2, only if its ReferenceNet was fine-tuned too
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rgbdface.models.codec import LatentCodec
+from rgbdface.models.denoiser import RGBDDenoiser
+from rgbdface.utils import InputError, atomic_dir
+
+META_FILE = "rgbdface.json"
+FORMAT_VERSION = 1
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "rgbdface-tiny"
+
+STAGE_NAMES = {0: "initialised (untrained)", 1: "joint RGB+depth", 2: "masked (image↔depth)", 3: "motion (audio+temporal)"}
+
+
+@dataclass
+class DepthConvention:
+    """How depth becomes a latent and back (DESIGN §1, README "Depth")."""
+
+    normalization: str = "per-image 2%/98% quantiles of valid depth -> [-1, 1]"
+    order: str = "larger = farther"
+    invalid_value: float = 1.0  # invalid pixels are encoded as the far value
+    valid_threshold: float = 0.9  # decoded depth above this counts as background in joint generation
+
+
+@dataclass
+class ModelMeta:
+    stages: list[int] = field(default_factory=lambda: [0])  # stages reached (0 = built, untrained)
+    image_size: int = 512  # pixels per side of the square face crop
+    latent_channels: int = 4
+    depth: DepthConvention = field(default_factory=DepthConvention)
+    base: str = ""  # what stage 0 was built from
+    extra: dict = field(default_factory=dict)  # per-stage records (training config, steps, ...)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def stage(self) -> int:
+        return max(self.stages)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelMeta":
+        d = dict(d)
+        d["depth"] = DepthConvention(**d.get("depth", {}))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class RGBDFaceModel(nn.Module):
+    """Codec + denoisers + cached context + metadata; `from_pretrained` / `save_pretrained`."""
+
+    def __init__(self, vae, unet, reference_unet, context: torch.Tensor, meta: ModelMeta, scheduler_config: dict,
+                 masked_unet=None, masked_reference_unet=None):
+        super().__init__()
+        self.codec = LatentCodec(vae)
+        self.joint = RGBDDenoiser(unet, reference_unet)
+        self.masked = None
+        if masked_unet is not None:
+            # Without its own ReferenceNet the masked denoiser shares the joint one (and its bank).
+            ref = masked_reference_unet if masked_reference_unet is not None else reference_unet
+            self.masked = RGBDDenoiser(masked_unet, ref, bank=None if masked_reference_unet is not None else self.joint.bank)
+        self.register_buffer("context", context.detach().clone(), persistent=False)  # [1, L, D]
+        self.meta = meta
+        self.scheduler_config = dict(scheduler_config)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def stage(self) -> int:
+        return self.meta.stage
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.joint.unet.parameters()).dtype
+
+    @property
+    def latent_size(self) -> int:
+        return self.meta.image_size // self.codec.downsample
+
+    def require_stage(self, stage: int, task: str) -> None:
+        if stage not in self.meta.stages:
+            have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in self.meta.stages)
+            raise InputError(
+                f"{task} needs a model that reached stage {stage} ({STAGE_NAMES[stage]}); this one has stages {have}"
+            )
+
+    def autocast(self):
+        """fp16 autocast on CUDA when the weights are float32; nothing on CPU."""
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------------------------- schedulers
+    def noise_scheduler(self):
+        """The training schedule (DDPM, as the base model was trained)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler_config)
+
+    def sampling_scheduler(self, name: str = "ddim"):
+        """'ddim', 'ddpm', or any diffusers scheduler class name, configured from the training schedule."""
+        import diffusers
+
+        aliases = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm": "DPMSolverMultistepScheduler",
+                   "euler": "EulerDiscreteScheduler", "unipc": "UniPCMultistepScheduler"}
+        cls_name = aliases.get(name.lower(), name)
+        cls = getattr(diffusers, cls_name, None)
+        if cls is None or not hasattr(cls, "from_config") or not cls_name.endswith("Scheduler"):
+            raise InputError(f"--scheduler {name}: unknown scheduler; use ddim, ddpm, dpm, euler, unipc or a diffusers scheduler class name")
+        return cls.from_config(self.scheduler_config)
+
+    # ----------------------------------------------------------------------------- save / load
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the whole model folder atomically (safetensors weights, JSON configs)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            self.joint.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            self.joint.reference_unet.save_pretrained(tmp / "reference_unet", safe_serialization=True)
+            if self.masked is not None:
+                self.masked.unet.save_pretrained(tmp / "masked_unet", safe_serialization=True)
+                if self.masked.reference_unet is not self.joint.reference_unet:
+                    self.masked.reference_unet.save_pretrained(tmp / "masked_reference_unet", safe_serialization=True)
+            (tmp / "scheduler").mkdir()
+            (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(self.scheduler_config, indent=2))
+            save_file({"context": self.context.detach().float().cpu().contiguous()}, str(tmp / "context.safetensors"))
+            (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "RGBDFaceModel":
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / META_FILE).is_file():
+            raise InputError(f"{path}: not an rgbdface model folder (no {META_FILE}); pass a folder made by `rgbdface init-model` or training")
+        meta = ModelMeta.from_dict(json.loads((path / META_FILE).read_text()))
+        if meta.format_version > FORMAT_VERSION:
+            raise InputError(f"{path}: model format {meta.format_version} is newer than this rgbdface understands; upgrade rgbdface")
+
+        def unet(name):
+            if not (path / name).is_dir():
+                return None
+            return UNet2DConditionModel.from_pretrained(path / name, use_safetensors=True, local_files_only=True)
+
+        vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, local_files_only=True)
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        context = load_file(str(path / "context.safetensors"))["context"]
+        model = cls(vae, unet("unet"), unet("reference_unet"), context, meta, scheduler_config,
+                    masked_unet=unet("masked_unet"), masked_reference_unet=unet("masked_reference_unet"))
+        _own_storage(model)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def clone(self) -> "RGBDFaceModel":
+        """A deep copy with freshly attached reference processors."""
+        m = RGBDFaceModel(
+            copy.deepcopy(self.codec.vae), copy.deepcopy(self.joint.unet), copy.deepcopy(self.joint.reference_unet),
+            self.context, copy.deepcopy(self.meta), self.scheduler_config,
+            masked_unet=copy.deepcopy(self.masked.unet) if self.masked is not None else None,
+            masked_reference_unet=(copy.deepcopy(self.masked.reference_unet)
+                                   if self.masked is not None and self.masked.reference_unet is not self.joint.reference_unet else None),
+        )
+        return m.to(self.device)
+
+
+@torch.no_grad()
+def _own_storage(module: nn.Module) -> None:
+    """Copy every weight out of the loaded (memory-mapped, unaligned) file buffers.
+
+    CPU kernels pick code paths by memory alignment, so without this a loaded model could
+    differ from the saved one in the last bits; it also frees the files for replacement.
+    """
+    for t in list(module.parameters()) + list(module.buffers()):
+        t.data = t.data.clone()
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RGBDFaceModel:
+    """Load a model folder, or the bundled default when `path` is None."""
+    if path is None:
+        if not (BUNDLED_MODEL / META_FILE).is_file():
+            raise InputError("no --model given and the bundled model is not installed; pass --model DIR (e.g. one made by `rgbdface init-model --tiny -o DIR`)")
+        path = BUNDLED_MODEL
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--model {path}: no such folder")
+    return RGBDFaceModel.from_pretrained(path, device=device, dtype=dtype)
