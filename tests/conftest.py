@@ -63,12 +63,26 @@ def sd15_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def portrait_path():
+def examples_dir() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def portrait_path() -> Path:
     """A real portrait shipped with the repository (scikit-image's astronaut, public domain)."""
-    path = EXAMPLES / "astronaut.jpg"
-    if not path.exists():
-        pytest.skip("examples/astronaut.jpg is missing")
-    return path
+    return EXAMPLES / "astronaut.jpg"
+
+
+@pytest.fixture(scope="session")
+def astronaut(portrait_path):
+    from rgbdface.data.io import load_image
+
+    return load_image(portrait_path)
+
+
+@pytest.fixture(scope="session")
+def portraits() -> list[Path]:
+    return sorted(p for p in EXAMPLES.iterdir() if p.suffix.lower() in {".jpg", ".png"})
 
 
 @pytest.fixture
