@@ -86,3 +86,22 @@ def test_unknown_scheduler_is_an_input_error(tiny_model):
     for name in ("ddim", "ddpm", "DPMSolverMultistepScheduler", "euler"):
         out = generate(tiny_model, _ref(), steps=2, scheduler=name)
         assert np.isfinite(out.depth).all()
+
+
+def test_masked_denoiser_round_trip(tiny_model, tmp_path):
+    m = tiny_model.clone()
+    m.add_masked_denoiser()
+    m.meta.stages = [0, 1, 2]
+    assert m.masked.in_channels == 18 and m.masked.reference_unet is m.joint.reference_unet
+    m.save_pretrained(tmp_path / "m2")
+    assert not (tmp_path / "m2" / "masked_reference_unet").exists()
+    loaded = load_model(tmp_path / "m2")
+    assert loaded.masked is not None and loaded.masked.reference_unet is loaded.joint.reference_unet
+    loaded.require_stage(2, "estimate-depth")
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    own = tiny_model.clone()
+    own.add_masked_denoiser(own_reference=True)
+    own.save_pretrained(tmp_path / "m3")
+    assert (tmp_path / "m3" / "masked_reference_unet").is_dir()
+    assert load_model(tmp_path / "m3").masked.reference_unet is not None

@@ -12,6 +12,9 @@ from rgbdface.cli.loading import load_for_command
 from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, OutputDirOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 
 
+CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
+
+
 @handle_errors
 def generate_command(
     reference: Annotated[Path, typer.Argument(help="Reference portrait (JPEG/PNG); it is cropped to the face.")],
@@ -37,14 +40,11 @@ def generate_command(
     from rgbdface.data.io import colorize_depth, load_image, relative_depth_to_u16, save_depth16, save_image
     from rgbdface.pipelines.generate import generate
 
-    if guidance < 1.0:
-        raise typer.BadParameter("must be >= 1 (1 = off)", param_hint="--guidance")
     # Everything that can fail on bad input happens before anything is written.
-    image = load_image(reference)
+    crop = crop_face(load_image(reference), size=CROP_SIZE, name=str(reference))
     m = load_for_command(model, device, dtype, quiet)
     if 1 not in m.meta.stages:
         log("warning: this model has not been trained (stage 0); samples will be noise", quiet)
-    crop = crop_face(image, size=m.meta.image_size, name=str(reference))
     out = generate(m, crop.image, num_samples=num, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed, progress=not quiet)
 
     output.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,13 @@ def load_for_command(model: Path | None, device: str = "auto", dtype: str = "aut
     dtype 'auto' keeps float32 weights and runs fp16 autocast on CUDA (see RGBDFaceModel.autocast).
     """
     import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from rgbdface.models.model import load_model
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
 
     dev = resolve_device(device)
     if dtype != "auto" and dtype not in DTYPES:

@@ -16,7 +16,7 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="'auto' (fp16 autocast on
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Number of denoising steps.")]
 SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: 'ddim' or any diffusers scheduler class name (e.g. DPMSolverMultistepScheduler).")]
-GuidanceOpt = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale on the reference (1 = off).")]
+GuidanceOpt = Annotated[float, typer.Option("--guidance", min=1.0, help="Classifier-free guidance scale on the reference (1 = off).")]
 OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log output on stderr.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist (default: skip them).")]

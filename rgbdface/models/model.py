@@ -112,6 +112,21 @@ class RGBDFaceModel(nn.Module):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
+    def add_masked_denoiser(self, own_reference: bool = False) -> RGBDDenoiser:
+        """Stage 2 starts here: the masked variant widened from the joint denoiser (see unet.py).
+
+        With `own_reference`, the ReferenceNet is copied so that stage 2 can fine-tune it
+        without touching stage 1's; otherwise the two denoisers share it.
+        """
+        from rgbdface.models.unet import expand_unet_for_masked
+
+        unet = expand_unet_for_masked(copy.deepcopy(self.joint.unet), self.meta.latent_channels)
+        if own_reference:
+            self.masked = RGBDDenoiser(unet, copy.deepcopy(self.joint.reference_unet))
+        else:
+            self.masked = RGBDDenoiser(unet, self.joint.reference_unet, bank=self.joint.bank)
+        return self.masked
+
     # ----------------------------------------------------------------------------- schedulers
     def noise_scheduler(self):
         """The training schedule (DDPM, as the base model was trained)."""
@@ -174,7 +189,10 @@ class RGBDFaceModel(nn.Module):
         model = cls(vae, unet("unet"), unet("reference_unet"), context, meta, scheduler_config,
                     masked_unet=unet("masked_unet"), masked_reference_unet=unet("masked_reference_unet"))
         _own_storage(model)
-        return model.to(device=device, dtype=dtype).eval()
+        model = model.to(device=device)
+        if dtype != torch.float32:
+            model = model.to(dtype=dtype)
+        return model.eval()
 
     def clone(self) -> "RGBDFaceModel":
         """A deep copy with freshly attached reference processors."""
