@@ -1,0 +1,1 @@
+"""Pipelines: one file per inference task (generate, depth, depth2img, relight, talk)."""
