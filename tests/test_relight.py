@@ -264,3 +264,9 @@ def test_cli_unknown_output_suffix(files):
     image, depth, out, _ = files
     r = run(image, "-d", depth, "-l", "0,0,1", "-o", out / "o.xyz")
     assert_failed_cleanly(r, out, 2, "o.xyz")
+
+
+def test_cli_outputs_must_differ(files):
+    image, depth, out, _ = files
+    r = run(image, "-d", depth, "-l", "0,0,1", "-o", out / "o.png", "--normals", out / "o.png")
+    assert_failed_cleanly(r, out, 2, "different files")

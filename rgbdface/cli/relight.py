@@ -53,6 +53,9 @@ def relight_command(
     for flag, path in outputs.items():
         if path is not None and path.suffix.lower() not in IMAGE_SUFFIXES:
             raise fail(f"{flag} {path}: unknown image suffix {path.suffix!r}; use .png or .jpg", 2)
+    given = [p.resolve() for p in outputs.values() if p is not None]
+    if len(set(given)) != len(given):
+        raise fail("-o, --normals and --shading must name different files", 2)
     if not ambient >= 0:
         raise fail(f"--ambient {ambient}: expected a number >= 0", 2)
     if depth_scale is not None and not depth_scale >= 0:
