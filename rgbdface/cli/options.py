@@ -21,3 +21,5 @@ OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folde
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log output on stderr.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist (default: skip them).")]
 ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="Process only shard i of n ('i/n', 0-based); default from RANK/WORLD_SIZE when launched.")]
+OutputFileOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file; written atomically, the format follows the suffix.")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="How results go to stdout: 'table', 'json' or 'csv'.")]

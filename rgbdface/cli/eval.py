@@ -1,0 +1,139 @@
+"""`rgbdface eval`: score depth predictions against ground truth with the paper's protocol (§5.2)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from rgbdface.cli.common import fail, handle_errors, log
+from rgbdface.cli.options import FormatOpt, QuietOpt
+
+if TYPE_CHECKING:
+    from rgbdface.metrics.depth import EvalReport
+
+FORMATS = ("table", "json", "csv")
+CSV_COLUMNS = ("name", "abs_rel", "delta1", "delta2", "delta3", "rmse", "n_valid", "scale", "shift", "error")
+
+PredOpt = Annotated[Optional[Path], typer.Option("--pred", metavar="DIR", help="Folder of predicted depth (16-bit PNG or .npy; 0 = invalid), matched to --gt by file name.")]
+GtOpt = Annotated[Optional[Path], typer.Option("--gt", metavar="DIR", help="Folder of ground-truth depth (16-bit PNG or .npy; 0 = invalid).")]
+MaskOpt = Annotated[Optional[Path], typer.Option("--mask", metavar="DIR", help="Folder of masks matched by name (nonzero = evaluate), e.g. the face-skin region.")]
+AlignmentOpt = Annotated[str, typer.Option("--alignment", help="Per-image least-squares scale and shift: 'least_square' (depth space) or 'least_square_disparity' (the prediction is affine-invariant disparity, fitted onto 1/gt).")]
+ErrorMapsOpt = Annotated[Optional[Path], typer.Option("--error-maps", metavar="DIR", help="Also write one signed-error PNG per image here (aligned pred - gt over the valid pixels; blue -0.1 .. white 0 .. red +0.1 of the gt depth range; black = not evaluated).")]
+
+
+@handle_errors
+def eval_command(
+    pred: PredOpt = None,
+    gt: GtOpt = None,
+    mask: MaskOpt = None,
+    alignment: AlignmentOpt = "least_square",
+    fmt: FormatOpt = "table",
+    error_maps: ErrorMapsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score depth predictions against ground truth: AbsRel, δ1-δ3 and RMSE after per-image alignment (paper §5.2).
+
+    Per image, over pixels with gt > 0, pred > 0 (and the mask): a least-squares scale and shift of the prediction onto the ground truth, clipped to >= 1e-6; then AbsRel = mean |p-g|/g, δk = share of max(p/g, g/p) < 1.25^k and RMSE in the ground truth's units, each averaged over images.
+
+    Results go to stdout; files that cannot be scored are named on stderr and make the exit status 1.
+    """
+    from rgbdface.metrics.depth import ALIGNMENTS, evaluate_folders
+
+    # 1. Check options
+    if fmt not in FORMATS:
+        raise fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", 2)
+    if alignment not in ALIGNMENTS:
+        raise fail(f"--alignment {alignment!r}: expected one of {', '.join(ALIGNMENTS)}", 2)
+    if pred is None or gt is None:
+        raise fail("--pred DIR and --gt DIR are both needed (folders of depth files matched by name)", 2)
+
+    # 2. Evaluate
+    report = evaluate_folders(pred, gt, mask, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet))
+
+    # 3. Report: data on stdout, problems on stderr
+    _report_problems(report, quiet)
+    write_reports({pred.name or str(pred): report}, fmt)
+    if report.n_images == 0:
+        raise fail(f"no image could be scored ({len(report.failed)} failed); check that --pred and --gt hold depth files of the same names", 1)
+    log(f"scored {report.n_images} images, {len(report.failed)} failed", quiet)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _progress(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def wrap(items):
+        from rich.console import Console
+        from rich.progress import track
+
+        return track(items, description="evaluating", console=Console(stderr=True), transient=True)
+
+    return wrap
+
+
+def _report_problems(report: "EvalReport", quiet: bool) -> None:
+    for f in report.failed:
+        print(f"rgbdface: error: {f['name']}: {f['error']}", file=sys.stderr)
+    if report.unmatched:
+        shown = ", ".join(report.unmatched[:5]) + (", ..." if len(report.unmatched) > 5 else "")
+        log(f"warning: {len(report.unmatched)} predictions have no ground truth and were not scored: {shown}", quiet)
+
+
+def write_reports(reports: dict[str, "EvalReport"], fmt: str) -> None:
+    """Write one or more reports (label → report) to stdout as a table, JSON or CSV.
+
+    One report: JSON is its object and CSV its per-image rows plus a mean row. Several
+    (a comparison): the table has one row per label, JSON maps label → object, and CSV
+    adds a `method` column.
+    """
+    if fmt == "table":
+        _print_table(reports)
+    elif fmt == "json":
+        import json
+
+        obj = next(iter(reports.values())).to_dict() if len(reports) == 1 else {k: r.to_dict() for k, r in reports.items()}
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    else:
+        _write_csv(reports)
+
+
+def _print_table(reports: dict[str, "EvalReport"]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    first = next(iter(reports.values()))
+    table = Table(title=f"Depth, {first.alignment} alignment", title_justify="left")
+    for col in ("method", "images", "failed", "AbsRel ↓", "δ1 ↑", "δ2 ↑", "δ3 ↑", "RMSE ↓"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for label, report in reports.items():
+        s = report.summary()
+        table.add_row(
+            label, str(s["n_images"]), str(s["n_failed"]),
+            *(f"{s[m]:.4f}" for m in ("abs_rel", "delta1", "delta2", "delta3")), f"{s['rmse']:.4g}",
+        )
+    Console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)
+
+
+def _write_csv(reports: dict[str, "EvalReport"]) -> None:
+    import csv
+
+    several = len(reports) > 1
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow((("method",) if several else ()) + CSV_COLUMNS)
+    for label, report in reports.items():
+        lead = (label,) if several else ()
+        for row in report.images:
+            writer.writerow(lead + tuple(row.get(c, "") for c in CSV_COLUMNS))
+        for f in report.failed:
+            writer.writerow(lead + tuple(f.get(c, "") for c in CSV_COLUMNS))
+        s = report.summary()
+        writer.writerow(lead + tuple("mean" if c == "name" else s.get(c, "") for c in CSV_COLUMNS))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

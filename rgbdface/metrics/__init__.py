@@ -1,0 +1,1 @@
+"""Metrics: the depth-evaluation protocol, image and video measures."""
