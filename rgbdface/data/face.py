@@ -157,8 +157,8 @@ def _mp_object(kind: str, **params) -> Any:
 
 @contextlib.contextmanager
 def _quiet_native_stderr():
-    """Silence what MediaPipe's C++ side prints straight to file descriptor 2 while a graph starts.
-    Python-level errors still raise as usual."""
+    """Silence what MediaPipe's C++ side prints straight to file descriptor 2 (start-up notes,
+    per-graph warnings) while it runs. Python-level errors still raise as usual."""
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, ValueError, OSError):  # stderr replaced (e.g. captured): nothing to silence
@@ -222,7 +222,9 @@ def detect_faces(image: np.ndarray, min_score: float = 0.5) -> list[FaceBox]:
     h, w = small.shape[:2]
     faces: list[FaceBox] = []
     for model in (1, 0):
-        result = _mp_object("detection", model_selection=model, min_detection_confidence=min_score).process(small)
+        detector = _mp_object("detection", model_selection=model, min_detection_confidence=min_score)
+        with _quiet_native_stderr():
+            result = detector.process(small)
         for det in result.detections or []:
             b = det.location_data.relative_bounding_box
             x0, y0 = b.xmin * w * factor, b.ymin * h * factor
@@ -243,7 +245,8 @@ def face_landmarks(image: np.ndarray, max_faces: int = MAX_FACES) -> list[np.nda
     small, factor = _for_detection(image)
     h, w = small.shape[:2]
     mesh = _mp_object("mesh", static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True, min_detection_confidence=0.5)
-    result = mesh.process(small)
+    with _quiet_native_stderr():
+        result = mesh.process(small)
     faces = []
     for face in result.multi_face_landmarks or []:
         lm = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64)
