@@ -30,7 +30,7 @@ def _root(
 
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = ["prep_depth"]
 
 
 def _register() -> None:
