@@ -61,6 +61,8 @@ def read_frames(path: Path, fps: float, width: int | None = None) -> Iterator[np
 
 def read_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
     """The first audio track as float32 mono at `sample_rate`, or None when there is none."""
+    if not has_audio(path):
+        return None
     cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
@@ -69,6 +71,12 @@ def read_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
     if not proc.stdout:
         return None
     return np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
+
+
+def has_audio(path: Path) -> bool:
+    """Whether ffmpeg sees an audio stream in the file."""
+    proc = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-i", str(path)], capture_output=True)
+    return any(line.strip().startswith("Stream #") and "Audio:" in line for line in proc.stderr.decode(errors="replace").splitlines())
 
 
 def align_audio(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -151,6 +159,9 @@ _WAV2VEC: dict[str, tuple] = {}
 def _wav2vec(model_dir: str):
     if model_dir not in _WAV2VEC:
         from transformers import Wav2Vec2Model
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path = Path(model_dir)
         if not (path / "config.json").exists():
