@@ -13,6 +13,7 @@ Prints a Markdown table on stdout and writes it to benchmarks/results/prep_depth
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -89,7 +90,7 @@ def main() -> None:
     lines = [
         f"# prep-depth throughput ({len(items)} frames of 1280x720, crop {args.size}, {args.repeats} repeats, one process)",
         "",
-        f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}",
+        f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores",
         "",
         "| pipeline | frames/s | ms/frame | overhead vs MediaPipe |",
         "|---|---:|---:|---:|",
