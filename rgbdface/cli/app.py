@@ -30,7 +30,7 @@ def _root(
 
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
-COMMANDS: list[str] = ["prep_depth", "init_model", "generate", "relight", "eval"]
+COMMANDS: list[str] = ["prep_depth", "train_vae", "init_model", "generate", "relight", "eval"]
 
 
 def _register() -> None:

@@ -73,3 +73,23 @@ def set_scaling_factor(vae, x: torch.Tensor) -> float:
     sf = 1.0 / max(std, 1e-6)
     vae.register_to_config(scaling_factor=sf)
     return sf
+
+
+def load_vae_data(dataset_dir, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB crops [N, 3, S, S] and normalised depth maps [N, 1, S, S] of a prep-depth dataset, in [-1, 1]."""
+    import numpy as np
+
+    from rgbdface.data.io import load_depth, load_image
+    from rgbdface.data.manifest import load_manifest
+    from rgbdface.models.codec import normalize_depth
+    from rgbdface.pipelines.common import image_to_tensor, resize_map
+
+    samples = load_manifest(dataset_dir)
+    rgb, depth = [], []
+    for s in samples:
+        rgb.append(image_to_tensor(load_image(s.rgb), image_size))
+        d = load_depth(s.depth)
+        valid = resize_map(d > 0, (image_size, image_size), mode="nearest")
+        d = resize_map(d, (image_size, image_size), mode="nearest")
+        depth.append(normalize_depth(torch.from_numpy(np.where(valid, d, 0.0))[None, None]))
+    return torch.cat(rgb), torch.cat(depth)
