@@ -142,13 +142,14 @@ def encode_png(img: np.ndarray, level: int = 1) -> bytes:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """JPEG bytes of a uint8 RGB image [H, W, 3] (libjpeg-turbo through OpenCV, 4:2:0)."""
-    import cv2
+    """JPEG bytes of a uint8 RGB image [H, W, 3] (Pillow's libjpeg, 4:2:0; RGB in, no channel swap)."""
+    import io
 
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise OSError("JPEG encoding failed")
-    return buf.tobytes()
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def save_npy(path: str | Path, arr: np.ndarray) -> Path:
