@@ -12,7 +12,7 @@ every frame once), so a busy machine slows them alike; the table gives the media
 pass. CPU ms/frame is this process's CPU time (all threads) per frame: the work done,
 whatever the overlap. The per-stage rows time each step alone, serially.
 
-    python benchmarks/bench_prep_depth.py [--size 512] [--repeats 10]
+    python benchmarks/bench_prep_depth.py [--size 512] [--repeats 20]
 
 Prints a Markdown table on stdout and writes it to benchmarks/results/prep_depth.md.
 """
@@ -113,7 +113,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "prep_depth.md")
     args = ap.parse_args()
 

@@ -37,7 +37,7 @@ from rgbdface.data.face import (
 from rgbdface.data.io import IMAGE_SUFFIXES, encode_jpeg, encode_png, load_image
 from rgbdface.data.video import VIDEO_SUFFIXES
 from rgbdface.data.writer import BackgroundWriter
-from rgbdface.utils import InputError, atomic_path, exists
+from rgbdface.utils import InputError, atomic_path, atomic_write_bytes, exists
 
 MESH_FORMATS = ("ply", "obj", "glb")
 
@@ -120,11 +120,6 @@ def is_video(path: Path) -> bool:
 # --- writing one sample ----------------------------------------------------------------
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_sample(root: Path, clip_dir: str, frame: int, rgb: np.ndarray, depth_mm: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, rgb_format: str) -> dict:
     """Encode and write one sample's files, each atomically; returns their paths relative to `root`."""
     import io
@@ -137,12 +132,12 @@ def write_sample(root: Path, clip_dir: str, frame: int, rgb: np.ndarray, depth_m
         "landmarks": f"{clip_dir}/landmarks_{stem}.npy",
     }
     (root / clip_dir).mkdir(parents=True, exist_ok=True)
-    _write_bytes(root / rel["rgb"], encode_jpeg(rgb, 95) if rgb_format == "jpg" else encode_png(rgb))
-    _write_bytes(root / rel["depth"], encode_png(depth_to_u16(depth_mm)))
-    _write_bytes(root / rel["mask"], encode_png(np.where(mask, np.uint8(255), np.uint8(0))))
+    atomic_write_bytes(root / rel["rgb"], encode_jpeg(rgb, 95) if rgb_format == "jpg" else encode_png(rgb))
+    atomic_write_bytes(root / rel["depth"], encode_png(depth_to_u16(depth_mm)))
+    atomic_write_bytes(root / rel["mask"], encode_png(np.where(mask, np.uint8(255), np.uint8(0))))
     buf = io.BytesIO()
     np.save(buf, np.asarray(landmarks, np.float32), allow_pickle=False)
-    _write_bytes(root / rel["landmarks"], buf.getvalue())
+    atomic_write_bytes(root / rel["landmarks"], buf.getvalue())
     return rel
 
 
