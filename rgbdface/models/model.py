@@ -145,7 +145,9 @@ class RGBDFaceModel(nn.Module):
         adapter = load_motion_adapter(motion_adapter_dir, self.joint.unet, config) if motion_adapter_dir is not None else None
         self.motion = MotionDenoiser(self.joint, config, adapter=adapter)
         for part in (self.motion.audio_proj, self.motion.audio_attn, self.motion.temporal):  # the joint parts are in place
-            part.to(device=self.device, dtype=self.dtype)
+            part.to(device=self.device)
+            if self.dtype != torch.float32:
+                part.to(dtype=self.dtype)
         return self.motion
 
     # ----------------------------------------------------------------------------- schedulers
