@@ -163,6 +163,10 @@ def plan(req: TrainRequest) -> Plan:
     # 3. The dataset: present, non-empty, of the right kind for the stage
     samples = read_samples(req.dataset)
     make_stream(samples, cfg, spec=None)  # raises the dataset's one-line errors (identities, audio, clip length)
+    if stage == 3:
+        from rgbdface.training.motion_setup import check_audio_source
+
+        check_audio_source(samples, cfg)
     check_tracker(req.tracker)
     return Plan(req, cfg, samples, init, model_dir, ckpt)
 
@@ -203,7 +207,7 @@ def _load_model(p: Plan, accelerator):
     if p.config.stage == 3 and getattr(model, "motion", None) is None:
         from rgbdface.training.motion_setup import add_motion
 
-        add_motion(model, p.config)
+        add_motion(model, p.config, p.samples)
     return model.to(accelerator.device)
 
 

@@ -238,24 +238,26 @@ class MotionObjective(Objective):
             p.requires_grad_(True)
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.model.motion]
+        mo = self.model.motion
+        return [mo.audio_proj, mo.audio_attn, mo.temporal]
 
     def enable_gradient_checkpointing(self) -> None:
-        m = self.model.motion
-        if hasattr(m, "enable_gradient_checkpointing"):
-            m.enable_gradient_checkpointing()
+        # The frozen UNet is what holds the activations; the hooks inside it are recomputed with it.
+        self.model.joint.unet.enable_gradient_checkpointing()
 
     def finish(self) -> None:
+        motion = self.model.motion
+        motion.state.frames, motion.state.audio_tokens = None, None
+        motion.clear()
         super().finish()
-        if hasattr(self.model.motion, "clear_reference"):
-            self.model.motion.clear_reference()
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         model, c = self.model, self.model.meta.latent_channels
+        motion, den = model.motion, model.joint
         dev = model.device
         b, f = batch["rgb"].shape[:2]
         # 1. Latents of the clip, its motion frames and the reference (VAE, frozen)
-        z_rgb = self._encode("rgb", rearrange(batch["rgb"], "b f c h w -> (b f) c h w"), None)
+        z_rgb = self._encode("rgb", rearrange(batch["rgb"], "b f c h w -> (b f) c h w"), None)  # [(B F), C, h, w]
         z_depth = self._encode("depth", rearrange(batch["depth"], "b f c h w -> (b f) c h w"), None)
         z_ref = self._encode("reference", batch["reference"], None)  # [B, C, h, w]
         m = batch["motion"].shape[1]
@@ -263,20 +265,27 @@ class MotionObjective(Objective):
                               "(b m) c h w -> b m c h w", b=b) if m else z_ref.new_zeros(b, 0, *z_ref.shape[1:]))
 
         # 2. Forward diffusion, one timestep per clip
-        noise = batch["noise"].to(dev, z_rgb.dtype)  # [B, F, 2C, h, w]
-        t = batch["timestep"].to(dev)  # [B]
-        z0 = torch.cat([z_rgb, z_depth], dim=1)  # [(B F), 2C, h, w]
-        z_t = self.noise_scheduler.add_noise(z0, rearrange(noise, "b f c h w -> (b f) c h w"), repeat(t, "b -> (b f)", f=f))
-        z_t = rearrange(z_t, "(b f) c h w -> b f c h w", b=b)
+        noise = rearrange(batch["noise"].to(dev, z_rgb.dtype), "b f c h w -> (b f) c h w")  # [(B F), 2C, h, w]
+        t = repeat(batch["timestep"].to(dev), "b -> (b f)", f=f)  # [(B F)]
+        z_t = self.noise_scheduler.add_noise(torch.cat([z_rgb, z_depth], dim=1), noise, t)  # [(B F), 2C, h, w]
 
-        # 3. The motion denoiser (ReferenceNet on reference + motion frames, audio and temporal attention)
-        eps = model.motion(z_t, t, model.context.to(z_t.dtype), batch["audio"].to(dev, z_t.dtype), z_ref, z_motion,
-                           keep=batch["keep"].to(dev))  # [B, F, 2C, h, w]
+        # 3. Frozen ReferenceNet on the reference and the motion frames (no gradient needed)
+        ctx = model.context.to(z_t.dtype)
+        with torch.no_grad():
+            motion.set_reference(z_ref, ctx)
+            motion.set_motion(z_motion, ctx)
 
-        # 4. Eq. (5) over every frame
-        depth_w = rearrange(self._depth_weights(rearrange(batch["depth"].to(dev), "b f c h w -> (b f) c h w")),
-                            "(b f) c h w -> b f c h w", b=b)
-        w = torch.cat([torch.ones_like(noise[:, :, :c]), depth_w.expand(-1, -1, c, -1, -1)], dim=2)
+        # 4. Audio tokens, then all frames through the denoiser with audio and temporal attention.
+        #    As MotionDenoiser.forward, but the per-call state stays set until `finish` (after
+        #    backward), so that gradient checkpointing recomputes the same function.
+        tokens = motion.audio_proj(rearrange(batch["audio"].to(dev, z_t.dtype), "b f k a -> (b f) k a"))  # [(B F), T, D]
+        motion.state.frames, motion.state.audio_tokens = f, tokens
+        den.bank.keep = repeat(batch["keep"].to(dev), "b -> (b f)", f=f)  # reference dropout per clip
+        eps = den.unet(z_t, t, encoder_hidden_states=ctx.expand(z_t.shape[0], -1, -1)).sample  # [(B F), 2C, h, w]
+
+        # 5. Eq. (5) over every frame
+        depth_w = self._depth_weights(rearrange(batch["depth"].to(dev), "b f c h w -> (b f) c h w"))  # [(B F), 1, h, w]
+        w = torch.cat([torch.ones_like(z_rgb), depth_w.expand(-1, c, -1, -1)], dim=1)
         return self._weighted_mse(eps, noise, w, c)
 
 
