@@ -25,9 +25,12 @@ ShowConfigOpt = Annotated[bool, typer.Option("--show-config", help="Print the re
 def run_training(req, show_config: bool, quiet: bool) -> None:
     """Check (one-line errors before any work), then train; prints the model folder on stdout."""
     import json
+    import os
 
     from rgbdface.training.loop import plan, run
 
+    # Under a launcher (accelerate launch, torchrun) only the main process talks.
+    quiet = quiet or int(os.environ.get("RANK", "0")) != 0
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="rgbdface: %(message)s")
     p = plan(req)
     if show_config:
@@ -35,5 +38,6 @@ def run_training(req, show_config: bool, quiet: bool) -> None:
         return
     log(f"{req.dataset}: {len(p.samples)} samples; starting from {p.init}; run folder {req.run_dir}", quiet)
     out = run(p)
-    log(f"trained model written to {out}", quiet)
-    print(out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        log(f"trained model written to {out}", quiet)
+        print(out)
