@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "train.md"
+WAV2VEC2_BASE_DIM = 13 * 768  # all hidden states of wav2vec2-base, concatenated (the sd15 recipe's audio features)
 
 
 def build(size: str, image_size: int):
@@ -41,10 +42,12 @@ def build(size: str, image_size: int):
     if size == "tiny":
         return build_tiny(image_size, seed=0)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=image_size // 8, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215, sample_size=image_size)
+    # from_config with explicit channel counts, as a base model's folder would be read
+    unet = UNet2DConditionModel.from_config(dict(sample_size=image_size // 8, in_channels=4, out_channels=4,
+                                                 cross_attention_dim=768, attention_head_dim=8))
+    vae = AutoencoderKL.from_config(dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                         block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215, sample_size=image_size))
     context = torch.randn(1, 77, 768)
     return _joint_from_base(vae, unet, context, SD_SCHEDULE, image_size, base="random SD-1.5 layout")
 
@@ -89,7 +92,7 @@ def run_one(stage: int, size: str, image_size: int, steps: int) -> dict:
         model.meta.stages = [0, 1]
     if stage == 3:
         model.meta.stages = [0, 1]
-        add_motion(model, cfg)
+        add_motion(model, cfg, audio_dim=WAV2VEC2_BASE_DIM if size == "sd15" else None)
     obj = make_objective(model, cfg)
     params = list(obj.trainable().values())
     n_train = sum(p.numel() for p in params)
@@ -98,7 +101,7 @@ def run_one(stage: int, size: str, image_size: int, steps: int) -> dict:
         opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
     else:
         opt = torch.optim.SGD(params, lr=cfg.optim.lr)
-    b = cfg.optim.batch_size
+    b = cfg.optim.batch_size if size == "tiny" else 1
     c, h = model.meta.latent_channels, model.latent_size
     frames = cfg.motion.frames if stage == 3 else 0
     batch = synthetic_batch(stage, b, image_size, c, h, frames, cfg.motion.motion_frames if stage == 3 else 0,
@@ -119,7 +122,38 @@ def run_one(stage: int, size: str, image_size: int, steps: int) -> dict:
     unit = "clips" if stage == 3 else "samples"
     return {"stage": stage, "size": size, "image_size": image_size, "batch": b, "frames": frames, "unit": unit,
             "trainable_m": n_train / 1e6, "params_m": n_all / 1e6, "s_per_step": per_step, "per_s": b / per_step,
-            "peak_gib": peak_gib, "optimizer": type(opt).__name__, "adamw_state_gib": 8 * n_train / 2**30, "loss": float(loss)}
+            "peak_gib": peak_gib, "optimizer": type(opt).__name__, "adamw_state_gib": 8 * n_train / 2**30, "loss": float(loss.detach())}
+
+
+def sd_state_estimate(image_size: int) -> dict[int, tuple[float, float, float]]:
+    """Per stage, without allocating: (trained M params, all M params, GiB of float32 weights + grads + AdamW state)."""
+    from accelerate import init_empty_weights
+
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.motion_setup import add_motion
+
+    out = {}
+    with init_empty_weights(include_buffers=True):
+        for stage in (1, 2, 3):
+            m = build("sd15", image_size)
+            if stage == 1:
+                trained = [*m.joint.unet.parameters(), *m.joint.reference_unet.parameters()]
+            elif stage == 2:
+                trained = list(m.add_masked_denoiser().unet.parameters())
+            else:
+                add_motion(m, resolve_config(3, "sd15"), audio_dim=WAV2VEC2_BASE_DIM)
+                trained = m.motion.trainable_parameters()
+            n_t = sum(p.numel() for p in trained)
+            n_all = sum(p.numel() for p in m.parameters())
+            out[stage] = (n_t / 1e6, n_all / 1e6, (4 * n_all + 12 * n_t) / 2**30)
+    return out
+
+
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
 
 
 def main() -> None:
@@ -140,7 +174,17 @@ def main() -> None:
     if not args.skip_sd:
         runs += [(s, "sd15", args.sd_size) for s in (1, 2, 3)]
     rows = []
+    estimate = sd_state_estimate(args.sd_size) if not args.skip_sd else {}
     for stage, size, image in runs:
+        if size == "sd15":
+            # SGD in the run: weights + grads, plus the build's copies; skip what cannot fit rather than be OOM-killed
+            t, a, full = estimate[stage]
+            need = (4 * a * 1e6 + 4 * t * 1e6) / 2**30 * 1.6
+            if need > available_gib():
+                rows.append({"stage": stage, "size": size, "image_size": image, "trainable_m": t, "params_m": a,
+                             "error": f"not run: needs > {need:.0f} GiB (weights + grads), {available_gib():.0f} GiB free",
+                             "adamw_state_gib": 8 * t * 1e6 / 2**30, "full_gib": full})
+                continue
         print(f"stage {stage} {size} {image}px ...", file=sys.stderr, flush=True)
         p = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--sd-steps", str(args.sd_steps),
                             "--one", str(stage), size, str(image)], capture_output=True, text=True,
@@ -163,13 +207,21 @@ def main() -> None:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['size']} | {r['image_size']} | | | | {r['error']} | | |")
+            params = f"{r['trainable_m']:.1f} / {r['params_m']:.1f}" if "trainable_m" in r else ""
+            adamw = f"{r['adamw_state_gib']:.1f}" if "adamw_state_gib" in r else ""
+            lines.append(f"| {r['stage']} | {r['size']} | {r['image_size']} | 1 | {params} | | {r['error']} | | {adamw} |")
             continue
         batch = f"{r['batch']} × {r['frames']} frames" if r["stage"] == 3 else str(r["batch"])
         extra = "(AdamW in run)" if r["optimizer"] == "AdamW" else f"{r['adamw_state_gib']:.1f}"
         lines.append(f"| {r['stage']} | {r['size']} | {r['image_size']} | {batch} | {r['trainable_m']:.1f} / {r['params_m']:.1f} "
                      f"| {r['s_per_step']:.2f} | {r['per_s']:.2f} {r['unit']} | {r['peak_gib']:.2f} | {extra} |")
-    lines += ["", "Stage 3 counts clips per second (each clip = `frames` frames plus the motion frames).", ""]
+    lines += ["", "Stage 3 counts clips per second (each clip = `frames` frames plus the motion frames)."]
+    if estimate:
+        lines += ["", "SD-1.5 layout, float32 training state without activations (weights of every part + gradients "
+                  "+ AdamW moments of the trained part), computed from parameter counts:", "",
+                  "| stage | trained / all params (M) | weights + grads + AdamW (GiB) |", "|---|---|---|"]
+        lines += [f"| {s} | {t:.1f} / {a:.1f} | {g:.1f} |" for s, (t, a, g) in estimate.items()]
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -30,18 +30,10 @@ log = logging.getLogger("rgbdface.training")
 SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP = range(6)
 
 
-def _manifest_reader():
-    """The dataset reader of `prep-depth` (rgbdface.data.manifest), or a reader of the same format."""
-    try:
-        from rgbdface.data.manifest import load_manifest
-    except ImportError:  # a checkout without prep-depth: read the documented format directly
-        from rgbdface.training.manifest_reader import load_manifest
-    return load_manifest
-
-
 def read_samples(dataset: str | Path) -> list:
-    """The dataset's rows (one `Sample` each), or a one-line error if it is missing or empty."""
-    load_manifest = _manifest_reader()
+    """The dataset's rows (rgbdface.data.manifest.Sample), or a one-line error if it is missing or empty."""
+    from rgbdface.data.manifest import load_manifest
+
     root = Path(dataset)
     if not root.exists():
         raise InputError(f"{root}: no such dataset folder; make one with `rgbdface prep-depth`")

@@ -41,17 +41,22 @@ def _feature_dim(samples: list, cfg: RunConfig) -> int:
 
         c = json.loads(cfg_path.read_text())
         return (int(c["num_hidden_layers"]) + 1) * int(c["hidden_size"])
-    first = next(s.audio_features for s in samples if s.audio_features is not None)
+    first = next((s.audio_features for s in samples if s.audio_features is not None), None)
+    if first is None:
+        raise InputError("motion.audio_encoder=wav2vec2 needs motion.audio_model_dir=DIR or precomputed features in the dataset")
     return int(np.load(first, mmap_mode="r").shape[-1])
 
 
-def add_motion(model, cfg: RunConfig, samples: list | None = None) -> None:
-    """Add audio + temporal modules to a stage-1 model (temporal from AnimateDiff weights if given)."""
+def add_motion(model, cfg: RunConfig, samples: list | None = None, audio_dim: int | None = None) -> None:
+    """Add audio + temporal modules to a stage-1 model (temporal from AnimateDiff weights if given).
+
+    The audio feature size comes from the encoder (or the dataset's features) unless `audio_dim` is given.
+    """
     from rgbdface.models.motion import MotionConfig
 
     mo = cfg.motion
     settings = dict(frames=mo.frames, motion_frames=mo.motion_frames, audio_window=mo.audio_window,
-                    audio_encoder=mo.audio_encoder, audio_dim=_feature_dim(samples or [], cfg),
+                    audio_encoder=mo.audio_encoder, audio_dim=audio_dim or _feature_dim(samples or [], cfg),
                     audio_folder=mo.audio_model_dir, fps=int(round(mo.fps)),
                     temporal_max_frames=max(32, mo.frames + mo.motion_frames))
     small = model.meta.image_size < 256

@@ -96,7 +96,11 @@ class Objective(nn.Module):
         Cached latents are encoded one sample at a time, so a latent does not depend on its batch.
         """
         codec = self.model.codec
-        enc = codec.encode_depth if kind.startswith("depth") else codec.encode_rgb
+        encode = codec.encode_depth if kind.startswith("depth") else codec.encode_rgb
+
+        def enc(v):  # float32 latents even under fp16 autocast: the noise and the loss are float32
+            return encode(v).float()
+
         x = x.to(self.model.device)
         if self.cache is None or keys is None:
             return enc(x)
