@@ -88,3 +88,14 @@ def portraits() -> list[Path]:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def portrait_dataset(tmp_path_factory, portrait_path):
+    """A real prep-depth dataset (64 px crops) of one example portrait plus 2 studio renders."""
+    from rgbdface.data.prep import PrepConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("data") / "astronaut"
+    summary = prepare_dataset([portrait_path], root, PrepConfig(size=64, studio_views=2))
+    assert not summary.failed
+    return root

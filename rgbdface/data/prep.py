@@ -1,0 +1,390 @@
+"""prep-depth as a library: images and videos → a dataset of RGB, depth, mask and landmarks.
+
+`prepare_dataset` runs the whole batch (workers, skipping finished inputs, a summary);
+`prepare_input` handles one file. Per frame: face crop (data/face.py) → face-mesh
+landmarks → depth and face-skin mask under the assumed camera (data/depth.py) →
+optional studio-like renders and talking clips (data/studio.py) → files and manifest
+rows (data/manifest.py). Everything after MediaPipe runs on a background thread pool
+(data/writer.py), so frame i is rasterised and written while frame i + 1 is fitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from concurrent.futures import Future
+from typing import Callable
+
+import numpy as np
+
+from rgbdface.data import manifest
+from rgbdface.data.camera import DEPTH_UNIT_MM, Camera, depth_to_u16, landmarks_to_camera
+from rgbdface.data.depth import FaceDepth, face_triangles, render_face_depth
+from rgbdface.data.face import (
+    DEFAULT_MARGIN,
+    DEFAULT_SIZE,
+    FaceCrop,
+    NoFaceError,
+    crop_box_to,
+    crop_face,
+    crop_landmarks,
+    detect_faces,
+    square_box,
+)
+from rgbdface.data.io import IMAGE_SUFFIXES, encode_jpeg, encode_png, load_image
+from rgbdface.data.video import VIDEO_SUFFIXES
+from rgbdface.data.writer import BackgroundWriter
+from rgbdface.utils import InputError, atomic_path, atomic_write_bytes, exists
+
+MESH_FORMATS = ("ply", "obj", "glb")
+
+
+@dataclass
+class PrepConfig:
+    size: int = DEFAULT_SIZE  # crop side in pixels
+    margin: float = DEFAULT_MARGIN  # crop margin, in face sizes on each side
+    studio_views: int = 0  # studio-like renders per fitted image (videos: per clip, from its first frame)
+    talking_clips: int = 0  # synthetic talking clips (25 fps frames + audio) per fitted image, as studio_views
+    clip_seconds: float = 2.4  # length of each talking clip
+    all_faces: bool = False  # every face of an image, not just the largest
+    export_mesh: str | None = None  # "ply" | "obj" | "glb": the fitted mesh with vertex colours
+    wav2vec: Path | None = None  # local wav2vec2 folder for per-frame audio features
+    fps: float = 25.0  # video frame rate
+    rgb_format: str = "jpg"  # "jpg" (quality 95) or "png"
+    identity_from: str = "stem"  # "stem": the file name; "parent": its folder's name
+    seed: int = 0  # studio views are drawn from (seed, input)
+    threads: int = 2  # background threads that rasterise, encode and write while MediaPipe runs
+
+    def check(self) -> None:
+        if self.size < 64:
+            raise InputError(f"--size {self.size}: must be at least 64")
+        if self.margin < 0:
+            raise InputError(f"--margin {self.margin}: must be >= 0")
+        if self.studio_views < 0:
+            raise InputError(f"--studio-views {self.studio_views}: must be >= 0")
+        if self.talking_clips < 0:
+            raise InputError(f"--talking-clips {self.talking_clips}: must be >= 0")
+        if not 0 < self.clip_seconds <= 60:
+            raise InputError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
+        if self.threads < 0:
+            raise InputError(f"threads {self.threads}: must be >= 0")
+        if exists(self.export_mesh) and self.export_mesh not in MESH_FORMATS:
+            raise InputError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
+        if self.fps <= 0:
+            raise InputError(f"--fps {self.fps}: must be > 0")
+        if self.rgb_format not in ("jpg", "png"):
+            raise InputError(f"--rgb-format {self.rgb_format}: expected jpg or png")
+        if self.identity_from not in ("stem", "parent"):
+            raise InputError(f"--identity-from {self.identity_from}: expected stem or parent")
+        if exists(self.wav2vec) and not Path(self.wav2vec).is_dir():
+            raise InputError(f"--wav2vec {self.wav2vec}: not a folder; pass a local wav2vec2 model folder")
+
+
+@dataclass
+class InputResult:
+    path: str
+    status: str  # "done" | "skipped" | "failed"
+    samples: int = 0
+    frames: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    samples: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"done": self.done, "skipped": self.skipped, "failed": [{"input": p, "error": e} for p, e in self.failed], "samples": self.samples, "frames": self.frames, "seconds": round(self.seconds, 3)}
+
+
+def input_key(path: Path) -> str:
+    """A dataset-unique, readable key for an input: its stem and a short hash of its full path."""
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(path).stem)
+    return f"{stem}-{digest}"
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+# --- writing one sample ----------------------------------------------------------------
+
+
+def write_sample(root: Path, clip_dir: str, frame: int, rgb: np.ndarray, depth_mm: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, rgb_format: str) -> dict:
+    """Encode and write one sample's files, each atomically; returns their paths relative to `root`."""
+    import io
+
+    stem = f"{frame:06d}"
+    rel = {
+        "rgb": f"{clip_dir}/rgb_{stem}.{rgb_format}",
+        "depth": f"{clip_dir}/depth_{stem}.png",
+        "mask": f"{clip_dir}/mask_{stem}.png",
+        "landmarks": f"{clip_dir}/landmarks_{stem}.npy",
+    }
+    (root / clip_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / rel["rgb"], encode_jpeg(rgb, 95) if rgb_format == "jpg" else encode_png(rgb))
+    atomic_write_bytes(root / rel["depth"], encode_png(depth_to_u16(depth_mm)))
+    atomic_write_bytes(root / rel["mask"], encode_png(np.where(mask, np.uint8(255), np.uint8(0))))
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(landmarks, np.float32), allow_pickle=False)
+    atomic_write_bytes(root / rel["landmarks"], buf.getvalue())
+    return rel
+
+
+def _row(rel: dict, *, clip: str, frame: int, identity: str, source: str, cfg: PrepConfig, input_path: Path, box=None, view=None, audio=None, features=None, fps=None) -> dict:
+    return {
+        "id": f"{clip}/{frame:06d}",
+        **rel,
+        "identity": identity,
+        "clip": clip,
+        "frame": frame,
+        "source": source,
+        "audio": audio,
+        "audio_features": features,
+        "fps": fps,
+        "size": cfg.size,
+        "camera": Camera.for_crop(cfg.size).to_dict(),
+        "depth_unit_mm": DEPTH_UNIT_MM,
+        "input": str(input_path),
+        "box": [round(float(v), 3) for v in box] if exists(box) else None,
+        "view": view,
+    }
+
+
+def export_mesh(path: Path, fd: FaceDepth, crop: np.ndarray, landmarks: np.ndarray) -> None:
+    """The fitted mesh (camera-space mm) with vertex colours sampled from the crop, via trimesh."""
+    import trimesh
+
+    s = crop.shape[0]
+    ij = np.clip(np.floor(landmarks[:, :2]).astype(int), 0, s - 1)
+    colours = np.column_stack([crop[ij[:, 1], ij[:, 0]], np.full(len(ij), 255, np.uint8)])
+    tris, _ = face_triangles()
+    m = trimesh.Trimesh(vertices=fd.vertices, faces=tris, vertex_colors=colours, process=False)
+    with atomic_path(path) as tmp:
+        m.export(tmp, file_type=path.suffix[1:])
+
+
+# --- per-sample tasks (run on the background writer's threads) --------------------------
+
+
+def fit_and_write(root: Path, clip: str, frame: int, crop: FaceCrop, cfg: PrepConfig) -> dict:
+    """Depth and mask of a fitted crop, written as sample `frame` of `clip`; returns the sample's file paths."""
+    fd = render_face_depth(crop.landmarks, cfg.size)
+    rel = write_sample(root, clip, frame, crop.image, fd.depth, fd.mask, crop.landmarks, cfg.rgb_format)
+    if cfg.export_mesh:
+        export_mesh(root / clip / f"mesh_{frame:06d}.{cfg.export_mesh}", fd, crop.image, crop.landmarks)
+    return rel
+
+
+def _render_and_write(root: Path, clip: str, frame: int, crop: FaceCrop, vertices: np.ndarray, view, rgb_format: str) -> dict:
+    from rgbdface.data.studio import render_view
+
+    r = render_view(crop.image, crop.landmarks, vertices, Camera.for_crop(crop.size), view)
+    return write_sample(root, clip, frame, r.rgb, r.depth, r.mask, r.landmarks, rgb_format)
+
+
+def _rows_of(future: Future, **row) -> Callable[[], dict]:
+    return lambda: _row(future.result(), **row)
+
+
+def _rng(cfg: PrepConfig, *parts) -> np.random.Generator:
+    return np.random.default_rng(int(hashlib.sha1(":".join(map(str, (cfg.seed, *parts))).encode()).hexdigest()[:8], 16))
+
+
+def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str, crop: FaceCrop, cfg: PrepConfig, input_path: Path) -> list[Callable[[], dict]]:
+    """Studio views and talking clips of one fitted crop, queued on `writer`; returns row makers."""
+    from rgbdface.data.studio import plan_talking_clip, random_view
+    from rgbdface.data.video import write_wav
+
+    rows = []
+    vertices = landmarks_to_camera(crop.landmarks, Camera.for_crop(cfg.size))
+    rng = _rng(cfg, key)
+    clip = f"{key}-studio"
+    for k in range(cfg.studio_views):
+        view = random_view(rng)
+        f = writer.submit(_render_and_write, root, clip, k, crop, vertices, view, cfg.rgb_format)
+        rows.append(_rows_of(f, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict()))
+    for c in range(cfg.talking_clips):
+        clip = f"{key}-talk{c}"
+        plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, key, "talk", c))
+        audio_rel, features_rel = f"{clip}/audio.wav", None
+        writer.submit(write_wav, root / audio_rel, plan.audio, plan.sample_rate)
+        if exists(cfg.wav2vec):
+            from rgbdface.data.io import save_npy
+            from rgbdface.data.video import wav2vec_features
+
+            features_rel = f"{clip}/wav2vec.npy"
+            save_npy(root / features_rel, wav2vec_features(Path(cfg.wav2vec), plan.audio, len(plan.views)))
+        for i, view in enumerate(plan.views):
+            f = writer.submit(_render_and_write, root, clip, i, crop, vertices, view, cfg.rgb_format)
+            rows.append(_rows_of(f, clip=clip, frame=i, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict(),
+                                 audio=audio_rel, features=features_rel, fps=cfg.fps))
+    return rows
+
+
+# --- one input -------------------------------------------------------------------------
+
+
+def _identity(path: Path, cfg: PrepConfig) -> str:
+    return Path(path).resolve().parent.name if cfg.identity_from == "parent" else Path(path).stem
+
+
+def prepare_image(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWriter) -> tuple[list[Callable[[], dict]], int]:
+    image = load_image(path)
+    name = str(path)
+    n_faces = len(detect_faces(image)) if cfg.all_faces else 1
+    if n_faces == 0:
+        raise NoFaceError(f"{name}: no face found; pass a photo with a visible face")
+    key, rows = input_key(path), []
+    for i in range(n_faces):
+        crop = crop_face(image, cfg.size, cfg.margin, which=i, name=name, with_landmarks=True)
+        clip = key if not cfg.all_faces else f"{key}-f{i}"
+        identity = _identity(path, cfg) + (f"-f{i}" if cfg.all_faces else "")
+        f = writer.submit(fit_and_write, root, clip, 0, crop, cfg)
+        rows.append(_rows_of(f, clip=clip, frame=0, identity=identity, source="wild", cfg=cfg, input_path=path, box=crop.box))
+        rows += _submit_studio(writer, root, clip, identity, crop, cfg, path)
+    return rows, 1
+
+
+def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWriter) -> tuple[list[Callable[[], dict]], int]:
+    from rgbdface.data import video
+
+    name = str(path)
+    w, _ = video.video_size(path)
+    # 1. Face boxes on small frames, then smoothed over time.
+    boxes = []
+    for small in video.read_frames(path, cfg.fps, width=video.DETECT_WIDTH):
+        faces = detect_faces(small)
+        k = w / small.shape[1]
+        boxes.append(tuple(v * k for v in square_box(faces[0], cfg.margin)) if faces else None)
+    if not boxes:
+        raise InputError(f"{name}: the video has no frames")
+    try:
+        boxes = video.smooth_boxes(boxes)
+    except ValueError:
+        raise NoFaceError(f"{name}: no face found in any frame; pass a video with a visible face") from None
+    # 2. Audio, aligned to the frames.
+    key, identity = input_key(path), _identity(path, cfg)
+    audio_rel = features_rel = None
+    audio = video.read_audio(path)
+    if exists(audio):
+        audio = video.align_audio(audio, len(boxes), cfg.fps)
+        audio_rel = f"{key}/audio.wav"
+        writer.submit(video.write_wav, root / audio_rel, audio)
+        if exists(cfg.wav2vec):
+            from rgbdface.data.io import save_npy
+
+            features_rel = f"{key}/wav2vec.npy"
+            save_npy(root / features_rel, video.wav2vec_features(Path(cfg.wav2vec), audio, len(boxes)))
+    # 3. Per frame: crop with the smoothed box and fit the mesh here (MediaPipe); depth, mask
+    #    and files on the writer's threads, overlapping the next frame's MediaPipe.
+    rows, first = [], None
+    for f, frame in enumerate(video.read_frames(path, cfg.fps)):
+        if f >= len(boxes):
+            break
+        crop = FaceCrop(crop_box_to(frame, boxes[f], cfg.size), boxes[f], frame.shape[:2])
+        try:
+            crop.landmarks = crop_landmarks(crop.image, f"{name} frame {f}")
+        except NoFaceError:
+            continue  # a frame without a fitted face is left out; the frame index keeps the gap
+        done = writer.submit(fit_and_write, root, key, f, crop, cfg)
+        rows.append(_rows_of(done, clip=key, frame=f, identity=identity, source="wild", cfg=cfg, input_path=path, box=crop.box, audio=audio_rel, features=features_rel, fps=cfg.fps))
+        first = first or crop
+    if not rows:
+        raise NoFaceError(f"{name}: the face mesh could not be fitted on any frame; pass a video with a clearer face")
+    rows += _submit_studio(writer, root, key, identity, first, cfg, path)
+    return rows, len(boxes)
+
+
+def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = False) -> InputResult:
+    """Process one image or video into `root`; never raises for a bad input (the result says why)."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    key = input_key(path)
+    if not overwrite and manifest.rows_path(root, key).exists():
+        return InputResult(str(path), "skipped")
+    try:
+        if not path.exists():
+            raise InputError(f"{path}: no such file; check the path")
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
+        with BackgroundWriter(cfg.threads) as writer:
+            makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, writer)
+            writer.results()  # every file is written (or the first error raised) ...
+        rows = [make() for make in makers]
+        manifest.write_rows(root, key, rows)  # ... before the rows file that marks the input done
+        return InputResult(str(path), "done", samples=len(rows), frames=frames, seconds=time.perf_counter() - t0)
+    except InputError as e:
+        return InputResult(str(path), "failed", error=str(e), seconds=time.perf_counter() - t0)
+    except Exception as e:  # one bad file must not stop the batch; RGBDFACE_DEBUG shows the traceback
+        if os.environ.get("RGBDFACE_DEBUG"):
+            raise
+        return InputResult(str(path), "failed", error=f"{path}: {type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+
+
+def _prepare_input_star(args) -> InputResult:
+    return prepare_input(*args)
+
+
+def prepare_dataset(
+    inputs: list[Path],
+    root: Path,
+    cfg: PrepConfig,
+    workers: int = 0,
+    overwrite: bool = False,
+    on_result: Callable[[InputResult], None] | None = None,
+) -> Summary:
+    """Process every input into the dataset at `root`, `workers` processes at a time (0 = in this process).
+
+    Finished inputs (their rows file exists) are skipped unless `overwrite`. The manifest
+    snapshot is rebuilt at the end.
+    """
+    cfg.check()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest.write_info(root)
+    t0 = time.perf_counter()
+    summary = Summary()
+    jobs = [(Path(p), root, cfg, overwrite) for p in inputs]
+    if workers > 0 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: MediaPipe's native threads do not survive fork
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            results = pool.map(_prepare_input_star, jobs)
+            for r in results:
+                _account(summary, r, on_result)
+    else:
+        for job in jobs:
+            _account(summary, prepare_input(*job), on_result)
+    manifest.write_manifest(root)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _account(summary: Summary, r: InputResult, on_result) -> None:
+    if r.status == "done":
+        summary.done += 1
+        summary.samples += r.samples
+        summary.frames += r.frames
+    elif r.status == "skipped":
+        summary.skipped += 1
+    else:
+        summary.failed.append((r.path, r.error or "failed"))
+    if on_result:
+        on_result(r)
+
+
+def input_suffixes() -> set[str]:
+    return IMAGE_SUFFIXES | VIDEO_SUFFIXES
