@@ -58,6 +58,8 @@ def build_sd15(image_size: int = 512):
     own = dict(unet.named_modules())
     for name, module in ref.named_modules():
         for key, p in list(module._parameters.items()):
+            if p is None:
+                continue
             mine = own[name]._parameters.get(key)
             if mine is not None and mine.shape == p.shape:
                 module._parameters[key] = mine  # shared
