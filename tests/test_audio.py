@@ -104,7 +104,7 @@ def test_wav2vec_features_concatenate_all_layers(wav2vec_dir):
     # Each block of 16 columns follows one layer's hidden states (layer-major concatenation).
     model = Wav2Vec2Model.from_pretrained(wav2vec_dir, use_safetensors=True).eval()
     xt = torch.from_numpy(x)[None]
-    xt = (xt - xt.mean()) / torch.sqrt(xt.var(unbiased=False) + 1e-7)
+    xt = (xt - xt.mean()) / torch.sqrt(xt.var() + 1e-7)
     with torch.no_grad():
         last = model(xt, output_hidden_states=True).hidden_states[-1][0]  # [T', 16]
     last = torch.nn.functional.interpolate(last.T[None], size=33, mode="linear", align_corners=False)[0].T
@@ -130,3 +130,12 @@ def test_wav2vec_folder_errors(tmp_path, wav2vec_dir):
         make_audio_encoder("wav2vec2", folder=bare)
     with pytest.raises(InputError, match="expects 99"):
         make_audio_encoder("wav2vec2", dim=99, folder=wav2vec_dir)
+
+
+def test_wav2vec_features_match_the_training_features_of_prep_depth(wav2vec_dir):
+    from rgbdface.data.video import wav2vec_features
+
+    x = speech_like(1.3)
+    ours = Wav2VecAudioEncoder(wav2vec_dir).video_features(x)
+    stored = torch.from_numpy(wav2vec_features(wav2vec_dir, x, n_frames=33).astype(np.float32))
+    torch.testing.assert_close(ours, stored, rtol=2e-3, atol=2e-3)  # stored as float16

@@ -10,6 +10,7 @@ import typer
 from rgbdface.cli.common import handle_errors, log
 from rgbdface.cli.loading import load_for_command
 from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.utils import InputError
 
 CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
 
@@ -17,6 +18,21 @@ CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's re
 def _clock(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _require_motion_stage(model: Path | None) -> None:
+    """Refuse a model without stage 3 from its metadata alone, before any weights are read."""
+    import json
+
+    from rgbdface.models.model import BUNDLED_MODEL, META_FILE, STAGE_NAMES
+
+    meta = (model if model is not None else BUNDLED_MODEL) / META_FILE
+    if meta.is_file():
+        stages = json.loads(meta.read_text()).get("stages", [])
+        if 3 not in stages:
+            have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in stages)
+            raise InputError(f"talk needs a model that reached stage 3 ({STAGE_NAMES[3]}); this one has stages {have}; "
+                             "train one with `rgbdface train-motion`")
 
 
 @handle_errors
@@ -52,6 +68,7 @@ def talk_command(
 
     # Everything that can fail on bad input happens before the model is loaded.
     check_outputs(output, depth_video, rgb_frames, depth_frames)
+    _require_motion_stage(model)
     wave = load_audio(audio, max_seconds=max_seconds)
     crop = crop_face(load_image(reference), size=CROP_SIZE, name=str(reference))
     m = load_for_command(model, device, dtype, quiet)

@@ -9,7 +9,8 @@ Two encoders share one interface:
   It serves the tiny models and the tests.
 - `Wav2VecAudioEncoder`: wav2vec 2.0 (`transformers.Wav2Vec2Model`) from a local folder,
   safetensors only; the hidden states of all layers (the input embedding included) are
-  concatenated per frame, layer-major: [(L + 1) · H].
+  concatenated per frame, layer-major: [(L + 1) · H]. The same features, computed the same
+  way, as `rgbdface.data.video.wav2vec_features` stores for training (prep-depth).
 """
 
 from __future__ import annotations
@@ -201,8 +202,8 @@ class Wav2VecAudioEncoder(AudioEncoder):
     def native(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.numel() < self.RECEPTIVE:  # shorter than one wav2vec frame: pad with silence
             wave = F.pad(wave, (0, self.RECEPTIVE - wave.numel()))
-        if self.normalize:  # over the whole waveform, as the feature extractor does
-            wave = (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
+        if self.normalize:  # over the whole waveform, exactly as data/video.py's training features
+            wave = (wave - wave.mean()) / torch.sqrt(wave.var() + 1e-7)
         if wave.numel() <= self.chunk + 2 * self.margin:
             return self._encode(wave)
         parts = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,16 +186,16 @@ def talk_frames(
 
 
 def _writable(path: Path, what: str) -> None:
-    """Fail early, before any work, when `path` cannot be created."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise InputError(f"{what} {path}: cannot write there ({e.strerror or type(e).__name__}); choose another path") from None
-    if path.is_dir() and what != "folder":
+    """Fail early, before any work and without creating anything, when `path` cannot be written."""
+    if path.is_dir() and what in ("--output", "--depth-video"):
         raise InputError(f"{what} {path}: is a folder; give a file name such as out.mp4")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what} {path}: cannot write there ({parent} is not a folder); choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: cannot write there (no permission in {parent}); choose another path")
 
 
 def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Path | None = None,
@@ -211,7 +210,7 @@ def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Pat
         if exists(path):
             if path.exists() and not path.is_dir():
                 raise InputError(f"{opt} {path}: exists and is not a folder")
-            _writable(path / "x", opt)
+            _writable(path, opt)
     paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames) if exists(p)]
     if len(set(paths)) != len(paths):
         raise InputError("two outputs have the same path; give each output its own name")
