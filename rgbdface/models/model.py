@@ -170,8 +170,12 @@ class RGBDFaceModel(nn.Module):
         return cls.from_config(self.scheduler_config)
 
     # ----------------------------------------------------------------------------- save / load
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the whole model folder atomically (safetensors weights, JSON configs)."""
+    def save_pretrained(self, path: str | Path, half: bool = False) -> Path:
+        """Write the whole model folder atomically (safetensors weights, JSON configs).
+
+        `half` stores the weights as float16 (half the size; the bundled model ships so);
+        they load back as float32 holding exactly the float16 values.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -189,6 +193,8 @@ class RGBDFaceModel(nn.Module):
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(self.scheduler_config, indent=2))
             save_file({"context": self.context.detach().float().cpu().contiguous()}, str(tmp / "context.safetensors"))
             (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
+            if half:
+                _halve_weights(tmp)
         return path
 
     @classmethod
@@ -219,11 +225,8 @@ class RGBDFaceModel(nn.Module):
             model.motion = MotionDenoiser.load(model.joint, path / "motion")
         elif 3 in meta.stages:
             raise InputError(f"{path}: the model lists stage 3 but has no motion/ folder; it is incomplete, save it again")
-        _own_storage(model)
-        model = model.to(device=device)
-        if dtype != torch.float32:
-            model = model.to(dtype=dtype)
-        return model.eval()
+        _own_storage(model, dtype)
+        return model.to(device=device).eval()
 
     def clone(self) -> "RGBDFaceModel":
         """A deep copy with freshly attached reference processors (and motion modules, if any)."""
@@ -253,14 +256,29 @@ class RGBDFaceModel(nn.Module):
 
 
 @torch.no_grad()
-def _own_storage(module: nn.Module) -> None:
-    """Copy every weight out of the loaded (memory-mapped, unaligned) file buffers.
+def _own_storage(module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Copy every weight out of the loaded (memory-mapped, unaligned) file buffers, as `dtype`.
 
     CPU kernels pick code paths by memory alignment, so without this a loaded model could
     differ from the saved one in the last bits; it also frees the files for replacement.
     """
     for t in list(module.parameters()) + list(module.buffers()):
-        t.data = t.data.clone()
+        t.data = t.data.to(dtype).clone() if t.is_floating_point() else t.data.clone()
+
+
+def _halve_weights(folder: Path) -> None:
+    """Rewrite every weight file under `folder` (but the cached context) with float16 tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for f in folder.rglob("*.safetensors"):
+        if f.name == "context.safetensors":
+            continue
+        with safe_open(str(f), "pt") as h:
+            meta = h.metadata()
+            tensors = {k: h.get_tensor(k) for k in h.keys()}
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(tensors, str(f), metadata=meta)
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RGBDFaceModel:
