@@ -61,6 +61,8 @@ def depth2img_command(
 
     # 4. Write
     save_image(output, result.image)
+    if result.changed is not None and result.changed.sum() < task.region_full.sum():
+        log(f"warning: {int(task.region_full.sum() - result.changed.sum())} region pixels lie outside the face crop and were kept", quiet)
     what = f"regenerated {int(result.changed.sum())} pixels of {image}" if result.changed is not None else "generated the face crop"
     log(f"{what} → {output}", quiet)
 

@@ -115,7 +115,12 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
     from rgbdface.cli.loading import load_for_command
     from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
 
-    task = prepare_depth_input(rgb, name=str(image_path))  # the face first: no model is loaded for a bad image
+    from rgbdface.data.face import NoFaceError
+
+    try:
+        task = prepare_depth_input(rgb, name=str(image_path))  # the face first: no model is loaded for a bad image
+    except NoFaceError as e:
+        raise NoFaceError(f"{e}; without --depth, relight estimates a face's depth (pass --depth d.png for any other image)") from None
     m = load_for_command(model, device, dtype, quiet)
     m.require_stage(2, "relight without --depth (depth estimation)")
     log(f"no --depth: estimating the depth of {image_path}", quiet)
