@@ -93,6 +93,17 @@ def rng():
 
 
 @pytest.fixture(scope="session")
+def portrait_dataset(tmp_path_factory, portrait_path):
+    """A real prep-depth dataset (64 px crops) of one example portrait plus 2 studio renders."""
+    from rgbdface.data.prep import PrepConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("data") / "astronaut"
+    summary = prepare_dataset([portrait_path], root, PrepConfig(size=64, studio_views=2))
+    assert not summary.failed
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_masked_model():
     """A stage-2 tiny model (32×32 crops) with the masked denoiser; untrained weights, seeded."""
     from rgbdface.models.builder import build_tiny

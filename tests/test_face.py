@@ -11,6 +11,7 @@ from rgbdface.data import face
 from rgbdface.data.face import FaceCrop, NoFaceError, crop_box_to, crop_face, detect_faces, face_landmarks, paste_back
 from rgbdface.data.io import load_image
 from rgbdface.utils import InputError
+from tests_helpers import two_faces
 
 NOSE_TIP = 1
 
@@ -98,20 +99,8 @@ def test_tiny_face_is_rejected(astronaut):
         crop_face(cv2.resize(astronaut, (20, 20)), name="speck")
 
 
-def two_face_canvas(examples_dir) -> np.ndarray:
-    """The astronaut (512 px) beside Grace Hopper at 320 px high: two faces of different sizes."""
-    import cv2
-
-    hopper = load_image(examples_dir / "grace_hopper.jpg")
-    small = cv2.resize(hopper, (320 * hopper.shape[1] // hopper.shape[0], 320), interpolation=cv2.INTER_AREA)
-    canvas = np.full((600, 1000, 3), 200, np.uint8)
-    canvas[:512, :512] = load_image(examples_dir / "astronaut.jpg")
-    canvas[50 : 50 + small.shape[0], 530 : 530 + small.shape[1]] = small
-    return canvas
-
-
 def test_which_picks_faces_by_size(examples_dir):
-    canvas = two_face_canvas(examples_dir)
+    canvas = two_faces(examples_dir)
     faces = detect_faces(canvas)
     assert len(faces) == 2 and faces[0].area > faces[1].area
     first, second = crop_face(canvas, which="largest"), crop_face(canvas, which=1)

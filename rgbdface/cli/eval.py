@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from rgbdface.cli.common import fail, handle_errors, log
-from rgbdface.cli.options import FormatOpt, QuietOpt
+from rgbdface.cli.options import DeviceOpt, FormatOpt, QuietOpt, SeedOpt, StepsOpt
 
 if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
@@ -21,6 +21,9 @@ PredOpt = Annotated[Optional[Path], typer.Option("--pred", metavar="DIR", help="
 GtOpt = Annotated[Optional[Path], typer.Option("--gt", metavar="DIR", help="Folder of ground-truth depth (16-bit PNG or .npy; 0 = invalid).")]
 MaskOpt = Annotated[Optional[Path], typer.Option("--mask", metavar="DIR", help="Folder of masks matched by name (nonzero = evaluate), e.g. the face-skin region.")]
 AlignmentOpt = Annotated[str, typer.Option("--alignment", help="Per-image least-squares scale and shift: 'least_square' (depth space) or 'least_square_disparity' (the prediction is affine-invariant disparity, fitted onto 1/gt).")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", metavar="DATASET", help="A prep-depth dataset: run each --method on its RGB crops and score against its depth inside its face-skin masks.")]
+MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="With --data, repeatable: model[:DIR] (default DIR: the bundled model), mesh, plane, mean-face[:TRAIN_DATASET].")]
+SourceOpt = Annotated[str, typer.Option("--source", help="With --data: evaluate 'studio' samples (exact depth), 'wild' ones (mesh-fit depth) or 'all'.")]
 ErrorMapsOpt = Annotated[Optional[Path], typer.Option("--error-maps", metavar="DIR", help="Also write one signed-error PNG per image here (aligned pred - gt over the valid pixels; blue -0.1 .. white 0 .. red +0.1 of the gt depth range; black = not evaluated).")]
 
 
@@ -32,6 +35,13 @@ def eval_command(
     alignment: AlignmentOpt = "least_square",
     fmt: FormatOpt = "table",
     error_maps: ErrorMapsOpt = None,
+    data: DataOpt = None,
+    method: MethodOpt = None,
+    source: SourceOpt = "studio",
+    steps: StepsOpt = 10,
+    ensemble: Annotated[int, typer.Option("--ensemble", min=1, help="With --method model: ensemble size.")] = 1,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Score depth predictions against ground truth: AbsRel, δ1-δ3 and RMSE after per-image alignment (paper §5.2).
@@ -47,19 +57,58 @@ def eval_command(
         raise fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", 2)
     if alignment not in ALIGNMENTS:
         raise fail(f"--alignment {alignment!r}: expected one of {', '.join(ALIGNMENTS)}", 2)
+    if data is not None:
+        if pred is not None or gt is not None or mask is not None:
+            raise fail("--data compares methods on a dataset; it does not go with --pred/--gt/--mask", 2)
+        if source not in ("studio", "wild", "all"):
+            raise fail(f"--source {source!r}: expected studio, wild or all", 2)
+        return _compare(data, method or ["model", "mesh", "plane", "mean-face"], source, alignment, fmt, error_maps,
+                        steps, ensemble, seed, device, quiet)
+    if method:
+        raise fail("--method needs --data DATASET", 2)
     if pred is None or gt is None:
-        raise fail("--pred DIR and --gt DIR are both needed (folders of depth files matched by name)", 2)
+        raise fail("--pred DIR and --gt DIR are both needed (folders of depth files matched by name), or --data DATASET", 2)
 
     # 2. Evaluate
     report = evaluate_folders(pred, gt, mask, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet))
 
     # 3. Report: data on stdout, problems on stderr
-    _report_problems(report, quiet)
-    write_reports({pred.name or str(pred): report}, fmt)
-    if report.n_images == 0:
-        raise fail(f"no image could be scored ({len(report.failed)} failed); check that --pred and --gt hold depth files of the same names", 1)
-    log(f"scored {report.n_images} images, {len(report.failed)} failed", quiet)
-    if report.failed:
+    _finish({pred.name or str(pred): report}, fmt, quiet,
+            "check that --pred and --gt hold depth files of the same names")
+
+
+def _compare(data, specs, source, alignment, fmt, error_maps, steps, ensemble, seed, device, quiet) -> None:
+    """Table-1-style comparison: every method on the same samples and pixels of a dataset."""
+    from rgbdface.cli.common import resolve_device
+    from rgbdface.data.manifest import load_manifest
+    from rgbdface.metrics.depth import evaluate_samples
+    from rgbdface.metrics.methods import build_methods, dataset_samples, parse_method
+
+    for spec in specs:
+        parse_method(spec)  # unknown names fail before any work
+    samples = [s for s in load_manifest(data) if source == "all" or s.source == source]
+    if not samples:
+        raise fail(f"{data}: no {source} samples to evaluate; run `rgbdface prep-depth` (with --studio-views for exact depth)", 1)
+    methods = build_methods(specs, samples, device=resolve_device(device), steps=steps, ensemble=ensemble, seed=seed)
+    reports = {}
+    for m in methods:
+        log(f"evaluating {m.label} on {len(samples)} {source} samples", quiet)
+        maps = None if error_maps is None else Path(error_maps) / m.label.replace(":", "_").replace("/", "_")
+        reports[m.label] = evaluate_samples(dataset_samples(samples, m), alignment=alignment, error_maps_dir=maps,
+                                            progress=_progress(quiet))
+    _finish(reports, fmt, quiet, "check the dataset's depth and mask files")
+
+
+def _finish(reports: dict, fmt: str, quiet: bool, hint: str) -> None:
+    for label, report in reports.items():
+        _report_problems(report, quiet, prefix=f"{label}: " if len(reports) > 1 else "")
+    write_reports(reports, fmt)
+    scored = sum(r.n_images for r in reports.values())
+    failed = sum(len(r.failed) for r in reports.values())
+    if scored == 0:
+        raise fail(f"no image could be scored ({failed} failed); {hint}", 1)
+    log(f"scored {scored} images, {failed} failed", quiet)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -76,9 +125,9 @@ def _progress(quiet: bool):
     return wrap
 
 
-def _report_problems(report: "EvalReport", quiet: bool) -> None:
+def _report_problems(report: "EvalReport", quiet: bool, prefix: str = "") -> None:
     for f in report.failed:
-        print(f"rgbdface: error: {f['name']}: {f['error']}", file=sys.stderr)
+        print(f"rgbdface: error: {prefix}{f['name']}: {f['error']}", file=sys.stderr)
     if report.unmatched:
         shown = ", ".join(report.unmatched[:5]) + (", ..." if len(report.unmatched) > 5 else "")
         log(f"warning: {len(report.unmatched)} predictions have no ground truth and were not scored: {shown}", quiet)

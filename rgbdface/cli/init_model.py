@@ -17,6 +17,7 @@ def init_model_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
     base: Annotated[Optional[Path], typer.Option("--base", help="A Stable-Diffusion-1.5-layout diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny configuration (random weights, runs on a CPU in seconds).")] = False,
+    vae: Annotated[Optional[Path], typer.Option("--vae", help="With --tiny: a trained AutoencoderKL folder (from `rgbdface train-vae`) instead of a random one.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Face-crop size in pixels (default 512 for --base, 64 for --tiny).")] = None,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
@@ -31,7 +32,9 @@ def init_model_command(
         raise InputError("give exactly one of --base SD15_DIR or --tiny")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise InputError(f"{output}: already exists; pass --overwrite to replace it")
-    model = build_tiny(image_size or 64, seed=seed) if tiny else build_from_sd15(base, image_size or 512)
+    if vae is not None and not tiny:
+        raise InputError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
+    model = build_tiny(image_size or 64, seed=seed, vae_dir=vae) if tiny else build_from_sd15(base, image_size or 512)
     model.save_pretrained(output)
     log(f"wrote stage-0 model ({'tiny' if tiny else base}, {model.meta.image_size}px) to {output}", quiet)
 

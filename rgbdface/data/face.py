@@ -39,6 +39,7 @@ MIN_IMAGE_PX = 32
 MAX_IMAGE_PIXELS = 120_000_000  # ~ a 12000x10000 photo; beyond that, ask the user to resize
 DETECT_MAX_SIDE = 2048  # detection and mesh run on a copy halved until it fits this
 MAX_FACES = 8
+LANDMARK_CROP = 384  # face_landmarks fits the mesh on a crop this size around each face
 NUM_LANDMARKS = 478
 
 
@@ -157,8 +158,8 @@ def _mp_object(kind: str, **params) -> Any:
 
 @contextlib.contextmanager
 def _quiet_native_stderr():
-    """Silence what MediaPipe's C++ side prints straight to file descriptor 2 while a graph starts.
-    Python-level errors still raise as usual."""
+    """Silence what MediaPipe's C++ side prints straight to file descriptor 2 (start-up notes,
+    per-graph warnings) while it runs. Python-level errors still raise as usual."""
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, ValueError, OSError):  # stderr replaced (e.g. captured): nothing to silence
@@ -222,7 +223,9 @@ def detect_faces(image: np.ndarray, min_score: float = 0.5) -> list[FaceBox]:
     h, w = small.shape[:2]
     faces: list[FaceBox] = []
     for model in (1, 0):
-        result = _mp_object("detection", model_selection=model, min_detection_confidence=min_score).process(small)
+        detector = _mp_object("detection", model_selection=model, min_detection_confidence=min_score)
+        with _quiet_native_stderr():
+            result = detector.process(small)
         for det in result.detections or []:
             b = det.location_data.relative_bounding_box
             x0, y0 = b.xmin * w * factor, b.ymin * h * factor
@@ -237,21 +240,35 @@ def face_landmarks(image: np.ndarray, max_faces: int = MAX_FACES) -> list[np.nda
     """MediaPipe Face Mesh (with iris refinement): [478, 3] float32 per face, largest first.
 
     x, y in source pixels; z in the same pixel scale (MediaPipe scales z like x),
-    relative to the face centre, smaller = nearer the camera.
+    relative to the face centre, smaller = nearer the camera. Each face found by
+    `detect_faces` is cropped first, so small faces in large photos are fitted too.
     """
     image = _check_image(image)
-    small, factor = _for_detection(image)
-    h, w = small.shape[:2]
-    mesh = _mp_object("mesh", static_image_mode=True, max_num_faces=max_faces, refine_landmarks=True, min_detection_confidence=0.5)
-    result = mesh.process(small)
     faces = []
+    for box in detect_faces(image)[:max_faces]:
+        crop = FaceCrop(crop_box_to(image, square_box(box), LANDMARK_CROP), square_box(box), image.shape[:2])
+        found = _mesh(crop.image)
+        if found:
+            faces.append(crop.to_source(_nearest_centre(found, crop.image)))
+    return faces
+
+
+def _mesh(image: np.ndarray) -> list[np.ndarray]:
+    """MediaPipe Face Mesh straight on an image (best on a face-centred crop); [478, 3] per face."""
+    h, w = image.shape[:2]
+    mesh = _mp_object("mesh", static_image_mode=True, max_num_faces=2, refine_landmarks=True, min_detection_confidence=0.5)
+    with _quiet_native_stderr():
+        result = mesh.process(np.ascontiguousarray(image))
+    out = []
     for face in result.multi_face_landmarks or []:
-        lm = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64)
-        lm[:, 0] *= w * factor
-        lm[:, 1] *= h * factor
-        lm[:, 2] *= w * factor
-        faces.append(lm.astype(np.float32))
-    return sorted(faces, key=lambda lm: float(np.ptp(lm[:, 0]) * np.ptp(lm[:, 1])), reverse=True)
+        lm = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float64) * (w, h, w)
+        out.append(lm.astype(np.float32))
+    return out
+
+
+def _nearest_centre(faces: list[np.ndarray], image: np.ndarray) -> np.ndarray:
+    centre = np.array(image.shape[1::-1], np.float32) / 2.0
+    return min(faces, key=lambda lm: float(np.linalg.norm(lm[:, :2].mean(0) - centre)))
 
 
 # --- crop boxes ------------------------------------------------------------------------
@@ -378,12 +395,11 @@ def crop_face(
 
 
 def crop_landmarks(crop_image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Face-mesh landmarks [478, 3] of the face nearest the centre of a crop, in crop pixels."""
-    faces = face_landmarks(crop_image)
+    """Face-mesh landmarks [478, 3] of the face nearest the centre of a face crop, in crop pixels."""
+    faces = _mesh(_check_image(crop_image, name))
     if not faces:
         raise NoFaceError(f"{name}: a face was found but the face mesh could not be fitted; pass a clearer, more frontal photo")
-    centre = np.array(crop_image.shape[1::-1], np.float32) / 2.0
-    return min(faces, key=lambda lm: float(np.linalg.norm(lm[:, :2].mean(0) - centre)))
+    return _nearest_centre(faces, crop_image)
 
 
 def paste_back(values: np.ndarray, crop: FaceCrop, fill: Any = 0, interpolation: str = "linear") -> np.ndarray:

@@ -3,7 +3,7 @@
 Conventions (see README, "File formats"):
 - RGB images are uint8 arrays [H, W, 3].
 - Depth files are 16-bit PNG with 0 = no depth. Ground truth from `prep-depth`
-  stores camera-space distance in units of 0.1 mm; predictions store relative depth
+  stores camera-space Z in 0.1 mm steps (see data/camera.py); predictions store relative depth
   (larger = farther) mapped to 1..65535.
 """
 

@@ -28,11 +28,12 @@ def _joint_from_base(vae, base_unet, context, scheduler_config, image_size: int,
     return RGBDFaceModel(vae, unet, reference_unet, context, meta, scheduler_config)
 
 
-def build_tiny(image_size: int = 64, seed: int = 0) -> RGBDFaceModel:
+def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None = None) -> RGBDFaceModel:
     """A randomly initialised model of the SD-1.5 architecture, shrunk to run on a CPU in seconds.
 
     It has no text encoder: its cross-attention context is a fixed seeded Gaussian
-    [1, 8, 32], stored like the empty-prompt embedding of a real base model.
+    [1, 8, 32], stored like the empty-prompt embedding of a real base model. `vae_dir`
+    takes a trained codec (`rgbdface train-vae`) instead of a random one.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -40,6 +41,10 @@ def build_tiny(image_size: int = 64, seed: int = 0) -> RGBDFaceModel:
         raise InputError(f"--image-size {image_size}: must be a multiple of 16")
     g = torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(tiny_vae_config(image_size))
+    if vae_dir is not None:
+        if not (Path(vae_dir) / "config.json").is_file():
+            raise InputError(f"--vae {vae_dir}: not an AutoencoderKL folder (no config.json)")
+        vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True, local_files_only=True)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     base_unet = UNet2DConditionModel.from_config(tiny_unet_config(sample_size=image_size // factor))
     context = torch.randn(1, 8, base_unet.config.cross_attention_dim, generator=g)

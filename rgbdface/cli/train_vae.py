@@ -1,0 +1,57 @@
+"""`rgbdface train-vae`: train the small latent codec of the tiny configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rgbdface.cli.common import handle_errors, log
+from rgbdface.cli.options import QuietOpt, SeedOpt
+from rgbdface.utils import InputError
+
+
+@handle_errors
+def train_vae_command(
+    dataset: Annotated[Path, typer.Argument(help="A prep-depth dataset folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="VAE folder to write (diffusers AutoencoderKL layout).")],
+    image_size: Annotated[int, typer.Option("--image-size", help="Training resolution (the model's crop size).")] = 64,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step (half RGB, half depth).")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-4,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a small AutoencoderKL (the tiny configuration's codec) on a dataset's RGB crops and depth maps.
+
+    Real work keeps the base model's VAE (SD-1.5) and needs no such step."""
+    import torch
+    from diffusers import AutoencoderKL
+    from tqdm.auto import tqdm
+
+    from rgbdface.models.unet import tiny_vae_config
+    from rgbdface.training.vae import VAETrainConfig, load_vae_data, train_vae
+    from rgbdface.utils import atomic_dir
+
+    rgb, depth = load_vae_data(dataset, image_size)
+    if len(rgb) == 0:
+        raise InputError(f"{dataset}: the dataset has no samples; run `rgbdface prep-depth` first")
+    log(f"training the codec on {len(rgb)} RGB crops and depth maps at {image_size}px", quiet)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(tiny_vae_config(image_size))
+    bar = tqdm(total=steps, disable=quiet, desc="train-vae")
+
+    def progress(step, loss):
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), progress)
+    bar.close()
+    with atomic_dir(output) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+    log(f"wrote {output} (final loss {losses[-1]:.4f}, scaling factor {vae.config.scaling_factor:.4f})", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-vae", no_args_is_help=True)(train_vae_command)

@@ -1,0 +1,163 @@
+"""The dataset format written by `prep-depth` and read by the training commands.
+
+A dataset is a folder::
+
+    DATASET/
+      dataset.json              format name, version and conventions (below)
+      manifest.jsonl            all rows, one JSON object per line (a snapshot, rebuilt after each run)
+      rows/<key>.jsonl          the rows of one input; written last, so its presence means the input is done
+      <key>/rgb_000000.jpg      the square RGB crop (uint8; .jpg or .png)
+      <key>/depth_000000.png    16-bit depth: camera-space Z in 0.1 mm steps, 0 = no depth
+      <key>/mask_000000.png     8-bit face-skin mask: 255 = skin (eyes and mouth opening left out)
+      <key>/landmarks_000000.npy  [478, 3] float32 face-mesh landmarks in crop pixels (MediaPipe z)
+      <key>/audio.wav           videos: 16 kHz mono PCM, exactly 640 samples (1/25 s) per frame
+      <key>/wav2vec.npy         with --wav2vec: [frames, layers * dim] float16 per-frame features
+      <key>-studio/...          studio-like renders of <key> (same file names)
+
+Each row (JSON object) has these fields; paths are relative to DATASET:
+
+| field | type | meaning |
+|---|---|---|
+| id | str | unique sample id, `<clip>/<frame>` |
+| rgb, depth, mask, landmarks | str | the sample's files |
+| identity | str | who is pictured; references are drawn from other samples of the same identity |
+| clip | str | the sequence the frame belongs to (an image is a clip of one frame) |
+| frame | int | frame index in the clip, at `fps` (gaps where no face was fitted) |
+| source | str | `wild` (fitted face-mesh depth) or `studio` (exact depth of a re-rendered mesh) |
+| audio | str or null | the clip's 16 kHz mono WAV (frame f covers samples [640 f, 640 (f + 1))) |
+| audio_features | str or null | the clip's per-frame wav2vec 2.0 features (.npy) |
+| fps | float or null | frame rate of the clip (videos) |
+| size | int | crop side S in pixels |
+| camera | object | assumed pinhole intrinsics in crop pixels: fx, fy, cx, cy, width, height |
+| depth_unit_mm | float | millimetres per depth-PNG step (0.1) |
+| input | str | the input file the sample came from |
+| box | [4 floats] or null | crop box x0, y0, x1, y1 in the input's pixels (null for studio renders) |
+| view | object or null | studio renders: yaw, pitch, roll and jaw (degrees), light direction, background colours |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgbdface.utils import InputError, atomic_path
+
+FORMAT = "rgbdface-dataset"
+VERSION = 1
+MANIFEST = "manifest.jsonl"
+ROWS_DIR = "rows"
+INFO = "dataset.json"
+SOURCES = ("wild", "studio")
+
+
+@dataclass
+class Sample:
+    """One row of a dataset manifest, with its file paths resolved against the dataset folder."""
+
+    id: str
+    rgb: Path
+    depth: Path
+    mask: Path
+    landmarks: Path | None
+    identity: str
+    clip: str
+    frame: int
+    source: str  # "wild" | "studio"
+    audio: Path | None = None
+    audio_features: Path | None = None
+    fps: float | None = None
+    size: int = 512
+    camera: dict = field(default_factory=dict)
+    depth_unit_mm: float = 0.1
+    input: str = ""
+    box: tuple[float, float, float, float] | None = None
+    view: dict | None = None
+
+
+PATH_FIELDS = ("rgb", "depth", "mask", "landmarks", "audio", "audio_features")
+
+
+def row_to_sample(row: dict[str, Any], root: Path) -> Sample:
+    values = dict(row)
+    for k in PATH_FIELDS:
+        if values.get(k) is not None:
+            values[k] = root / values[k]
+    if values.get("box") is not None:
+        values["box"] = tuple(values["box"])
+    known = set(Sample.__dataclass_fields__)
+    return Sample(**{k: v for k, v in values.items() if k in known})
+
+
+def dataset_info() -> dict:
+    from rgbdface.data import camera
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "depth": "camera-space Z along the optical axis, uint16 PNG, 0 = no depth",
+        "depth_unit_mm": camera.DEPTH_UNIT_MM,
+        "camera": f"pinhole, principal point at the crop centre, focal length {camera.FOCAL_FACTOR} x crop size",
+        "scale": f"eye-centre distance {camera.EYE_DISTANCE_MM} mm",
+        "mask": "face skin, 255 = skin; eyes and mouth opening excluded",
+    }
+
+
+def write_info(root: Path) -> None:
+    path = Path(root) / INFO
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(dataset_info(), indent=2) + "\n")
+
+
+def rows_path(root: Path, key: str) -> Path:
+    return Path(root) / ROWS_DIR / f"{key}.jsonl"
+
+
+def write_rows(root: Path, key: str, rows: list[dict]) -> Path:
+    """Write one input's rows atomically: this marks the input as finished."""
+    path = rows_path(root, key)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise InputError(f"{path}:{n}: not valid JSON; re-run prep-depth for that input") from None
+    return rows
+
+
+def collect_rows(root: Path) -> list[dict]:
+    """All rows of a dataset from its per-input files, sorted by clip and frame."""
+    files = sorted((Path(root) / ROWS_DIR).glob("*.jsonl"))
+    rows = [r for f in files for r in _read_jsonl(f)]
+    return sorted(rows, key=lambda r: (r["clip"], r["frame"]))
+
+
+def write_manifest(root: Path) -> Path:
+    """Rebuild manifest.jsonl from the per-input rows (safe to run from any shard at any time)."""
+    path = Path(root) / MANIFEST
+    rows = collect_rows(root)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return path
+
+
+def load_manifest(dataset_dir: str | Path) -> list[Sample]:
+    """Read a dataset's samples (from its per-input rows, so unfinished shards never hide finished ones)."""
+    root = Path(dataset_dir)
+    info = root / INFO
+    if not info.exists():
+        raise InputError(f"{root}: not an rgbdface dataset (no {INFO}); make one with `rgbdface prep-depth -o {root} ...`")
+    meta = json.loads(info.read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise InputError(f"{root}: dataset format {meta.get('format')} v{meta.get('version')} is not {FORMAT} v{VERSION}; re-run prep-depth")
+    rows = collect_rows(root) if (root / ROWS_DIR).is_dir() else _read_jsonl(root / MANIFEST)
+    return [row_to_sample(r, root) for r in rows]

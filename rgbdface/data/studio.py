@@ -1,0 +1,154 @@
+"""Studio-like renders with exact depth: the fitted, textured face mesh seen anew.
+
+These stand in for the paper's studio captures (multi-view faces with registered
+meshes, paper §5.1). From one fitted portrait (its crop, landmarks and camera-space
+mesh), each view:
+
+1. opens the jaw: lower-face vertices turn about the axis through the jaw hinges
+   (landmarks near the ears), weighted from 0 above the mouth to 1 below it;
+2. turns the head (yaw, pitch, roll) about its centre, keeping its distance;
+3. closes the mouth opening with a fan set back into the mouth (the mouth interior, textured
+   from the source's mouth opening and darkened);
+4. rasterises with the z-buffer, textures from the source crop (perspective-correct),
+   shades with a Lambertian light from a new direction, and puts a new background behind.
+
+Depth is exact for what is drawn: the rendered mesh's camera-space Z. The mask is the
+visible face skin (eyes and the mouth interior left out), as for fitted samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rgbdface.data import mesh
+from rgbdface.data.camera import Camera, EYE_DISTANCE_MM, eye_distance_px
+from rgbdface.data.raster import rasterize
+
+JAW_HINGES = (234, 454)  # face-outline points beside the ears
+MOUTH_DEPTH_MM = 18.0  # how far the mouth-interior fan sits behind the lips
+MOUTH_SHADE = 0.7
+
+
+@dataclass
+class View:
+    """One studio view: angles in degrees, light as a unit vector (camera space, towards the light)."""
+
+    yaw: float
+    pitch: float
+    roll: float
+    jaw: float
+    light: tuple[float, float, float]
+    background: tuple[tuple[int, int, int], tuple[int, int, int]]
+
+    def to_dict(self) -> dict:
+        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll, "jaw": self.jaw, "light": list(self.light), "background": [list(c) for c in self.background]}
+
+
+@dataclass
+class StudioRender:
+    """rgb: [S, S, 3] uint8; depth: [S, S] float32 mm (0 = background); mask: [S, S] bool skin;
+    landmarks: [478, 3] float32 in crop pixels with MediaPipe-style z (pixels, relative to the head centre)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    mask: np.ndarray
+    landmarks: np.ndarray
+
+
+def random_view(rng: np.random.Generator) -> View:
+    """Head pose, jaw and light drawn from ranges a studio rig covers for a frontal camera."""
+    light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.3), -1.0])
+    light /= np.linalg.norm(light)
+    colours = rng.integers(20, 236, size=(2, 3))
+    return View(
+        yaw=float(rng.uniform(-30, 30)),
+        pitch=float(rng.uniform(-15, 15)),
+        roll=float(rng.uniform(-10, 10)),
+        jaw=float(rng.uniform(0, 14)),
+        light=tuple(float(v) for v in light),
+        background=(tuple(int(v) for v in colours[0]), tuple(int(v) for v in colours[1])),
+    )
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Camera-space rotation (x right, y down, z forward): yaw about y, pitch about x, roll about z."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def _rotate_about(points: np.ndarray, axis_a: np.ndarray, axis_b: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Rotate each point about the line a-b by its own angle (radians), Rodrigues' formula."""
+    k = (axis_b - axis_a) / np.linalg.norm(axis_b - axis_a)
+    v = points - axis_a
+    c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
+    return axis_a + v * c + np.cross(k, v) * s + k * (v @ k)[:, None] * (1 - c)
+
+
+def open_jaw(vertices: np.ndarray, degrees: float) -> np.ndarray:
+    """Turn the lower face down about the jaw hinges by `degrees`, fading in from the upper lip to the lower lip."""
+    v = np.asarray(vertices, np.float64)
+    if degrees == 0:
+        return v.copy()
+    hinge_a, hinge_b = v[JAW_HINGES[0]], v[JAW_HINGES[1]]
+    up = v[mesh.NOSE_TIP] - v[mesh.CHIN]
+    up /= np.linalg.norm(up)
+    h = (v - v[mesh.LOWER_LIP_INNER]) @ up  # height above the lower inner lip
+    gap = max(float((v[mesh.UPPER_LIP_INNER] - v[mesh.LOWER_LIP_INNER]) @ up), 1.0)
+    weight = np.clip(1.0 - h / gap, 0.0, 1.0)  # 1 at and below the lower lip, 0 from the upper lip up
+    sign = 1.0 if np.cross(hinge_b - hinge_a, up) @ np.array([0, 0, -1.0]) > 0 else -1.0
+    # positive angle moves the chin away from the nose (down)
+    out = _rotate_about(v, hinge_a, hinge_b, sign * np.radians(degrees) * weight)
+    if np.linalg.norm(out[mesh.CHIN] - v[mesh.NOSE_TIP]) < np.linalg.norm(v[mesh.CHIN] - v[mesh.NOSE_TIP]):
+        out = _rotate_about(v, hinge_a, hinge_b, -sign * np.radians(degrees) * weight)
+    return out
+
+
+def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, camera: Camera, view: View) -> StudioRender:
+    """Render the textured mesh of one fitted crop under `view` (see the module doc for the steps)."""
+    import cv2
+
+    size = crop.shape[0]
+    n = len(vertices)
+    # 1-2. jaw, then head pose about the head centre (MediaPipe's z = 0 point under the eyes' midpoint)
+    v = open_jaw(vertices, view.jaw)
+    centre = v[:468].mean(0)
+    v = (v - centre) @ _rotation(view.yaw, view.pitch, view.roll).T + centre
+    # 3. mouth interior: a fan from a point behind the lips, along the head's backward direction
+    loop = mesh.mouth_loop()
+    normals = mesh.vertex_normals(v, mesh.skin_triangles())
+    back = -normals[mesh.NOSE_TIP]
+    mouth_centre = v[loop].mean(0) + MOUTH_DEPTH_MM * back
+    v_all = np.vstack([v, mouth_centre])
+    skin, eyes, mouth = mesh.skin_triangles(), mesh.eye_triangles(), mesh.mouth_triangles(n)
+    tris = np.concatenate([skin, eyes, mouth])
+    # 4. rasterise; texture coordinates are the landmarks' positions in the source crop
+    uvz = camera.project(v_all)
+    r = rasterize(uvz, tris, size, size)
+    n_skin, n_face = len(skin), len(skin) + len(eyes)
+    uv_src = np.vstack([landmarks[:, :2], landmarks[loop, :2].mean(0)])
+    uv = r.interpolate(uv_src, tris)  # [S, S, 2]
+    tex = cv2.remap(crop, uv[..., 0] - 0.5, uv[..., 1] - 0.5, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    nrm = r.interpolate(np.vstack([mesh.vertex_normals(v, np.concatenate([skin, eyes])), -back]), tris)
+    nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-6)
+    light = -np.asarray(view.light)  # normals point at the camera (-Z); light given towards the light source
+    shade = 0.45 + 0.75 * np.clip(-(nrm @ light), 0.0, 1.0)
+    colour = tex * shade[..., None]
+    inside_mouth = r.face >= n_face  # textured from the source's mouth opening, unlit and darkened
+    colour[inside_mouth] = tex[inside_mouth] * MOUTH_SHADE
+    # background: a vertical gradient between two colours
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+    c0, c1 = (np.array(c, np.float32) for c in view.background)
+    bg = np.broadcast_to(c0 * (1 - t) + c1 * t, (size, size, 3))
+    rgb = np.where(r.covered[..., None], colour, bg)
+    rgb = np.clip(rgb, 0, 255).round().astype(np.uint8)
+    mask = (r.face >= 0) & (r.face < n_skin)
+    # landmarks of the new view, MediaPipe-style: z in pixels relative to the head centre
+    mm_per_px = EYE_DISTANCE_MM / eye_distance_px(landmarks)
+    z0 = camera.fx * mm_per_px
+    lm = np.column_stack([uvz[:n, :2], (uvz[:n, 2] - z0) / mm_per_px]).astype(np.float32)
+    return StudioRender(rgb, r.depth, mask, lm)

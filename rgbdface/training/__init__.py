@@ -1,0 +1,1 @@
+"""Training: one loop for the three stages, and the tiny codec."""

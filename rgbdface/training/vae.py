@@ -1,0 +1,95 @@
+"""Train the small latent codec of the tiny configuration (the bundled model's first step).
+
+Real work uses the base model's VAE unchanged (SD-1.5). The tiny configuration has no
+pretrained VAE, so one is trained on the same data the denoiser will see: RGB face crops
+in [-1, 1] and their normalised depth maps replicated to three channels (the codec's own
+depth encoding, rgbdface/models/codec.py). Loss: L1 + MSE reconstruction with a small KL
+term, as latent-diffusion autoencoders are trained (without the perceptual and adversarial
+terms, which need pretrained networks). The latent scaling factor is then set to
+1 / std of the latents, as Stable Diffusion's 0.18215 was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class VAETrainConfig:
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 16
+    lr: float = 2e-4  # Adam, constant
+    kl_weight: float = 1e-6  # keeps the posterior near N(0, I) without blurring
+    depth_fraction: float = 0.5  # share of each batch that is depth maps
+    seed: int = 0
+
+
+def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfig, progress=None):
+    """Train `vae` in place on rgb [N, 3, S, S] and depth [M, 1, S, S] (both already in [-1, 1]).
+
+    Returns the list of per-step losses. Sets `vae.config.scaling_factor` from the data.
+    """
+    g = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    n_depth = int(round(config.batch_size * config.depth_fraction))
+    n_rgb = config.batch_size - n_depth
+    losses = []
+    vae.train()
+    for step in range(config.steps):
+        x = torch.cat([
+            rgb[torch.randint(len(rgb), (n_rgb,), generator=g)],
+            depth[torch.randint(len(depth), (n_depth,), generator=g)].expand(-1, 3, -1, -1),
+        ])
+        x = _augment(x, g)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=g)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + config.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, loss.item())
+    vae.eval()
+    set_scaling_factor(vae, torch.cat([rgb[:256], depth[:256].expand(-1, 3, -1, -1)]))
+    return losses
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips: faces are roughly symmetric, and it doubles the tiny data set."""
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.no_grad()
+def set_scaling_factor(vae, x: torch.Tensor) -> float:
+    """Scale latents to unit variance: scaling_factor = 1 / std(posterior means)."""
+    std = vae.encode(x).latent_dist.mean.std().item()
+    sf = 1.0 / max(std, 1e-6)
+    vae.register_to_config(scaling_factor=sf)
+    return sf
+
+
+def load_vae_data(dataset_dir, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB crops [N, 3, S, S] and normalised depth maps [N, 1, S, S] of a prep-depth dataset, in [-1, 1]."""
+    import numpy as np
+
+    from rgbdface.data.io import load_depth, load_image
+    from rgbdface.data.manifest import load_manifest
+    from rgbdface.models.codec import normalize_depth
+    from rgbdface.pipelines.common import image_to_tensor, resize_map
+
+    samples = load_manifest(dataset_dir)
+    rgb, depth = [], []
+    for s in samples:
+        rgb.append(image_to_tensor(load_image(s.rgb), image_size))
+        d = load_depth(s.depth)
+        valid = resize_map(d > 0, (image_size, image_size), mode="nearest")
+        d = resize_map(d, (image_size, image_size), mode="nearest")
+        depth.append(normalize_depth(torch.from_numpy(np.where(valid, d, 0.0))[None, None]))
+    return torch.cat(rgb), torch.cat(depth)

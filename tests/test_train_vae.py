@@ -1,0 +1,63 @@
+"""`rgbdface train-vae` and `init-model --tiny --vae`: the tiny configuration's own codec."""
+
+import torch
+from diffusers import AutoencoderKL
+from typer.testing import CliRunner
+
+from rgbdface.cli.app import app
+from rgbdface.models.unet import tiny_vae_config
+from rgbdface.training.vae import VAETrainConfig, load_vae_data, train_vae
+
+runner = CliRunner()
+
+
+def test_vae_data_ranges(portrait_dataset):
+    rgb, depth = load_vae_data(portrait_dataset, 32)
+    assert rgb.shape == (3, 3, 32, 32) and depth.shape == (3, 1, 32, 32)
+    assert rgb.min() >= -1 and rgb.max() <= 1
+    # Depth is the codec's normalisation: face in [-1, 1), background at the far value.
+    assert depth.min() == -1 and (depth == 1).any() and (depth < 1).float().mean() > 0.1
+
+
+def test_vae_training_reduces_reconstruction_error(portrait_dataset):
+    rgb, depth = load_vae_data(portrait_dataset, 32)
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(tiny_vae_config(32))
+
+    @torch.no_grad()
+    def recon_error():
+        x = torch.cat([rgb, depth.expand(-1, 3, -1, -1)])
+        return (vae.decode(vae.encode(x).latent_dist.mean).sample - x).abs().mean().item()
+
+    before = recon_error()
+    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=40, batch_size=4, lr=1e-3))
+    assert recon_error() < 0.7 * before
+    assert sum(losses[-5:]) < sum(losses[:5])
+    # Latents are scaled to unit variance.
+    with torch.no_grad():
+        z = vae.encode(rgb).latent_dist.mean * vae.config.scaling_factor
+    assert 0.5 < z.std().item() < 2.0
+
+
+def test_train_vae_cli_then_init_model(portrait_dataset, tmp_path):
+    vae_dir = tmp_path / "vae"
+    r = runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(vae_dir), "--image-size", "32",
+                            "--steps", "3", "--batch-size", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert (vae_dir / "config.json").is_file() and list(vae_dir.glob("*.safetensors"))
+    r = runner.invoke(app, ["init-model", "--tiny", "--vae", str(vae_dir), "--image-size", "32", "-o", str(tmp_path / "m"), "-q"])
+    assert r.exit_code == 0, r.output
+    from rgbdface.models.model import load_model
+
+    m = load_model(tmp_path / "m")
+    saved = AutoencoderKL.from_pretrained(vae_dir)
+    assert m.codec.scaling_factor == saved.config.scaling_factor
+    assert torch.equal(m.codec.vae.encoder.conv_in.weight, saved.encoder.conv_in.weight)
+
+
+def test_train_vae_errors(tmp_path):
+    r = runner.invoke(app, ["train-vae", str(tmp_path / "none"), "-o", str(tmp_path / "v")])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()
+    r = runner.invoke(app, ["init-model", "--tiny", "--vae", str(tmp_path), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 1 and "AutoencoderKL" in r.stderr

@@ -1,0 +1,21 @@
+"""Inputs built from the shipped portraits, shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def two_faces(examples_dir: Path) -> np.ndarray:
+    """The astronaut (512 px) beside Grace Hopper at 320 px high: two faces of different sizes."""
+    import cv2
+
+    from rgbdface.data.io import load_image
+
+    hopper = load_image(examples_dir / "grace_hopper.jpg")
+    small = cv2.resize(hopper, (320 * hopper.shape[1] // hopper.shape[0], 320), interpolation=cv2.INTER_AREA)
+    canvas = np.full((600, 1000, 3), 200, np.uint8)
+    canvas[:512, :512] = load_image(examples_dir / "astronaut.jpg")
+    canvas[50 : 50 + small.shape[0], 530 : 530 + small.shape[1]] = small
+    return canvas
