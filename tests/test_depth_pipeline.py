@@ -17,7 +17,7 @@ def prepared(portraits):
 
 
 def test_depth_has_the_input_size_and_is_zero_outside_the_face(tiny_masked_model, prepared):
-    x = prepared[1]  # grace_hopper: 600 x 512, not square
+    x = prepared[1]  # biden: 371 x 560, not square
     r = estimate_depths(tiny_masked_model, [x], steps=2, ensemble=1)[0]
     h, w = x.image.shape[:2]
     assert isinstance(r, DepthResult)
@@ -130,3 +130,29 @@ def test_depth_mesh_geometry_and_round_trip(tmp_path):
         back = trimesh.load(path, force="mesh", process=False)
         assert len(back.vertices) == 19 and len(back.faces) == 23
         assert np.allclose(np.sort(back.vertices, axis=0), np.sort(mesh.vertices, axis=0), atol=1e-5)
+
+
+def test_depth_of_a_ready_crop_covers_it_whole(tiny_masked_model, prepared):
+    from rgbdface.pipelines.depth import estimate_depth_crop
+
+    x = prepared[0]
+    crop = x.crop.image[::4, ::4].copy()  # a 128 px face crop, as prep-depth writes them
+    d = estimate_depth_crop(tiny_masked_model, crop, steps=2, ensemble=2)
+    assert d.shape == (128, 128) and d.dtype == np.float32
+    assert np.isfinite(d).all() and -1 <= d.min() and d.max() <= 1 and d.std() > 0
+    with pytest.raises(ValueError, match="square"):
+        estimate_depth_crop(tiny_masked_model, x.image[:, :100], steps=1)
+
+
+def test_eval_scores_the_model_on_a_dataset(tiny_masked_model_dir, portrait_dataset):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rgbdface.cli.app import app
+
+    r = CliRunner().invoke(app, ["eval", "--data", str(portrait_dataset), "--method", f"model:{tiny_masked_model_dir}",
+                                 "--steps", "1", "--ensemble", "2", "--format", "json", "-q"])
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)  # one method: its report
+    assert row["n_images"] == 2 and 0 <= row["delta1"] <= 1 and row["abs_rel"] > 0

@@ -77,21 +77,16 @@ class DepthResult:
 
 
 def face_region_mask(crop: FaceCrop) -> np.ndarray:
-    """[S, S] bool: the face region of a crop, from its fitted face-mesh landmarks.
+    """[S, S] bool: the face region of a crop: where its fitted face mesh is rasterised (`render_face_depth`).
 
-    The region is the area the face mesh covers: the convex hull of its 468 surface
-    landmarks (forehead to chin, cheek to cheek).
+    That is the face skin plus the closed eyes, forehead to chin (where prep-depth's ground
+    truth has depth); the mouth opening, hair, neck and background are outside it.
     """
-    import cv2
+    from rgbdface.data.depth import render_face_depth
 
     if crop.landmarks is None:
         raise ValueError("face_region_mask needs a crop with landmarks (crop_face(..., with_landmarks=True))")
-    shift = 4  # sub-pixel vertex precision: 1/16 px
-    pts = np.round(crop.landmarks[:468, :2] * (1 << shift) - 0.5 * (1 << shift)).astype(np.int32)
-    hull = cv2.convexHull(pts)
-    mask = np.zeros((crop.size, crop.size), np.uint8)
-    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=shift)
-    return mask.astype(bool)
+    return render_face_depth(crop.landmarks, crop.size).depth > 0
 
 
 def prepare_depth_input(image: np.ndarray, name: str = "image", crop_size: int = CROP_SIZE) -> DepthInput:
@@ -100,11 +95,12 @@ def prepare_depth_input(image: np.ndarray, name: str = "image", crop_size: int =
     return DepthInput(image=image, crop=crop, mask=face_region_mask(crop), name=name)
 
 
-def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput], steps: int, ensemble: int, guidance: float, reference: str) -> None:
+def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput] | None, steps: int, ensemble: int, guidance: float, reference: str) -> None:
+    """Raise on a model without stage 2 (InputError) or a bad argument (ValueError naming it); inputs=None skips them."""
     model.require_stage(2, "depth estimation")
     if model.masked is None:
         raise ValueError("the model lists stage 2 but has no masked denoiser (masked_unet/)")
-    if not inputs or not all(isinstance(x, DepthInput) for x in inputs):
+    if inputs is not None and (not inputs or not all(isinstance(x, DepthInput) for x in inputs)):
         raise ValueError("inputs must be a non-empty list of DepthInput (see prepare_depth_input)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -130,18 +126,42 @@ def estimate_depths(
 ) -> list[DepthResult]:
     """Estimate the depth of several prepared images in one batch (B images × `ensemble` members).
 
-    Every image draws its noise from its own generator seeded with `seed`, so an image's
-    depth does not depend on the batch it is in.
+    An image's depth does not depend on the batch it is in (see `sample_depth`).
     """
     # 1. Check inputs
     check_inputs(model, inputs, steps, ensemble, guidance, reference)
+
+    # 2.–4. Sample the ensemble members in the crop frame
+    members = sample_depth(model, [x.crop.image for x in inputs], steps=steps, seed=seed, scheduler=scheduler,
+                           ensemble=ensemble, guidance=guidance, progress=progress)  # [B, N, s, s]
+
+    # 5. Per image: ensemble in the crop frame, then paste into the full frame
+    return [_finish(x, m, reference) for x, m in zip(inputs, members)]
+
+
+@torch.no_grad()
+def sample_depth(
+    model: RGBDFaceModel,
+    crops: list[np.ndarray],
+    steps: int = 25,
+    seed: int = 0,
+    scheduler: str = "ddim",
+    ensemble: int = 1,
+    guidance: float = 1.0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Depth samples [B, N, s, s] (float32, [-1, 1], model resolution) of face crops (uint8 RGB [S, S, 3] each).
+
+    Every crop draws its noise from its own generator seeded with `seed`, so a crop's depth
+    does not depend on the batch it is in.
+    """
     device, dtype = model.device, model.dtype
     size = model.meta.image_size
-    generators = [torch.Generator().manual_seed(seed) for _ in inputs]
+    generators = [torch.Generator().manual_seed(seed) for _ in crops]
 
     with model.autocast():
         # 2. Encode the face crops (VAE); each image is its own reference
-        rgb = torch.cat([image_to_tensor(x.crop.image, size, device) for x in inputs]).to(dtype)  # [B, 3, S, S]
+        rgb = torch.cat([image_to_tensor(c, size, device) for c in crops]).to(dtype)  # [B, 3, S, S]
         z_rgb = model.codec.encode_rgb(rgb)  # [B, C, s, s]
 
         # 3. Generate depth with RGB known (ReferenceNet once, masked UNet per step)
@@ -153,10 +173,7 @@ def estimate_depths(
 
         # 4. Decode depth (VAE: mean of the 3 channels)
         depth = model.codec.decode_depth(z_depth).float()  # [B·N, 1, S, S]
-    members = rearrange(depth, "(b n) 1 h w -> b n h w", n=ensemble).cpu().numpy()
-
-    # 5. Per image: ensemble in the crop frame, then paste into the full frame
-    return [_finish(x, m, reference) for x, m in zip(inputs, members)]
+    return rearrange(depth, "(b n) 1 h w -> b n h w", n=ensemble).cpu().numpy()
 
 
 def _finish(x: DepthInput, members: np.ndarray, reference: str) -> DepthResult:
@@ -178,3 +195,20 @@ def estimate_depth(model: RGBDFaceModel, image: np.ndarray, name: str = "image",
     kwargs: steps, seed, scheduler, ensemble, guidance, reference, progress (see `estimate_depths`).
     """
     return estimate_depths(model, [prepare_depth_input(image, name)], **kwargs)[0]
+
+
+def estimate_depth_crop(model: RGBDFaceModel, crop: np.ndarray, steps: int = 25, seed: int = 0, scheduler: str = "ddim",
+                        ensemble: int = 1, guidance: float = 1.0, reference: str = "median") -> np.ndarray:
+    """Depth [S, S] float32 in [-1, 1] of an image that is already a face crop (uint8 RGB [S, S, 3]), over the whole crop.
+
+    No face detection and no mask: for crops made by prep-depth (evaluation) or `crop_face`.
+    Ensemble members are aligned over the whole crop.
+    """
+    crop = np.asarray(crop)
+    if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1]:
+        raise ValueError(f"crop must be a square uint8 RGB array [S, S, 3], got {crop.dtype} {crop.shape}")
+    check_inputs(model, None, steps, ensemble, guidance, reference)
+    members = sample_depth(model, [crop], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)[0]
+    depth = ensemble_depth(members, reference=reference).depth  # [s, s]
+    size = crop.shape[0]
+    return depth if depth.shape[0] == size else resize_map(depth, (size, size))
