@@ -53,6 +53,10 @@ def test_an_image_gets_the_same_depth_alone_or_in_a_batch(tiny_masked_model, pre
     assert np.allclose(both[1].depth, alone.depth, atol=1e-4)
     other_seed = estimate_depths(tiny_masked_model, prepared[1:], steps=2, seed=4)[0]
     assert not np.allclose(other_seed.crop_depth, alone.crop_depth, atol=1e-4)
+    # a stochastic scheduler draws its step noise from each image's own generator too
+    both = estimate_depths(tiny_masked_model, prepared, steps=2, seed=3, scheduler="ddpm", ensemble=2)
+    alone = estimate_depths(tiny_masked_model, prepared[1:], steps=2, seed=3, scheduler="ddpm", ensemble=2)[0]
+    assert np.allclose(both[1].members, alone.members, atol=1e-4)
 
 
 def test_ensemble_gives_median_and_uncertainty(tiny_masked_model, prepared):

@@ -113,10 +113,11 @@ def sample_latents(
     latents = torch.cat([n[0] for n in noise]).to(device, dtype) * scheduler.init_noise_sigma  # [B, 2C, h, w]
     known_noise = torch.cat([n[1] for n in noise]).to(device, dtype)
     step_generator = generator if not isinstance(generator, (list, tuple)) else [g for g in gens for _ in range(num_per_reference)]
-    ref_index = torch.arange(b, device=device) // num_per_reference  # [B]: sample → its reference
-    keep = None
+    # Without CFG each reference serves its consecutive samples, the bank's default (no index to gather by).
+    ref_index = keep = None
     if guidance != 1.0:  # CFG: [unconditional | conditional] halves of one batch
         keep = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+        ref_index = torch.arange(b, device=device) // num_per_reference  # [B]: sample → its reference
         ref_index = torch.cat([ref_index, ref_index])
 
     # 4. Denoising loop (expanded UNet)
