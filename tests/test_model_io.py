@@ -105,3 +105,14 @@ def test_masked_denoiser_round_trip(tiny_model, tmp_path):
     own.save_pretrained(tmp_path / "m3")
     assert (tmp_path / "m3" / "masked_reference_unet").is_dir()
     assert load_model(tmp_path / "m3").masked.reference_unet is not None
+
+
+def test_half_weights_load_as_float32_of_the_half_values(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "full")
+    tiny_model.save_pretrained(tmp_path / "half", half=True)
+    size = lambda p: sum(f.stat().st_size for f in p.rglob("*.safetensors"))
+    assert size(tmp_path / "half") < 0.6 * size(tmp_path / "full")
+    loaded = load_model(tmp_path / "half")
+    for (k, v), (k2, v2) in zip(tiny_model.state_dict().items(), loaded.state_dict().items()):
+        assert v2.dtype == v.dtype and torch.equal(v2, v.half().to(v.dtype) if v.is_floating_point() else v), k
+    assert np.isfinite(generate(loaded, _ref(), steps=2).depth).all()

@@ -30,10 +30,13 @@ def depth2img_command(
 ) -> None:
     """Generate the portrait that follows DEPTH with the identity of --reference, or edit --image inside --region.
 
-    Full mode: DEPTH of the reference's size is cropped with the reference's face box and the output is that
-    512 x 512 face crop; a square DEPTH of another size is taken as a face crop already, and the output has its size.
-    Region mode (--image, --region): DEPTH and the mask have the image's size; the output is the image with only
-    the masked pixels regenerated to follow the edited depth (paper Fig. 5).
+    The stage-2 model generates the RGB latent with the depth latent known (m_rgb = 1, m_depth = 0); the ReferenceNet carries the identity. DEPTH is a 16-bit PNG or .npy, larger = farther, 0 = no depth, in any units (normalised per image by its 2%/98% quantiles, as in training), e.g. from estimate-depth, prep-depth or generate. Depth maps are cropped and resized by normalised interpolation, so pixels without depth never blend into pixels with depth.
+
+    Full mode (--reference): DEPTH of the reference's size is a full-frame depth of the reference's framing; it is cropped with the reference's face box and the output is that 512 x 512 face crop. A square DEPTH of another size is already a face crop: it is used as it is and the output has its size. Any other size is an error.
+
+    Region mode (--image, --region; paper Fig. 5): DEPTH and the mask have the image's size; mask pixels >= 128 (any channel) are regenerated. Inside the image's face crop the model regenerates every latent cell the region touches, with the rest of the image and the whole edited depth known, and the result replaces the image's pixels inside the region only: elsewhere the output equals the image, pixel for pixel. Region pixels outside the face crop are kept (a warning says how many). The identity comes from --reference, by default the image itself.
+
+    Errors are one line on stderr with nothing written: an unreadable image or depth, no face, a depth or mask of the wrong size, an empty region, a model without stage 2.
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_depth, load_image, save_image
     from rgbdface.pipelines.depth2img import prepare_depth2img, run_depth2img

@@ -61,11 +61,15 @@ def estimate_depth_command(
 ) -> None:
     """Estimate the relative depth of the face in each INPUT, at the input's size.
 
-    The image is cropped to its face; the stage-2 model generates depth with the image known
-    (and as its own reference), and the depth is pasted back into the full frame: 16-bit PNG,
-    1..65535 = relative depth (larger = farther), 0 outside the face. Outputs that already exist
-    are skipped (--overwrite redoes them); --shard i/n (or RANK/WORLD_SIZE) takes every n-th input.
-    A bad input is reported by name and the rest are done; the exit status is then 1.
+    The image is cropped to its largest face (the shared 512 px crop) and the face mesh is fitted on it; the stage-2 model generates the depth latent with the image latent known (m_rgb = 0, m_depth = 1) and the image as its own reference; the depth is pasted back into the full frame. Output: a 16-bit PNG with 1 + (d + 1) * 32767 for relative depth d in [-1, 1] (larger = farther) and 0 outside the face region, i.e. where the fitted face mesh lies (skin and eyes; not the mouth opening, hair, neck or background). Depth is affine-invariant: compare maps after a scale and shift fit (rgbdface eval does).
+
+    Inputs: files, folders (searched recursively), globs, and '-' for paths on stdin, one per line (ls *.jpg | rgbdface estimate-depth - -o depth/). With one input file, -o may name the depth file (.png or .npy); otherwise -o is a folder that gets STEM.png per input, with --npy, --preview, --uncertainty and --mesh outputs beside it (STEM.npy, STEM_preview.png, STEM_uncertainty.npy, STEM.ply|obj|glb). Every output of an input is written atomically, all or none.
+
+    --ensemble N: N samples per image from the image's own seeded generator. The member closest to the pixelwise median (after standardising each) sets the frame, every member is fitted onto it by least-squares scale and shift over the face region, and the result is the pixelwise median of the aligned members; the uncertainty is their scaled median absolute deviation (1.4826 MAD) in the PNG's units.
+
+    --mesh: the relight camera, orthographic in pixels, x right, y up, z toward the viewer: pixel (row v, column u) becomes the vertex (u + 0.5, -(v + 0.5), -s (d - d_min)), s chosen so that the face's depth range spans --relief times its width; two triangles per 2 x 2 block of face pixels, counter-clockwise seen from the viewer, coloured by the image.
+
+    Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together, and an image's depth does not depend on its batch. A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
     """
     from rgbdface.data.io import IMAGE_SUFFIXES
 

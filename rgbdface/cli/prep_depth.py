@@ -19,6 +19,8 @@ def prep_depth(
     size: Annotated[int, typer.Option("--size", help="Side of the square face crop in pixels.")] = 512,
     margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin on each side, in face-box sizes (default 0.6).")] = None,
     studio_views: Annotated[int, typer.Option("--studio-views", help="Studio-like renders with exact depth per fitted portrait (new pose, jaw, light, background).")] = 0,
+    talking_clips: Annotated[int, typer.Option("--talking-clips", help="Synthetic talking clips per fitted portrait: 25 fps renders whose jaw follows speech-like synthetic audio (audio.wav), exact depth.")] = 0,
+    clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Every face of an image (default: the largest only).")] = False,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0 = in this process).")] = 0,
     shard: ShardOpt = None,
@@ -40,7 +42,8 @@ def prep_depth(
     from rgbdface.data.face import DEFAULT_MARGIN
     from rgbdface.data.prep import PrepConfig, input_suffixes, prepare_dataset
 
-    cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, all_faces=all_faces,
+    cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, talking_clips=talking_clips,
+                     clip_seconds=clip_seconds, all_faces=all_faces,
                      export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed)
     cfg.check()
     index, count = parse_shard(shard)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -20,6 +20,7 @@ def train_vae_command(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 3000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step (half RGB, half depth).")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-4,
+    crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random crops of this size (multiple of 8; faster, same codec).")] = None,
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
@@ -34,6 +35,8 @@ def train_vae_command(
     from rgbdface.training.vae import VAETrainConfig, load_vae_data, train_vae
     from rgbdface.utils import atomic_dir
 
+    if crop is not None and (crop % 8 or not 8 <= crop <= image_size):
+        raise InputError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
     rgb, depth = load_vae_data(dataset, image_size)
     if len(rgb) == 0:
         raise InputError(f"{dataset}: the dataset has no samples; run `rgbdface prep-depth` first")
@@ -46,7 +49,7 @@ def train_vae_command(
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 
-    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), progress)
+    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop, seed=seed), progress)
     bar.close()
     with atomic_dir(output) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)

@@ -88,11 +88,12 @@ def landmarks_to_camera(landmarks: np.ndarray, camera: Camera) -> np.ndarray:
 
 
 def depth_to_u16(depth_mm: np.ndarray) -> np.ndarray:
-    """Depth in mm (0 = none) → uint16 in DEPTH_UNIT_MM steps; raises if beyond the range."""
-    d = np.asarray(depth_mm, np.float64)
+    """Depth in mm (0 = none) → uint16 in DEPTH_UNIT_MM steps, rounded to nearest; raises if beyond the range."""
+    d = np.asarray(depth_mm, np.float32)
     if d.max(initial=0) > MAX_DEPTH_MM:
         raise ValueError(f"depth {d.max():.0f} mm exceeds the 16-bit range ({MAX_DEPTH_MM:.0f} mm)")
-    return np.round(d / DEPTH_UNIT_MM).astype(np.uint16)
+    steps = d * np.float32(1.0 / DEPTH_UNIT_MM)  # float32 holds 0..65535 in 0.1 mm steps to well under a step
+    return np.rint(steps, out=steps).astype(np.uint16)
 
 
 def u16_to_depth(depth_u16: np.ndarray) -> np.ndarray:

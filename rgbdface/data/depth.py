@@ -48,6 +48,6 @@ def render_face_depth(landmarks: np.ndarray, size: int) -> FaceDepth:
     vertices = landmarks_to_camera(lm, camera)  # [478, 3] mm
     tris, n_skin = face_triangles()
     # project: (u, v) are the landmarks' own image positions, Z the camera depth
-    raster = rasterize(np.column_stack([lm[:, :2], vertices[:, 2]]), tris, size, size)
+    raster = rasterize(np.column_stack([lm[:, :2], vertices[:, 2]]), tris, size, size, with_bary=False)
     mask = (raster.face >= 0) & (raster.face < n_skin)
     return FaceDepth(raster.depth, mask, vertices.astype(np.float32), camera)

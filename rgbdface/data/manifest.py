@@ -13,6 +13,7 @@ A dataset is a folder::
       <key>/audio.wav           videos: 16 kHz mono PCM, exactly 640 samples (1/25 s) per frame
       <key>/wav2vec.npy         with --wav2vec: [frames, layers * dim] float16 per-frame features
       <key>-studio/...          studio-like renders of <key> (same file names)
+      <key>-talk<k>/...         synthetic talking clip k of <key>: 25 fps frames and audio.wav, like a video's clip
 
 Each row (JSON object) has these fields; paths are relative to DATASET:
 
@@ -32,7 +33,7 @@ Each row (JSON object) has these fields; paths are relative to DATASET:
 | depth_unit_mm | float | millimetres per depth-PNG step (0.1) |
 | input | str | the input file the sample came from |
 | box | [4 floats] or null | crop box x0, y0, x1, y1 in the input's pixels (null for studio renders) |
-| view | object or null | studio renders: yaw, pitch, roll and jaw (degrees), light direction, background colours |
+| view | object or null | studio renders: yaw, pitch, roll and jaw (degrees), blink (0-1), light direction, background colours |
 """
 
 from __future__ import annotations

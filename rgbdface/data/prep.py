@@ -3,7 +3,9 @@
 `prepare_dataset` runs the whole batch (workers, skipping finished inputs, a summary);
 `prepare_input` handles one file. Per frame: face crop (data/face.py) → face-mesh
 landmarks → depth and face-skin mask under the assumed camera (data/depth.py) →
-optional studio-like renders (data/studio.py) → files and manifest rows (data/manifest.py).
+optional studio-like renders and talking clips (data/studio.py) → files and manifest
+rows (data/manifest.py). Everything after MediaPipe runs on a background thread pool
+(data/writer.py), so frame i is rasterised and written while frame i + 1 is fitted.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from concurrent.futures import Future
 from typing import Callable
 
 import numpy as np
 
 from rgbdface.data import manifest
-from rgbdface.data.camera import DEPTH_UNIT_MM, depth_to_u16
+from rgbdface.data.camera import DEPTH_UNIT_MM, Camera, depth_to_u16, landmarks_to_camera
 from rgbdface.data.depth import FaceDepth, face_triangles, render_face_depth
 from rgbdface.data.face import (
     DEFAULT_MARGIN,
@@ -31,9 +34,10 @@ from rgbdface.data.face import (
     detect_faces,
     square_box,
 )
-from rgbdface.data.io import IMAGE_SUFFIXES, load_image
+from rgbdface.data.io import IMAGE_SUFFIXES, encode_jpeg, encode_png, load_image
 from rgbdface.data.video import VIDEO_SUFFIXES
-from rgbdface.utils import InputError, atomic_path, exists
+from rgbdface.data.writer import BackgroundWriter
+from rgbdface.utils import InputError, atomic_path, atomic_write_bytes, exists
 
 MESH_FORMATS = ("ply", "obj", "glb")
 
@@ -43,6 +47,8 @@ class PrepConfig:
     size: int = DEFAULT_SIZE  # crop side in pixels
     margin: float = DEFAULT_MARGIN  # crop margin, in face sizes on each side
     studio_views: int = 0  # studio-like renders per fitted image (videos: per clip, from its first frame)
+    talking_clips: int = 0  # synthetic talking clips (25 fps frames + audio) per fitted image, as studio_views
+    clip_seconds: float = 2.4  # length of each talking clip
     all_faces: bool = False  # every face of an image, not just the largest
     export_mesh: str | None = None  # "ply" | "obj" | "glb": the fitted mesh with vertex colours
     wav2vec: Path | None = None  # local wav2vec2 folder for per-frame audio features
@@ -50,6 +56,7 @@ class PrepConfig:
     rgb_format: str = "jpg"  # "jpg" (quality 95) or "png"
     identity_from: str = "stem"  # "stem": the file name; "parent": its folder's name
     seed: int = 0  # studio views are drawn from (seed, input)
+    threads: int = 2  # background threads that rasterise, encode and write while MediaPipe runs
 
     def check(self) -> None:
         if self.size < 64:
@@ -58,6 +65,12 @@ class PrepConfig:
             raise InputError(f"--margin {self.margin}: must be >= 0")
         if self.studio_views < 0:
             raise InputError(f"--studio-views {self.studio_views}: must be >= 0")
+        if self.talking_clips < 0:
+            raise InputError(f"--talking-clips {self.talking_clips}: must be >= 0")
+        if not 0 < self.clip_seconds <= 60:
+            raise InputError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
+        if self.threads < 0:
+            raise InputError(f"threads {self.threads}: must be >= 0")
         if exists(self.export_mesh) and self.export_mesh not in MESH_FORMATS:
             raise InputError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
         if self.fps <= 0:
@@ -107,20 +120,9 @@ def is_video(path: Path) -> bool:
 # --- writing one sample ----------------------------------------------------------------
 
 
-def _write_encoded(path: Path, ext: str, img: np.ndarray, params: list[int]) -> None:
-    import cv2
-
-    arr = img[..., ::-1] if img.ndim == 3 else img  # OpenCV encodes BGR
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr), params)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
 def write_sample(root: Path, clip_dir: str, frame: int, rgb: np.ndarray, depth_mm: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, rgb_format: str) -> dict:
-    """Write one sample's files atomically; returns their paths relative to `root`."""
-    import cv2
+    """Encode and write one sample's files, each atomically; returns their paths relative to `root`."""
+    import io
 
     stem = f"{frame:06d}"
     rel = {
@@ -129,19 +131,17 @@ def write_sample(root: Path, clip_dir: str, frame: int, rgb: np.ndarray, depth_m
         "mask": f"{clip_dir}/mask_{stem}.png",
         "landmarks": f"{clip_dir}/landmarks_{stem}.npy",
     }
-    if rgb_format == "jpg":
-        _write_encoded(root / rel["rgb"], ".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    else:
-        _write_encoded(root / rel["rgb"], ".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    _write_encoded(root / rel["depth"], ".png", depth_to_u16(depth_mm), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    _write_encoded(root / rel["mask"], ".png", mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    with atomic_path(root / rel["landmarks"]) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(landmarks, np.float32), allow_pickle=False)
+    (root / clip_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / rel["rgb"], encode_jpeg(rgb, 95) if rgb_format == "jpg" else encode_png(rgb))
+    atomic_write_bytes(root / rel["depth"], encode_png(depth_to_u16(depth_mm)))
+    atomic_write_bytes(root / rel["mask"], encode_png(np.where(mask, np.uint8(255), np.uint8(0))))
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(landmarks, np.float32), allow_pickle=False)
+    atomic_write_bytes(root / rel["landmarks"], buf.getvalue())
     return rel
 
 
-def _row(rel: dict, *, clip: str, frame: int, identity: str, source: str, cfg: PrepConfig, fd: FaceDepth, input_path: Path, box=None, view=None, audio=None, features=None, fps=None) -> dict:
+def _row(rel: dict, *, clip: str, frame: int, identity: str, source: str, cfg: PrepConfig, input_path: Path, box=None, view=None, audio=None, features=None, fps=None) -> dict:
     return {
         "id": f"{clip}/{frame:06d}",
         **rel,
@@ -153,7 +153,7 @@ def _row(rel: dict, *, clip: str, frame: int, identity: str, source: str, cfg: P
         "audio_features": features,
         "fps": fps,
         "size": cfg.size,
-        "camera": fd.camera.to_dict(),
+        "camera": Camera.for_crop(cfg.size).to_dict(),
         "depth_unit_mm": DEPTH_UNIT_MM,
         "input": str(input_path),
         "box": [round(float(v), 3) for v in box] if exists(box) else None,
@@ -174,18 +174,61 @@ def export_mesh(path: Path, fd: FaceDepth, crop: np.ndarray, landmarks: np.ndarr
         m.export(tmp, file_type=path.suffix[1:])
 
 
-def _studio_rows(root: Path, key: str, identity: str, crop: FaceCrop, fd: FaceDepth, cfg: PrepConfig, input_path: Path) -> list[dict]:
-    from rgbdface.data.studio import random_view, render_view
+# --- per-sample tasks (run on the background writer's threads) --------------------------
+
+
+def fit_and_write(root: Path, clip: str, frame: int, crop: FaceCrop, cfg: PrepConfig) -> dict:
+    """Depth and mask of a fitted crop, written as sample `frame` of `clip`; returns the sample's file paths."""
+    fd = render_face_depth(crop.landmarks, cfg.size)
+    rel = write_sample(root, clip, frame, crop.image, fd.depth, fd.mask, crop.landmarks, cfg.rgb_format)
+    if cfg.export_mesh:
+        export_mesh(root / clip / f"mesh_{frame:06d}.{cfg.export_mesh}", fd, crop.image, crop.landmarks)
+    return rel
+
+
+def _render_and_write(root: Path, clip: str, frame: int, crop: FaceCrop, vertices: np.ndarray, view, rgb_format: str) -> dict:
+    from rgbdface.data.studio import render_view
+
+    r = render_view(crop.image, crop.landmarks, vertices, Camera.for_crop(crop.size), view)
+    return write_sample(root, clip, frame, r.rgb, r.depth, r.mask, r.landmarks, rgb_format)
+
+
+def _rows_of(future: Future, **row) -> Callable[[], dict]:
+    return lambda: _row(future.result(), **row)
+
+
+def _rng(cfg: PrepConfig, *parts) -> np.random.Generator:
+    return np.random.default_rng(int(hashlib.sha1(":".join(map(str, (cfg.seed, *parts))).encode()).hexdigest()[:8], 16))
+
+
+def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str, crop: FaceCrop, cfg: PrepConfig, input_path: Path) -> list[Callable[[], dict]]:
+    """Studio views and talking clips of one fitted crop, queued on `writer`; returns row makers."""
+    from rgbdface.data.studio import plan_talking_clip, random_view
+    from rgbdface.data.video import write_wav
 
     rows = []
-    seed = int(hashlib.sha1(f"{cfg.seed}:{key}".encode()).hexdigest()[:8], 16)
-    rng = np.random.default_rng(seed)
+    vertices = landmarks_to_camera(crop.landmarks, Camera.for_crop(cfg.size))
+    rng = _rng(cfg, key)
     clip = f"{key}-studio"
     for k in range(cfg.studio_views):
         view = random_view(rng)
-        r = render_view(crop.image, crop.landmarks, fd.vertices, fd.camera, view)
-        rel = write_sample(root, clip, k, r.rgb, r.depth, r.mask, r.landmarks, cfg.rgb_format)
-        rows.append(_row(rel, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, fd=fd, input_path=input_path, view=view.to_dict()))
+        f = writer.submit(_render_and_write, root, clip, k, crop, vertices, view, cfg.rgb_format)
+        rows.append(_rows_of(f, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict()))
+    for c in range(cfg.talking_clips):
+        clip = f"{key}-talk{c}"
+        plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, key, "talk", c))
+        audio_rel, features_rel = f"{clip}/audio.wav", None
+        writer.submit(write_wav, root / audio_rel, plan.audio, plan.sample_rate)
+        if exists(cfg.wav2vec):
+            from rgbdface.data.io import save_npy
+            from rgbdface.data.video import wav2vec_features
+
+            features_rel = f"{clip}/wav2vec.npy"
+            save_npy(root / features_rel, wav2vec_features(Path(cfg.wav2vec), plan.audio, len(plan.views)))
+        for i, view in enumerate(plan.views):
+            f = writer.submit(_render_and_write, root, clip, i, crop, vertices, view, cfg.rgb_format)
+            rows.append(_rows_of(f, clip=clip, frame=i, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict(),
+                                 audio=audio_rel, features=features_rel, fps=cfg.fps))
     return rows
 
 
@@ -196,7 +239,7 @@ def _identity(path: Path, cfg: PrepConfig) -> str:
     return Path(path).resolve().parent.name if cfg.identity_from == "parent" else Path(path).stem
 
 
-def prepare_image(path: Path, root: Path, cfg: PrepConfig) -> tuple[list[dict], int]:
+def prepare_image(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWriter) -> tuple[list[Callable[[], dict]], int]:
     image = load_image(path)
     name = str(path)
     n_faces = len(detect_faces(image)) if cfg.all_faces else 1
@@ -205,18 +248,15 @@ def prepare_image(path: Path, root: Path, cfg: PrepConfig) -> tuple[list[dict], 
     key, rows = input_key(path), []
     for i in range(n_faces):
         crop = crop_face(image, cfg.size, cfg.margin, which=i, name=name, with_landmarks=True)
-        fd = render_face_depth(crop.landmarks, cfg.size)
         clip = key if not cfg.all_faces else f"{key}-f{i}"
         identity = _identity(path, cfg) + (f"-f{i}" if cfg.all_faces else "")
-        rel = write_sample(root, clip, 0, crop.image, fd.depth, fd.mask, crop.landmarks, cfg.rgb_format)
-        rows.append(_row(rel, clip=clip, frame=0, identity=identity, source="wild", cfg=cfg, fd=fd, input_path=path, box=crop.box))
-        if cfg.export_mesh:
-            export_mesh(root / clip / f"mesh_000000.{cfg.export_mesh}", fd, crop.image, crop.landmarks)
-        rows += _studio_rows(root, clip, identity, crop, fd, cfg, path)
+        f = writer.submit(fit_and_write, root, clip, 0, crop, cfg)
+        rows.append(_rows_of(f, clip=clip, frame=0, identity=identity, source="wild", cfg=cfg, input_path=path, box=crop.box))
+        rows += _submit_studio(writer, root, clip, identity, crop, cfg, path)
     return rows, 1
 
 
-def prepare_video(path: Path, root: Path, cfg: PrepConfig) -> tuple[list[dict], int]:
+def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWriter) -> tuple[list[Callable[[], dict]], int]:
     from rgbdface.data import video
 
     name = str(path)
@@ -240,13 +280,14 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig) -> tuple[list[dict], 
     if exists(audio):
         audio = video.align_audio(audio, len(boxes), cfg.fps)
         audio_rel = f"{key}/audio.wav"
-        video.write_wav(root / audio_rel, audio)
+        writer.submit(video.write_wav, root / audio_rel, audio)
         if exists(cfg.wav2vec):
             from rgbdface.data.io import save_npy
 
             features_rel = f"{key}/wav2vec.npy"
             save_npy(root / features_rel, video.wav2vec_features(Path(cfg.wav2vec), audio, len(boxes)))
-    # 3. Per frame: crop with the smoothed box, fit, render, write.
+    # 3. Per frame: crop with the smoothed box and fit the mesh here (MediaPipe); depth, mask
+    #    and files on the writer's threads, overlapping the next frame's MediaPipe.
     rows, first = [], None
     for f, frame in enumerate(video.read_frames(path, cfg.fps)):
         if f >= len(boxes):
@@ -256,17 +297,12 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig) -> tuple[list[dict], 
             crop.landmarks = crop_landmarks(crop.image, f"{name} frame {f}")
         except NoFaceError:
             continue  # a frame without a fitted face is left out; the frame index keeps the gap
-        fd = render_face_depth(crop.landmarks, cfg.size)
-        rel = write_sample(root, key, f, crop.image, fd.depth, fd.mask, crop.landmarks, cfg.rgb_format)
-        rows.append(_row(rel, clip=key, frame=f, identity=identity, source="wild", cfg=cfg, fd=fd, input_path=path, box=crop.box, audio=audio_rel, features=features_rel, fps=cfg.fps))
-        if cfg.export_mesh:
-            export_mesh(root / key / f"mesh_{f:06d}.{cfg.export_mesh}", fd, crop.image, crop.landmarks)
-        if first is None:
-            first = (crop, fd)
+        done = writer.submit(fit_and_write, root, key, f, crop, cfg)
+        rows.append(_rows_of(done, clip=key, frame=f, identity=identity, source="wild", cfg=cfg, input_path=path, box=crop.box, audio=audio_rel, features=features_rel, fps=cfg.fps))
+        first = first or crop
     if not rows:
         raise NoFaceError(f"{name}: the face mesh could not be fitted on any frame; pass a video with a clearer face")
-    if cfg.studio_views:
-        rows += _studio_rows(root, key, identity, first[0], first[1], cfg, path)
+    rows += _submit_studio(writer, root, key, identity, first, cfg, path)
     return rows, len(boxes)
 
 
@@ -282,8 +318,11 @@ def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = Fal
             raise InputError(f"{path}: no such file; check the path")
         if path.is_dir():
             raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
-        rows, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg)
-        manifest.write_rows(root, key, rows)
+        with BackgroundWriter(cfg.threads) as writer:
+            makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, writer)
+            writer.results()  # every file is written (or the first error raised) ...
+        rows = [make() for make in makers]
+        manifest.write_rows(root, key, rows)  # ... before the rows file that marks the input done
         return InputResult(str(path), "done", samples=len(rows), frames=frames, seconds=time.perf_counter() - t0)
     except InputError as e:
         return InputResult(str(path), "failed", error=str(e), seconds=time.perf_counter() - t0)

@@ -37,8 +37,11 @@ class Raster:
         return out
 
 
-def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int) -> Raster:
-    """Rasterise triangles `tris` [F, 3] of vertices `verts` [N, 3] = (u, v, Z > 0) into an H x W z-buffer."""
+def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with_bary: bool = True) -> Raster:
+    """Rasterise triangles `tris` [F, 3] of vertices `verts` [N, 3] = (u, v, Z > 0) into an H x W z-buffer.
+
+    with_bary=False skips the barycentric weights (`bary` stays zero): depth and face ids only.
+    """
     v = np.asarray(verts, np.float64)
     tris = np.asarray(tris, np.int64)
     depth = np.zeros((height, width), np.float32)
@@ -54,59 +57,64 @@ def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int) -> R
     y0 = np.clip(np.ceil(p[:, :, 1].min(1) - 0.5), 0, height).astype(np.int64)
     y1 = np.clip(np.floor(p[:, :, 1].max(1) - 0.5) + 1, 0, height).astype(np.int64)
     bw, bh = np.maximum(x1 - x0, 0), np.maximum(y1 - y0, 0)
-    n = bw * bh
-    keep = (n > 0) & (p[:, :, 2].min(1) > 0)
+    keep = (bw * bh > 0) & (p[:, :, 2].min(1) > 0)
     tri_id = np.nonzero(keep)[0]
-    n = n[keep]
 
     # 2. Per triangle, the edge functions normalised by its area: w_k(x, y) = A_k x + B_k y + C_k
     #    are the screen-space barycentrics; and 1/Z at its corners.
     t = p[tri_id]  # [T, 3, 3]
     area = (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 1, 1] - t[:, 0, 1]) * (t[:, 2, 0] - t[:, 0, 0])
     ok = np.abs(area) > 1e-12
-    tri_id, t, area, n = tri_id[ok], t[ok], area[ok], n[ok]
+    tri_id, t, area = tri_id[ok], t[ok], area[ok]
+    if len(tri_id) == 0:
+        return Raster(depth, face, bary)
+    x0, x1, y0, bh = x0[tri_id], x1[tri_id], y0[tri_id], bh[tri_id]
     nxt, prv = t[:, [1, 2, 0]], t[:, [2, 0, 1]]  # for corner k, the opposite edge runs nxt -> prv
-    coef_a = ((nxt[..., 1] - prv[..., 1]) / area[:, None]).astype(np.float32)  # [T, 3]
-    coef_b = ((prv[..., 0] - nxt[..., 0]) / area[:, None]).astype(np.float32)
-    coef_c = ((nxt[..., 0] * prv[..., 1] - prv[..., 0] * nxt[..., 1]) / area[:, None]).astype(np.float32)
-    inv_zc = (1.0 / t[..., 2]).astype(np.float32)  # [T, 3]
+    coef_a = (nxt[..., 1] - prv[..., 1]) / area[:, None]  # [T, 3]
+    coef_b = (prv[..., 0] - nxt[..., 0]) / area[:, None]
+    coef_c = (nxt[..., 0] * prv[..., 1] - prv[..., 0] * nxt[..., 1]) / area[:, None]
+    inv_zc = 1.0 / t[..., 2]  # [T, 3]
 
     # 3. Per (triangle, row of its box): the span of pixel centres inside all three edges,
-    #    w_k = A_k x + c_k >= 0 with c_k = B_k y + C_k, then one entry per pixel of the span.
-    row_tri = np.repeat(np.arange(len(tri_id)), bh[tri_id])  # [R]
-    row_y = y0[tri_id][row_tri] + (np.arange(len(row_tri)) - np.repeat(np.cumsum(bh[tri_id]) - bh[tri_id], bh[tri_id]))
-    cy = row_y.astype(np.float64)[:, None] + 0.5
-    ra, rc = coef_a[row_tri].astype(np.float64), coef_b[row_tri] * cy + coef_c[row_tri]  # [R, 3]
+    #    w_k = A_k x + c_k >= 0 with c_k = B_k y + C_k.
+    row_tri = np.repeat(np.arange(len(tri_id)), bh)  # [R]
+    row_y = y0[row_tri] + (np.arange(len(row_tri)) - np.repeat(np.cumsum(bh) - bh, bh))
+    ra, rc = coef_a[row_tri], coef_b[row_tri] * (row_y[:, None] + 0.5) + coef_c[row_tri]  # [R, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         bound = -rc / ra
     eps = 1e-6
     lo = np.where(ra > 0, bound, -np.inf).max(1)
     hi = np.where(ra < 0, bound, np.inf).min(1)
     flat_ok = np.where(ra == 0, rc >= -eps, True).all(1)
-    j0 = np.maximum(np.ceil(lo - 0.5 - eps), x0[tri_id][row_tri]).astype(np.int64)
-    j1 = np.minimum(np.floor(hi - 0.5 + eps), x1[tri_id][row_tri] - 1).astype(np.int64)
+    j0 = np.maximum(np.ceil(lo - 0.5 - eps), x0[row_tri]).astype(np.int64)
+    j1 = np.minimum(np.floor(hi - 0.5 + eps), x1[row_tri] - 1).astype(np.int64)
     count = np.where(flat_ok, np.maximum(j1 - j0 + 1, 0), 0)
-    row = np.repeat(np.arange(len(row_tri)), count)  # [P]
-    px = j0[row] + (np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count))
-    py = row_y[row]
-    local = row_tri[row]
-    sx = (px + 0.5).astype(np.float32)
-    w = coef_a[local] * sx[:, None] + (coef_b[local] * (py[:, None] + 0.5).astype(np.float32) + coef_c[local])  # [P, 3]
-    w = np.maximum(w, 0)  # at most rounding-level negatives at the span ends
+    # 1/Z is linear in screen space: along a row, 1/Z(x) = ia x + ic (perspective-correct depth)
+    izc = inv_zc[row_tri]
+    ia, ic = (ra * izc).sum(1), (rc * izc).sum(1)  # [R]
 
-    # 4. Perspective-correct depth: 1/Z is linear in screen space.
-    wz = w * inv_zc[local]
-    inv_z = wz.sum(1)
-    z = 1.0 / inv_z
-    owner = tri_id[local]
+    # 4. One entry per pixel of each span: its depth from the row's 1/Z line.
+    starts = np.cumsum(count) - count
+    row = np.repeat(np.arange(len(row_tri), dtype=np.int32), count)  # [P]
+    px = np.arange(len(row), dtype=np.int64) + (j0 - starts)[row]
+    sx = px + 0.5
+    z = (1.0 / (ia[row] * sx + ic[row])).astype(np.float32)
+    pix = row_y[row] * width + px
 
-    # 5. Z-buffer: the nearest candidate per pixel wins.
-    pix = py * width + px
-    zbuf = np.full(height * width, np.inf, np.float32)
-    np.minimum.at(zbuf, pix, z)
-    win = z <= zbuf[pix]
-    pix, owner, z, wz, inv_z = pix[win], owner[win], z[win], wz[win], inv_z[win]
-    depth.ravel()[pix] = z
-    face.ravel()[pix] = owner
-    bary.reshape(-1, 3)[pix] = wz / inv_z[:, None]
+    # 5. Z-buffer over the window of pixels the faces touch: the nearest candidate per pixel wins.
+    if len(pix) == 0:
+        return Raster(depth, face, bary)
+    lo_pix = int(pix.min())
+    local = pix - lo_pix
+    zbuf = np.full(int(local.max()) + 1, np.inf, np.float32)
+    np.minimum.at(zbuf, local, z)
+    depth.ravel()[lo_pix : lo_pix + len(zbuf)] = np.where(zbuf < np.inf, zbuf, 0.0)
+    win = np.flatnonzero(z <= zbuf[local])
+    pix, row = pix[win], row[win]
+    face.ravel()[pix] = tri_id[row_tri[row]]
+
+    # 6. Perspective-correct barycentrics of the visible pixels: screen weights times 1/Z, renormalised.
+    if with_bary:
+        w = np.maximum(ra[row] * sx[win, None] + rc[row], 0.0) * izc[row]  # [P, 3]; clamps rounding-level negatives
+        bary.reshape(-1, 3)[pix] = (w / w.sum(1, keepdims=True)).astype(np.float32)
     return Raster(depth, face, bary)

@@ -14,6 +14,11 @@ mesh), each view:
 
 Depth is exact for what is drawn: the rendered mesh's camera-space Z. The mask is the
 visible face skin (eyes and the mouth interior left out), as for fitted samples.
+
+Talking clips (`plan_talking_clip`) string views into a 25 fps sequence driven by
+speech-like synthetic audio (data/speech.py): the jaw follows the audio's syllable
+envelope, leading the sound by a frame as in real speech, the head drifts slowly and
+the eyes blink now and then. They teach mouth opening <-> audio energy, not phonetics.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ class View:
     jaw: float
     light: tuple[float, float, float]
     background: tuple[tuple[int, int, int], tuple[int, int, int]]
+    blink: float = 0.0  # eyelid closure, 0 = open, 1 = shut
 
     def to_dict(self) -> dict:
-        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll, "jaw": self.jaw, "light": list(self.light), "background": [list(c) for c in self.background]}
+        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll, "jaw": self.jaw, "blink": self.blink, "light": list(self.light), "background": [list(c) for c in self.background]}
 
 
 @dataclass
@@ -108,14 +114,41 @@ def open_jaw(vertices: np.ndarray, degrees: float) -> np.ndarray:
     return out
 
 
+def _lid_arcs(loop: np.ndarray, corners: tuple[int, int], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split an eye contour at its corners into (upper lid, lower lid), each ordered from corners[0]."""
+    i, j = (int(np.nonzero(loop == c)[0][0]) for c in corners)
+    ring = np.roll(loop, -i)
+    j = (j - i) % len(loop)
+    one, other = ring[: j + 1], np.append(ring[j:], ring[0])[::-1]
+    up = v[mesh.FOREHEAD_TOP] - v[mesh.CHIN]
+    return (one, other) if (v[one] @ up).mean() > (v[other] @ up).mean() else (other, one)
+
+
+def close_eyes(vertices: np.ndarray, amount: float) -> np.ndarray:
+    """Lower each upper eyelid onto the lower one by `amount` (0 open, 1 shut); the iris follows it down."""
+    v = np.asarray(vertices, np.float64).copy()
+    if amount <= 0:
+        return v
+    right, left = mesh.eye_loops()
+    for loop, corners, iris in ((right, mesh.RIGHT_EYE_CORNERS, range(468, 473)), (left, mesh.LEFT_EYE_CORNERS, range(473, 478))):
+        upper, lower = _lid_arcs(loop, corners, v)
+        # pair each upper-lid point with the lower-lid point at the same fraction of the way along
+        s_up, s_lo = np.linspace(0, 1, len(upper)), np.linspace(0, 1, len(lower))
+        target = np.stack([np.interp(s_up, s_lo, v[lower, k]) for k in range(3)], 1)
+        v[upper[1:-1]] += amount * (target[1:-1] - v[upper[1:-1]])
+        iris = list(iris)
+        v[iris] += amount * (v[lower].mean(0) - v[iris[0]])
+    return v
+
+
 def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, camera: Camera, view: View) -> StudioRender:
     """Render the textured mesh of one fitted crop under `view` (see the module doc for the steps)."""
     import cv2
 
     size = crop.shape[0]
     n = len(vertices)
-    # 1-2. jaw, then head pose about the head centre (MediaPipe's z = 0 point under the eyes' midpoint)
-    v = open_jaw(vertices, view.jaw)
+    # 1-2. jaw and eyelids, then head pose about the head centre
+    v = close_eyes(open_jaw(vertices, view.jaw), view.blink)
     centre = v[:468].mean(0)
     v = (v - centre) @ _rotation(view.yaw, view.pitch, view.roll).T + centre
     # 3. mouth interior: a fan from a point behind the lips, along the head's backward direction
@@ -152,3 +185,56 @@ def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, c
     z0 = camera.fx * mm_per_px
     lm = np.column_stack([uvz[:n, :2], (uvz[:n, 2] - z0) / mm_per_px]).astype(np.float32)
     return StudioRender(rgb, r.depth, mask, lm)
+
+
+# --- talking clips ---------------------------------------------------------------------
+
+
+@dataclass
+class TalkingPlan:
+    """A talking clip before rendering: one View per frame and the clip's audio.
+
+    views: F views at `fps`; audio: [round(F * sample_rate / fps)] float32, frame f covering
+    samples [f sr / fps, (f + 1) sr / fps); envelope: [F] per-frame syllable envelope in [0, 1]."""
+
+    views: list[View]
+    audio: np.ndarray
+    envelope: np.ndarray
+    fps: float
+    sample_rate: int
+
+
+MOUTH_LEAD_FRAMES = 1  # the jaw moves ~40 ms before the sound it shapes
+
+
+def plan_talking_clip(n_frames: int, fps: float, rng: np.random.Generator, max_jaw: tuple[float, float] = (12.0, 18.0)) -> TalkingPlan:
+    """Audio and per-frame views of a synthetic talking clip (see the module doc)."""
+    from rgbdface.data.speech import SAMPLE_RATE, synthesize
+
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    # 1. Audio: exactly n_frames / fps seconds; the per-frame envelope drives the jaw.
+    speech = synthesize(n_frames / fps, rng)
+    env = speech.frame_envelope(fps)[:n_frames]  # [F]
+    ahead = np.append(env[MOUTH_LEAD_FRAMES:], np.full(MOUTH_LEAD_FRAMES, env[-1]))[:n_frames]
+    jaw = float(rng.uniform(*max_jaw)) * np.convolve(np.pad(ahead, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")  # a little jaw inertia
+    # 2. Head: a base pose plus slow drift (two sines per angle, 0.15-0.6 Hz) and small nods on stressed syllables.
+    t = np.arange(n_frames) / fps
+    base = rng.uniform([-15, -8, -5], [15, 8, 5])
+    amp = np.array([3.0, 2.0, 1.5])
+    angles = []
+    for k in range(3):
+        f, ph = rng.uniform(0.15, 0.6, 2), rng.uniform(0, 2 * np.pi, 2)
+        angles.append(base[k] + amp[k] * 0.5 * (np.sin(2 * np.pi * f[0] * t + ph[0]) + np.sin(2 * np.pi * f[1] * t + ph[1])))
+    angles[1] = angles[1] + 1.5 * ahead
+    # 3. Blinks: every 2-5 s, five frames closing and opening.
+    blink = np.zeros(n_frames)
+    shape = np.array([0.4, 0.9, 1.0, 0.6, 0.2])
+    f0 = int(rng.uniform(0.3, 3.0) * fps)
+    while f0 < n_frames:
+        blink[f0 : f0 + len(shape)] = shape[: n_frames - f0]
+        f0 += int(rng.uniform(2.0, 5.0) * fps)
+    # 4. One light and background for the clip.
+    still = random_view(rng)
+    views = [View(float(angles[0][i]), float(angles[1][i]), float(angles[2][i]), float(jaw[i]), still.light, still.background, float(blink[i])) for i in range(n_frames)]
+    return TalkingPlan(views, speech.audio, env.astype(np.float32), fps, speech.sample_rate)

@@ -9,6 +9,8 @@ A model folder holds everything needed to run it, weights as safetensors only:
     unet/ reference_unet/    stage 1: joint RGB + depth denoiser and its ReferenceNet
     masked_unet/             stage 2: the masked (channel-wise inpainting) denoiser
     masked_reference_unet/   stage 2, only if its ReferenceNet was fine-tuned too
+    motion/                  stage 3: motion.json (MotionConfig + temporal layout), motion.safetensors
+                             (audio projection, audio attention, temporal modules; see motion.py)
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class RGBDFaceModel(nn.Module):
             # Without its own ReferenceNet the masked denoiser shares the joint one (and its bank).
             ref = masked_reference_unet if masked_reference_unet is not None else reference_unet
             self.masked = RGBDDenoiser(masked_unet, ref, bank=None if masked_reference_unet is not None else self.joint.bank)
+        self.motion = None  # stage 3: a MotionDenoiser around self.joint (add_motion / from_pretrained)
         self.register_buffer("context", context.detach().clone(), persistent=False)  # [1, L, D]
         self.meta = meta
         self.scheduler_config = dict(scheduler_config)
@@ -127,6 +130,26 @@ class RGBDFaceModel(nn.Module):
             self.masked = RGBDDenoiser(unet, self.joint.reference_unet, bank=self.joint.bank)
         return self.masked
 
+    def add_motion(self, config=None, motion_adapter_dir: str | Path | None = None):
+        """Stage 3 starts here: audio and temporal attention around the joint denoiser (see motion.py).
+
+        Temporal modules come from AnimateDiff motion-adapter weights in `motion_adapter_dir`
+        (as the paper initialises them), else they are new with a zero output projection.
+        Audio attention always starts at zero output, so the model first computes stage 1 per frame.
+        """
+        from rgbdface.models.motion import MotionConfig, MotionDenoiser, load_motion_adapter
+
+        config = config if config is not None else MotionConfig()
+        if self.motion is not None:
+            self.motion.uninstall()
+        adapter = load_motion_adapter(motion_adapter_dir, self.joint.unet, config) if motion_adapter_dir is not None else None
+        self.motion = MotionDenoiser(self.joint, config, adapter=adapter)
+        for part in (self.motion.audio_proj, self.motion.audio_attn, self.motion.temporal):  # the joint parts are in place
+            part.to(device=self.device)
+            if self.dtype != torch.float32:
+                part.to(dtype=self.dtype)
+        return self.motion
+
     # ----------------------------------------------------------------------------- schedulers
     def noise_scheduler(self):
         """The training schedule (DDPM, as the base model was trained)."""
@@ -147,8 +170,12 @@ class RGBDFaceModel(nn.Module):
         return cls.from_config(self.scheduler_config)
 
     # ----------------------------------------------------------------------------- save / load
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the whole model folder atomically (safetensors weights, JSON configs)."""
+    def save_pretrained(self, path: str | Path, half: bool = False) -> Path:
+        """Write the whole model folder atomically (safetensors weights, JSON configs).
+
+        `half` stores the weights as float16 (half the size; the bundled model ships so);
+        they load back as float32 holding exactly the float16 values.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -160,10 +187,14 @@ class RGBDFaceModel(nn.Module):
                 self.masked.unet.save_pretrained(tmp / "masked_unet", safe_serialization=True)
                 if self.masked.reference_unet is not self.joint.reference_unet:
                     self.masked.reference_unet.save_pretrained(tmp / "masked_reference_unet", safe_serialization=True)
+            if self.motion is not None:
+                self.motion.save(tmp / "motion")
             (tmp / "scheduler").mkdir()
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(self.scheduler_config, indent=2))
             save_file({"context": self.context.detach().float().cpu().contiguous()}, str(tmp / "context.safetensors"))
             (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
+            if half:
+                _halve_weights(tmp)
         return path
 
     @classmethod
@@ -188,14 +219,32 @@ class RGBDFaceModel(nn.Module):
         context = load_file(str(path / "context.safetensors"))["context"]
         model = cls(vae, unet("unet"), unet("reference_unet"), context, meta, scheduler_config,
                     masked_unet=unet("masked_unet"), masked_reference_unet=unet("masked_reference_unet"))
-        _own_storage(model)
-        model = model.to(device=device)
-        if dtype != torch.float32:
-            model = model.to(dtype=dtype)
-        return model.eval()
+        if (path / "motion").is_dir():
+            from rgbdface.models.motion import MotionDenoiser
+
+            model.motion = MotionDenoiser.load(model.joint, path / "motion")
+        elif 3 in meta.stages:
+            raise InputError(f"{path}: the model lists stage 3 but has no motion/ folder; it is incomplete, save it again")
+        _own_storage(model, dtype)
+        return model.to(device=device).eval()
 
     def clone(self) -> "RGBDFaceModel":
-        """A deep copy with freshly attached reference processors."""
+        """A deep copy with freshly attached reference processors (and motion modules, if any)."""
+        if self.motion is not None:  # copy the bare UNets, then rebuild the stage-3 wiring on the copy
+            self.motion.uninstall()
+            try:
+                m = self._clone_base()
+            finally:
+                self.motion.install()
+            from rgbdface.models.motion import MotionDenoiser
+
+            m.motion = MotionDenoiser(m.joint, copy.deepcopy(self.motion.config), adapter=copy.deepcopy(self.motion.temporal))
+            m.motion.audio_proj.load_state_dict(self.motion.audio_proj.state_dict())
+            m.motion.audio_attn.load_state_dict(self.motion.audio_attn.state_dict())
+            return m.to(self.device)
+        return self._clone_base()
+
+    def _clone_base(self) -> "RGBDFaceModel":
         m = RGBDFaceModel(
             copy.deepcopy(self.codec.vae), copy.deepcopy(self.joint.unet), copy.deepcopy(self.joint.reference_unet),
             self.context, copy.deepcopy(self.meta), self.scheduler_config,
@@ -207,14 +256,29 @@ class RGBDFaceModel(nn.Module):
 
 
 @torch.no_grad()
-def _own_storage(module: nn.Module) -> None:
-    """Copy every weight out of the loaded (memory-mapped, unaligned) file buffers.
+def _own_storage(module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Copy every weight out of the loaded (memory-mapped, unaligned) file buffers, as `dtype`.
 
     CPU kernels pick code paths by memory alignment, so without this a loaded model could
     differ from the saved one in the last bits; it also frees the files for replacement.
     """
     for t in list(module.parameters()) + list(module.buffers()):
-        t.data = t.data.clone()
+        t.data = t.data.to(dtype).clone() if t.is_floating_point() else t.data.clone()
+
+
+def _halve_weights(folder: Path) -> None:
+    """Rewrite every weight file under `folder` (but the cached context) with float16 tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for f in folder.rglob("*.safetensors"):
+        if f.name == "context.safetensors":
+            continue
+        with safe_open(str(f), "pt") as h:
+            meta = h.metadata()
+            tensors = {k: h.get_tensor(k) for k in h.keys()}
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(tensors, str(f), metadata=meta)
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RGBDFaceModel:

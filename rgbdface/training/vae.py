@@ -24,6 +24,7 @@ class VAETrainConfig:
     lr: float = 2e-4  # Adam, constant
     kl_weight: float = 1e-6  # keeps the posterior near N(0, I) without blurring
     depth_fraction: float = 0.5  # share of each batch that is depth maps
+    crop: int | None = None  # train on random square crops of this size (a conv codec generalises to the full size)
     seed: int = 0
 
 
@@ -43,7 +44,7 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
             rgb[torch.randint(len(rgb), (n_rgb,), generator=g)],
             depth[torch.randint(len(depth), (n_depth,), generator=g)].expand(-1, 3, -1, -1),
         ])
-        x = _augment(x, g)
+        x = _augment(x, g, config.crop)
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator=g)
         recon = vae.decode(z).sample
@@ -60,10 +61,18 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
     return losses
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips: faces are roughly symmetric, and it doubles the tiny data set."""
+def _augment(x: torch.Tensor, g: torch.Generator, crop: int | None = None) -> torch.Tensor:
+    """Random horizontal flips (faces are roughly symmetric), and one random crop per batch.
+
+    Cropping cuts the cost per step by (S / crop)²; the codec is convolutional, so it
+    applies to the full size unchanged.
+    """
     flip = torch.rand(x.shape[0], generator=g) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if crop is not None and crop < x.shape[-1]:
+        i, j = (int(v) for v in torch.randint(x.shape[-1] - crop + 1, (2,), generator=g))
+        x = x[..., i : i + crop, j : j + crop]
+    return x
 
 
 @torch.no_grad()

@@ -1,0 +1,42 @@
+"""`rgbdface finetune-mask`: stage 2, the masked (channel-wise inpainting) denoiser (paper §4.1, supp. §7.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rgbdface.cli.common import handle_errors
+from rgbdface.cli.options import QuietOpt
+from rgbdface.cli.training import (ConfigOpt, CpuOpt, DatasetArg, MaxStepsOpt, OverwriteRunOpt, ResumeOpt, RunDirOpt,
+                                   SetOpt, ShowConfigOpt, TrackerOpt, run_training)
+
+
+@handle_errors
+def finetune_mask_command(
+    dataset: DatasetArg,
+    output: RunDirOpt,
+    model: Annotated[Path, typer.Option("--model", "-m", help="A stage-1 model folder (or the run folder of `rgbdface train`).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    max_steps: MaxStepsOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteRunOpt = False,
+    tracker: TrackerOpt = None,
+    cpu: CpuOpt = False,
+    show_config: ShowConfigOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune stage 2: the masked variant widened from the stage-1 denoiser, with asymmetric
+    masks drawn per sample (joint, image->depth, depth->image, spatial boxes; probabilities
+    masks.p_*). Writes RUN_DIR/model (stages [0, 1, 2]) and prints its path."""
+    from rgbdface.training.loop import TrainRequest
+
+    req = TrainRequest(stage=2, dataset=dataset, run_dir=output, model=model, recipe=config, overrides=set_ or [],
+                       max_steps=max_steps, resume=resume, overwrite=overwrite, tracker=tracker, cpu=cpu, quiet=quiet)
+    run_training(req, show_config, quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune-mask")(finetune_mask_command)

@@ -1,0 +1,92 @@
+"""`rgbdface talk`: reference portrait + speech → RGB + depth talking-head video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rgbdface.cli.common import handle_errors, log
+from rgbdface.cli.loading import load_for_command
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.utils import InputError
+
+CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _require_motion_stage(model: Path | None) -> None:
+    """Refuse a model without stage 3 from its metadata alone, before any weights are read."""
+    import json
+
+    from rgbdface.models.model import BUNDLED_MODEL, META_FILE, STAGE_NAMES
+
+    meta = (model if model is not None else BUNDLED_MODEL) / META_FILE
+    if meta.is_file():
+        stages = json.loads(meta.read_text()).get("stages", [])
+        if 3 not in stages:
+            have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in stages)
+            raise InputError(f"talk needs a model that reached stage 3 ({STAGE_NAMES[3]}); this one has stages {have}; "
+                             "train one with `rgbdface train-motion`")
+
+
+@handle_errors
+def talk_command(
+    reference: Annotated[Path, typer.Argument(help="Reference portrait (JPEG/PNG); it is cropped to the face.")],
+    audio: Annotated[Path, typer.Argument(help="Speech: any file ffmpeg reads (wav, mp3, m4a, the audio of a video).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output video (.mp4, .mov or .mkv): H.264, yuv420p, 25 fps, with the audio.")],
+    depth_video: Annotated[Optional[Path], typer.Option("--depth-video", help="Also write the depth as a colour-mapped video (with the audio).")] = None,
+    side_by_side: Annotated[bool, typer.Option("--side-by-side", help="Make --output show RGB | depth side by side.")] = False,
+    rgb_frames: Annotated[Optional[Path], typer.Option("--rgb-frames", help="Also write every RGB frame as PNG into this folder (000000.png, ...).")] = None,
+    depth_frames: Annotated[Optional[Path], typer.Option("--depth-frames", help="Also write every depth frame as 16-bit PNG into this folder (1..65535, larger = farther, 0 = no depth).")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=0.04, help="Use only the first SECONDS of the audio.")] = None,
+    wav2vec: Annotated[Optional[Path], typer.Option("--wav2vec", help="wav2vec 2.0 folder, for a model trained on wav2vec features whose recorded folder moved.")] = None,
+    steps: StepsOpt = 25,
+    seed: SeedOpt = 0,
+    guidance: GuidanceOpt = 1.0,
+    scheduler: SchedulerOpt = "ddim",
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Animate the person in REFERENCE speaking AUDIO: an RGB video and, jointly, its depth.
+
+    Needs a model that reached stage 3 (`train-motion`). The video has ceil(duration x 25)
+    frames and ends with the audio; frames are written as they are made, and every output
+    appears only once it is complete.
+    """
+    from rgbdface.data.face import crop_face
+    from rgbdface.data.io import load_image
+    from rgbdface.models.audio import load_audio
+    from rgbdface.pipelines.talk import check_outputs, talk
+
+    # Everything that can fail on bad input happens before the model is loaded.
+    check_outputs(output, depth_video, rgb_frames, depth_frames)
+    _require_motion_stage(model)
+    wave = load_audio(audio, max_seconds=max_seconds)
+    crop = crop_face(load_image(reference), size=CROP_SIZE, name=str(reference))
+    m = load_for_command(model, device, dtype, quiet)
+    m.require_stage(3, "talk")
+    encoder = m.motion.audio_encoder(wav2vec, device=m.device)
+
+    def progress(p) -> None:
+        rate = p.elapsed / max(p.frames_done, 1)
+        log(f"clip {p.clip}/{p.clips}: {p.frames_done}/{p.frames} frames, {rate:.2f} s/frame, "
+            f"elapsed {_clock(p.elapsed)}, ETA {_clock(p.eta)}", quiet)
+
+    log(f"{audio}: {wave.size / 16000:.2f} s of audio", quiet)
+    result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
+                  rgb_frames=rgb_frames, depth_frames=depth_frames, steps=steps, guidance=guidance,
+                  scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress)
+    log(f"wrote {result.frames} frames ({result.seconds:.2f} s) in {_clock(result.elapsed)} to "
+        + ", ".join(str(p) for p in result.outputs), quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("talk", no_args_is_help=True)(talk_command)

@@ -1,0 +1,61 @@
+"""Background work for prep-depth: rasterising, rendering, encoding and writing on a thread pool.
+
+The caller runs MediaPipe on frame i + 1 while threads turn frame i into files:
+NumPy, OpenCV and zlib release the GIL for their heavy parts, so on a multi-core
+machine the two overlap. Each file is still written atomically by its task;
+`results()` waits for every task, in submission order, and raises the first
+error, so an input's rows file (written after it) stays the last thing written.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class BackgroundWriter:
+    """A small thread pool with a bound on queued work (so frames do not pile up in memory).
+
+    threads = 0 runs every task at once in the caller's thread (same results, no overlap).
+    """
+
+    def __init__(self, threads: int = 2, max_pending: int = 8):
+        if threads < 0 or max_pending < 1:
+            raise ValueError(f"threads must be >= 0 and max_pending >= 1, got {threads}, {max_pending}")
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rgbdface-write") if threads else None
+        self.max_pending = max_pending
+        self.futures: list[Future] = []
+        self._pending: deque[Future] = deque()
+
+    def submit(self, fn: Callable[..., Any], *args, **kwargs) -> Future:
+        if self.pool is None:
+            f: Future = Future()
+            try:
+                f.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # kept for results(), raised there like a thread's error
+                f.set_exception(e)
+            self.futures.append(f)
+            return f
+        while len(self._pending) >= self.max_pending:
+            self._pending.popleft().result()  # raises early if a task failed
+        f = self.pool.submit(fn, *args, **kwargs)
+        self.futures.append(f)
+        self._pending.append(f)
+        return f
+
+    def results(self) -> list[Any]:
+        """Every task's result in submission order, after all have finished; raises the first error."""
+        out = [f.result() for f in self.futures]
+        self.futures, self._pending = [], deque()
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)

@@ -1,0 +1,273 @@
+"""Audio-driven RGB + depth video of a portrait (paper §4.2, §5.5, Fig. 2; supp. §7.1).
+
+Clip by clip: 14 frames are denoised together (temporal attention over the frame axis,
+audio attention per frame); the last 4 generated frames' RGB latents become the motion
+frames of the next clip (through the ReferenceNet); the first clip uses the reference
+repeated. The reference goes through the ReferenceNet once for the whole video. The
+video has ceil(duration × 25) frames and ends with the audio.
+
+`talk_frames` yields frames as each clip is decoded; `talk` writes them straight to the
+outputs, so memory stays flat however long the audio is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from einops import repeat
+
+from rgbdface.models.audio import SAMPLE_RATE, audio_windows, num_video_frames
+from rgbdface.models.model import RGBDFaceModel
+from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
+from rgbdface.utils import InputError, atomic_dir, atomic_path, exists
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv"}
+
+
+@dataclass
+class TalkFrame:
+    """One video frame.
+
+    index: 0-based frame number (time = index / 25 s)
+    rgb:   uint8 [S, S, 3]
+    depth: float32 [S, S], relative depth in [-1, 1], larger = farther
+    valid: bool [S, S], where the decoded depth is not background
+    """
+
+    index: int
+    rgb: np.ndarray
+    depth: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass
+class ClipProgress:
+    """Reported after each clip: clip i of n done, frames written so far, seconds elapsed and still to go."""
+
+    clip: int
+    clips: int
+    frames_done: int
+    frames: int
+    elapsed: float
+    eta: float
+
+
+@dataclass
+class TalkResult:
+    frames: int  # video frames written
+    seconds: float  # audio duration covered
+    clips: int
+    elapsed: float  # seconds of generation
+    outputs: list[Path]
+
+
+def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: float) -> None:
+    if not isinstance(reference, np.ndarray) or reference.dtype != np.uint8 or reference.ndim != 3 or reference.shape[2] != 3:
+        raise ValueError("reference must be a uint8 RGB array [H, W, 3]")
+    if not isinstance(wave, np.ndarray) or wave.ndim != 1 or wave.size == 0:
+        raise ValueError("wave must be a non-empty float32 waveform [T] at 16 kHz")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if guidance < 1.0:
+        raise ValueError(f"guidance must be >= 1 (1 = off), got {guidance}")
+
+
+@torch.no_grad()
+def denoise_clip(
+    model: RGBDFaceModel,
+    windows: torch.Tensor,  # [1, F, k, A] audio windows of the clip
+    motion: torch.Tensor,  # [1, n, C, h, w] RGB latents of the motion frames
+    noise: torch.Tensor,  # [1, F, 2C, h, w] initial noise
+    steps: int = 25,
+    guidance: float = 1.0,
+    scheduler: str = "ddim",
+) -> torch.Tensor:
+    """Denoise one clip; the reference must already be set (`model.motion.set_reference`). → [1, F, 2C, h, w]."""
+    den = model.motion
+    context = model.context.to(noise.dtype)
+    sched = model.sampling_scheduler(scheduler)  # fresh per clip: multistep schedulers keep state
+
+    # 1. Motion-frame features, once per clip (ReferenceNet)
+    den.set_motion(motion, context)
+
+    # 2. Denoising loop (joint denoiser + audio and temporal attention); CFG on the reference
+    sched.set_timesteps(steps, device=noise.device)
+    latents = noise * sched.init_noise_sigma
+    keep = torch.tensor([False, True], device=noise.device) if guidance != 1.0 else None
+    for t in sched.timesteps:
+        x = sched.scale_model_input(latents, t)
+        audio = windows
+        if exists(keep):  # [unconditional | conditional]: same audio and motion, reference dropped in the first
+            x, audio = torch.cat([x, x]), torch.cat([windows, windows])
+        eps = den(x, t.reshape(1).expand(x.shape[0]).to(noise.device), context, audio, None, None, keep=keep)
+        if exists(keep):
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        latents = sched.step(eps, t, latents).prev_sample
+    return latents
+
+
+@torch.no_grad()
+def talk_frames(
+    model: RGBDFaceModel,
+    reference: np.ndarray,
+    wave: np.ndarray,
+    steps: int = 25,
+    guidance: float = 1.0,
+    scheduler: str = "ddim",
+    seed: int = 0,
+    audio_encoder=None,
+    on_clip: Callable[[ClipProgress], None] | None = None,
+) -> Iterator[TalkFrame]:
+    """Frames of the person in `reference` (a face crop, uint8 RGB) speaking `wave` (float32 [T], 16 kHz mono).
+
+    Yields ceil(duration × fps) frames in order, one clip at a time. `audio_encoder`
+    defaults to the one the model was trained with (the mel encoder needs no folder).
+    """
+    # 1. Check inputs
+    check_inputs(reference, wave, steps, guidance)
+    model.require_stage(3, "talk")
+    den, cfg = model.motion, model.motion.config
+    device, dtype = model.device, model.dtype
+    generator = torch.Generator().manual_seed(seed)
+    encoder = audio_encoder if exists(audio_encoder) else den.audio_encoder(device=device)
+
+    # 2. Audio features at the video rate (audio encoder) → windows
+    feats = encoder.video_features(wave, fps=cfg.fps)  # [N, A]
+    if feats.shape[1] != cfg.audio_dim:
+        raise InputError(f"the audio encoder gives {feats.shape[1]}-dim features but the model expects {cfg.audio_dim}")
+    windows = audio_windows(feats, cfg.audio_window)  # [N, k, A]
+    total = num_video_frames(wave.size, cfg.fps)
+    clips = math.ceil(total / cfg.frames)
+    c = model.meta.latent_channels
+
+    start_time = time.perf_counter()
+    try:
+        with model.autocast():
+            # 3. Encode the reference (VAE) and run the ReferenceNet on it once for the whole video
+            ref = image_to_tensor(reference, model.meta.image_size, device).to(dtype)  # [1, 3, S, S]
+            z_ref = model.codec.encode_rgb(ref)  # [1, C, s, s]
+            den.set_reference(z_ref, model.context.to(dtype))
+            motion = repeat(z_ref, "b c h w -> b n c h w", n=cfg.motion_frames)  # [1, n, C, s, s]: first clip
+
+            for clip in range(clips):
+                # 4. One clip: its audio windows (clamped past the end), fresh noise, denoise
+                first = clip * cfg.frames
+                index = torch.arange(first, first + cfg.frames).clamp(max=total - 1)
+                clip_windows = windows[index][None].to(device, dtype)  # [1, F, k, A]
+                noise = torch.randn((1, cfg.frames, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
+                latents = denoise_clip(model, clip_windows, motion, noise, steps, guidance, scheduler)  # [1, F, 2C, s, s]
+                motion = latents[:, cfg.frames - cfg.motion_frames:, :c]  # [1, n, C, s, s]: last generated frames
+
+                # 5. Decode (VAE) and hand the clip's frames out
+                z = latents[0]  # [F, 2C, s, s]
+                rgb = tensor_to_images(model.codec.decode_rgb(z[:, :c]))  # [F, S, S, 3]
+                depth = model.codec.decode_depth(z[:, c:])[:, 0].float()  # [F, S, S]
+                valid = (depth < model.meta.depth.valid_threshold).cpu().numpy()
+                depth = depth.cpu().numpy()
+                count = min(cfg.frames, total - first)
+                for i in range(count):
+                    yield TalkFrame(first + i, rgb[i], depth[i], valid[i])
+                del rgb, depth, valid, latents
+                if exists(on_clip):
+                    elapsed = time.perf_counter() - start_time
+                    done = first + count
+                    on_clip(ClipProgress(clip + 1, clips, done, total, elapsed, elapsed / done * (total - done)))
+    finally:
+        den.clear()
+
+
+def _writable(path: Path, what: str) -> None:
+    """Fail early, before any work and without creating anything, when `path` cannot be written."""
+    if path.is_dir() and what in ("--output", "--depth-video"):
+        raise InputError(f"{what} {path}: is a folder; give a file name such as out.mp4")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what} {path}: cannot write there ({parent} is not a folder); choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: cannot write there (no permission in {parent}); choose another path")
+
+
+def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Path | None = None,
+                  depth_frames: Path | None = None) -> None:
+    """Every output can be written and has a video suffix; raises InputError naming the first that cannot."""
+    for opt, path in (("--output", output), ("--depth-video", depth_video)):
+        if exists(path):
+            if path.suffix.lower() not in VIDEO_SUFFIXES:
+                raise InputError(f"{opt} {path}: expected a video file ending in {', '.join(sorted(VIDEO_SUFFIXES))}")
+            _writable(path, opt)
+    for opt, path in (("--rgb-frames", rgb_frames), ("--depth-frames", depth_frames)):
+        if exists(path):
+            if path.exists() and not path.is_dir():
+                raise InputError(f"{opt} {path}: exists and is not a folder")
+            _writable(path, opt)
+    paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames) if exists(p)]
+    if len(set(paths)) != len(paths):
+        raise InputError("two outputs have the same path; give each output its own name")
+
+
+def talk(
+    model: RGBDFaceModel,
+    reference: np.ndarray,
+    audio_path: str | Path,
+    wave: np.ndarray,
+    output: str | Path,
+    depth_video: str | Path | None = None,
+    side_by_side: bool = False,
+    rgb_frames: str | Path | None = None,
+    depth_frames: str | Path | None = None,
+    steps: int = 25,
+    guidance: float = 1.0,
+    scheduler: str = "ddim",
+    seed: int = 0,
+    audio_encoder=None,
+    on_clip: Callable[[ClipProgress], None] | None = None,
+) -> TalkResult:
+    """Generate the talking RGB + depth video and write every requested output as frames are made.
+
+    `wave` is the waveform of `audio_path` (load_audio, possibly cut to --max-seconds); the
+    file is muxed into the videos for the same duration. Outputs appear only when complete.
+    """
+    from rgbdface.data.io import colorize_depth, relative_depth_to_u16, save_depth16, save_image
+    from rgbdface.data.video_writer import VideoWriter
+
+    model.require_stage(3, "talk")
+    output = Path(output)
+    depth_video, rgb_frames, depth_frames = (Path(p) if exists(p) else None for p in (depth_video, rgb_frames, depth_frames))
+    check_outputs(output, depth_video, rgb_frames, depth_frames)
+    fps = model.motion.config.fps if exists(model.motion) else 25
+    seconds = wave.size / SAMPLE_RATE
+
+    frames = 0
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        # Outputs go to temporary paths, renamed only after the last frame (LIFO: writers close first).
+        videos = [stack.enter_context(VideoWriter(stack.enter_context(atomic_path(output)), fps, audio_path, seconds))]
+        if exists(depth_video):
+            videos.append(stack.enter_context(VideoWriter(stack.enter_context(atomic_path(depth_video)), fps, audio_path, seconds)))
+        rgb_dir = stack.enter_context(atomic_dir(rgb_frames)) if exists(rgb_frames) else None
+        depth_dir = stack.enter_context(atomic_dir(depth_frames)) if exists(depth_frames) else None
+
+        for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip):
+            preview = colorize_depth(frame.depth, frame.valid) if side_by_side or exists(depth_video) else None
+            videos[0].write(np.concatenate([frame.rgb, preview], axis=1) if side_by_side else frame.rgb)
+            if exists(depth_video):
+                videos[1].write(preview)
+            if exists(rgb_dir):
+                save_image(rgb_dir / f"{frame.index:06d}.png", frame.rgb)
+            if exists(depth_dir):
+                save_depth16(depth_dir / f"{frame.index:06d}.png", relative_depth_to_u16(frame.depth, frame.valid))
+            frames += 1
+    outputs = [p for p in (output, depth_video, rgb_frames, depth_frames) if exists(p)]
+    clips = math.ceil(frames / model.motion.config.frames)
+    return TalkResult(frames, seconds, clips, time.perf_counter() - t0, outputs)

@@ -1,0 +1,336 @@
+"""Training data: the dataset manifest → deterministic streams of samples (stages 1–2) and clips (stage 3).
+
+Every random choice for the n-th sample of a run — which sample, which reference, the
+reference dropout, the stage-2 mask, the noise and the timestep — is a pure function of
+(seed, n). So the data-order state of a run is one integer (samples consumed), resuming
+is exact, and processes of a multi-process run draw disjoint samples without talking to
+each other: process r of w takes micro-batch slots r, r + w, r + 2w, …
+
+Depth files hold camera-space Z (0.1 mm steps, 0 = no depth). Invalid pixels are encoded
+as the far value by the codec (DESIGN §1); how much they count in the loss is
+`loss.depth_background_weight` (see objectives.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rgbdface.utils import InputError
+
+log = logging.getLogger("rgbdface.training")
+
+# Salts keep the independent draws for one sample apart.
+SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP = range(6)
+
+
+def read_samples(dataset: str | Path) -> list:
+    """The dataset's rows (rgbdface.data.manifest.Sample), or a one-line error if it is missing or empty."""
+    from rgbdface.data.manifest import load_manifest
+
+    root = Path(dataset)
+    if not root.exists():
+        raise InputError(f"{root}: no such dataset folder; make one with `rgbdface prep-depth`")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; pass a dataset folder made by `rgbdface prep-depth`")
+    samples = load_manifest(root)
+    if not samples:
+        raise InputError(f"{root}: the dataset has no samples; run `rgbdface prep-depth` on some portraits or videos first")
+    return samples
+
+
+def draw_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (stable across processes, platforms and Python versions)."""
+    h = hashlib.blake2b(np.asarray(keys, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def rng_for(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(draw_seed(*keys))
+
+
+def torch_gen(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(draw_seed(*keys))
+
+
+# ----------------------------------------------------------------------------- order
+class Order:
+    """n → index into `pool`: epoch-wise permutations, optionally interleaving two sources by a fixed ratio.
+
+    With a studio fraction p, sample n is studio iff floor((n + 1) p) > floor(n p); so among the
+    first n samples exactly floor(n p) are studio, and each source walks its own permutations.
+    """
+
+    def __init__(self, seed: int, studio: list[int], wild: list[int], studio_fraction: float | None):
+        self.seed = seed
+        self.p = studio_fraction
+        if self.p is None:
+            self.groups = [sorted(studio + wild)]
+        else:
+            if self.p > 0 and not studio:
+                raise InputError(f"data.studio_fraction={self.p} but the dataset has no studio samples; set data.studio_fraction=none")
+            if self.p < 1 and not wild:
+                raise InputError(f"data.studio_fraction={self.p} but the dataset has no wild samples; set data.studio_fraction=none")
+            self.groups = [wild, studio]
+
+    def _perm(self, group: int, epoch: int) -> np.ndarray:
+        items = self.groups[group]
+        return np.asarray(items)[rng_for(self.seed, SALT_ORDER, group, epoch).permutation(len(items))]
+
+    def __call__(self, n: int) -> int:
+        if self.p is None:
+            group, pos = 0, n
+        else:
+            studio_before = int(np.floor(n * self.p))
+            group = int(np.floor((n + 1) * self.p)) > studio_before
+            pos = studio_before if group else n - studio_before
+        items = self.groups[group]
+        epoch, i = divmod(pos, len(items))
+        return int(self._perm(group, epoch)[i])
+
+
+# ----------------------------------------------------------------------------- loading
+def load_rgb(path: Path, size: int) -> torch.Tensor:
+    """uint8 RGB file → [3, S, S] in [-1, 1] (antialiased bilinear resize if needed)."""
+    from rgbdface.data.io import load_image
+
+    x = torch.from_numpy(load_image(path)).permute(2, 0, 1).float() / 127.5 - 1.0
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return x
+
+
+def load_depth_map(path: Path | None, size: int) -> torch.Tensor:
+    """16-bit depth PNG → [1, S, S] float32 (0 = no depth); nearest resize so invalid pixels stay invalid."""
+    from rgbdface.data.io import load_depth
+
+    if path is None or not Path(path).exists():
+        return torch.zeros(1, size, size)
+    d = torch.from_numpy(load_depth(path)).float()[None]
+    if d.shape[-1] != size or d.shape[-2] != size:
+        d = F.interpolate(d[None], size=(size, size), mode="nearest-exact")[0]
+    return d
+
+
+@dataclass
+class LatentSpec:
+    """What the data side needs to know of the model: sizes and the noise schedule length."""
+
+    image_size: int
+    latent_channels: int
+    latent_size: int
+    num_train_timesteps: int
+
+
+def noise_and_timestep(seed: int, n: int, shape: tuple[int, ...], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ε ~ N(0, I) of `shape` and t ~ U{0..T-1} for sample n (eq. 5), from their own generator."""
+    g = torch_gen(seed, SALT_NOISE, n)
+    t = torch.randint(0, T, (), generator=g)
+    return torch.randn(shape, generator=g), t
+
+
+# ----------------------------------------------------------------------------- stages 1 and 2
+class ImageStream(torch.utils.data.Dataset):
+    """Sample n of a run: target RGB + depth, a reference of the same identity, noise, timestep, keep.
+
+    The reference is another sample of the same identity (never the target itself). An identity
+    with one sample only is skipped with a warning (`data.single_sample=skip`), rejected
+    (`error`), or uses its mirrored image as the other view (`mirror`).
+    """
+
+    def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
+                 single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None):
+        self.samples, self.spec, self.seed = samples, spec, seed
+        self.reference_dropout, self.mask_sampler = reference_dropout, mask_sampler
+        by_id: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            by_id.setdefault(s.identity, []).append(i)
+        singles = sorted(k for k, v in by_id.items() if len(v) < 2)
+        if singles and single_sample == "error":
+            raise InputError(f"identity {singles[0]!r} has one sample only (no other view for the reference); "
+                             "add frames/views or set data.single_sample=skip or mirror")
+        if singles and single_sample == "skip":
+            log.warning("skipping %d identities with one sample only (no other view for the reference): %s",
+                        len(singles), ", ".join(singles[:5]) + (" ..." if len(singles) > 5 else ""))
+            by_id = {k: v for k, v in by_id.items() if len(v) >= 2}
+        self.by_id = by_id
+        pool = sorted(i for v in by_id.values() for i in v)
+        if not pool:
+            raise InputError("no identity has two or more samples, so no reference can differ from its target; "
+                             "add frames/views (prep-depth --studio N) or set data.single_sample=mirror")
+        self.pool = pool
+        studio = [i for i in pool if samples[i].source == "studio"]
+        wild = [i for i in pool if samples[i].source != "studio"]
+        self.order = Order(seed, studio, wild, studio_fraction)
+
+    def __len__(self) -> int:  # one epoch
+        return len(self.pool)
+
+    def reference_of(self, n: int, i: int) -> tuple[int, bool]:
+        """(reference index, mirrored) for sample n whose target is i."""
+        others = [j for j in self.by_id[self.samples[i].identity] if j != i]
+        if not others:
+            return i, True
+        return others[int(rng_for(self.seed, SALT_REF, n).integers(len(others)))], False
+
+    def __getitem__(self, n: int) -> dict:
+        spec = self.spec
+        i = self.order(n)
+        j, mirrored = self.reference_of(n, i)
+        s, r = self.samples[i], self.samples[j]
+        ref = load_rgb(r.rgb, spec.image_size)
+        if mirrored:  # the other "view" of a single image: its mirror image, never the target pixels
+            ref = ref.flip(-1)
+        keep = bool(rng_for(self.seed, SALT_KEEP, n).random() >= self.reference_dropout)
+        noise, t = noise_and_timestep(self.seed, n, (2 * spec.latent_channels, spec.latent_size, spec.latent_size),
+                                      spec.num_train_timesteps)
+        item = {
+            "n": n, "index": i, "ref_index": j, "mirrored": mirrored,
+            "rgb": load_rgb(s.rgb, spec.image_size),  # [3, S, S] in [-1, 1]
+            "depth": load_depth_map(s.depth, spec.image_size),  # [1, S, S], 0 = invalid
+            "reference": ref,  # [3, S, S]
+            "keep": keep, "noise": noise, "timestep": t,
+        }
+        if self.mask_sampler is not None:
+            item["m_rgb"], item["m_depth"] = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size)
+        return item
+
+
+# ----------------------------------------------------------------------------- stage 3
+@dataclass
+class ClipWindow:
+    """A run of consecutive frames of one clip: sample indices in frame order."""
+
+    clip: str
+    identity: str
+    indices: list[int]
+
+
+def contiguous_runs(samples: list, min_len: int) -> list[ClipWindow]:
+    """Each clip split at frame gaps (frames where no face was fitted); runs shorter than min_len dropped."""
+    by_clip: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_clip.setdefault(s.clip, []).append(i)
+    runs = []
+    for clip, idx in sorted(by_clip.items()):
+        idx = sorted(idx, key=lambda k: samples[k].frame)
+        start = 0
+        for k in range(1, len(idx) + 1):
+            if k == len(idx) or samples[idx[k]].frame != samples[idx[k - 1]].frame + 1:
+                if k - start >= min_len:
+                    runs.append(ClipWindow(clip, samples[idx[start]].identity, idx[start:k]))
+                start = k
+    return runs
+
+
+class ClipStream(torch.utils.data.Dataset):
+    """Clip n of a stage-3 run: F target frames, the n_m ground-truth frames before them, audio windows.
+
+    The motion frames are the frames that precede the target window (paper §5.1); with
+    probability `first_clip_prob` they are the reference repeated instead, as for the first
+    clip at inference. The reference is a frame of the same identity outside the window
+    when there is one. Audio features are per frame [T, A] of the clip, windowed by k.
+    """
+
+    def __init__(self, samples: list, spec: LatentSpec, seed: int, frames: int, motion_frames: int,
+                 audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0):
+        self.samples, self.spec, self.seed = samples, spec, seed
+        self.frames, self.motion_frames, self.window = frames, motion_frames, window
+        self.first_clip_prob, self.reference_dropout = first_clip_prob, reference_dropout
+        self.audio_features = audio_features  # callable: sample → per-frame features [T_clip, A] indexed by frame
+        with_audio = [s for s in samples if s.audio is not None or s.audio_features is not None]
+        if not with_audio:
+            raise InputError("train-motion needs video clips with audio, but the dataset has none; run `rgbdface prep-depth` on videos with sound")
+        self.runs = contiguous_runs([s for s in samples], frames + motion_frames)
+        self.runs = [r for r in self.runs if samples[r.indices[0]].audio is not None or samples[r.indices[0]].audio_features is not None]
+        if not self.runs:
+            raise InputError(f"train-motion needs clips of at least {frames + motion_frames} consecutive frames with audio "
+                             f"(motion.frames={frames} + motion.motion_frames={motion_frames}); the dataset has none")
+        self.by_id: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            self.by_id.setdefault(s.identity, []).append(i)
+        self.order = Order(seed, [], list(range(len(self.runs))), None)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, n: int) -> dict:
+        spec, F_, M = self.spec, self.frames, self.motion_frames
+        run = self.runs[self.order(n)]
+        rng = rng_for(self.seed, SALT_CLIP, n)
+        start = int(rng.integers(M, len(run.indices) - F_ + 1))  # first target frame within the run
+        target = run.indices[start:start + F_]
+        window = set(run.indices[start - M:start + F_])
+        others = [j for j in self.by_id[run.identity] if j not in window] or [j for j in run.indices if j not in target]
+        ref_i = others[int(rng.integers(len(others)))]
+        reference = load_rgb(self.samples[ref_i].rgb, spec.image_size)
+        if M and rng.random() < self.first_clip_prob:
+            motion = reference[None].expand(M, -1, -1, -1).clone()
+        else:
+            motion = torch.stack([load_rgb(self.samples[j].rgb, spec.image_size) for j in run.indices[start - M:start]]) \
+                if M else torch.zeros(0, 3, spec.image_size, spec.image_size)
+        feats = self.audio_features(self.samples[target[0]])  # [T_clip, A], row f = frame f
+        frame_ids = [self.samples[j].frame for j in target]
+        audio = window_features(feats, frame_ids, self.window)  # [F, k, A]
+        keep = bool(rng.random() >= self.reference_dropout)
+        noise, t = noise_and_timestep(self.seed, n, (F_, 2 * spec.latent_channels, spec.latent_size, spec.latent_size),
+                                      spec.num_train_timesteps)
+        return {
+            "n": n, "indices": torch.tensor(target), "ref_index": ref_i,
+            "rgb": torch.stack([load_rgb(self.samples[j].rgb, spec.image_size) for j in target]),  # [F, 3, S, S]
+            "depth": torch.stack([load_depth_map(self.samples[j].depth, spec.image_size) for j in target]),  # [F, 1, S, S]
+            "reference": reference,  # [3, S, S]
+            "motion": motion,  # [M, 3, S, S]
+            "audio": audio,  # [F, k, A]
+            "keep": keep, "noise": noise, "timestep": t,
+        }
+
+
+def window_features(features: torch.Tensor, frames: list[int], k: int) -> torch.Tensor:
+    """Rows frames[i] - k//2 .. frames[i] + k//2 of the clip's per-frame features (clamped at the clip ends): [F, k, A]."""
+    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    last = feats.shape[0] - 1
+    idx = torch.tensor([[min(max(f + o, 0), last) for o in range(-(k // 2), k // 2 + 1)] for f in frames])
+    return feats[idx]
+
+
+# ----------------------------------------------------------------------------- batching
+class RankBatches(torch.utils.data.Sampler):
+    """Micro-batches of sample numbers for one process, from micro-batch `start` on, forever.
+
+    Global micro-batch m covers samples [m·w·B, (m+1)·w·B); process r takes its r-th block of B.
+    """
+
+    def __init__(self, start: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.start, self.b, self.rank, self.world = start, batch_size, rank, world
+
+    def __iter__(self):
+        m = self.start
+        while True:
+            base = (m * self.world + self.rank) * self.b
+            yield list(range(base, base + self.b))
+            m += 1
+
+    def __len__(self) -> int:  # endless; the loop stops by step count
+        return 2**62
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        v = [it[k] for it in items]
+        if isinstance(v[0], torch.Tensor):
+            out[k] = torch.stack(v)
+        elif isinstance(v[0], bool):
+            out[k] = torch.tensor(v, dtype=torch.bool)
+        elif isinstance(v[0], int):
+            out[k] = torch.tensor(v, dtype=torch.long)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,431 @@
+"""One training loop for the three stages, on Hugging Face Accelerate (paper §5.1, supplement §7.2).
+
+    rgbdface train DATASET -o RUN_DIR --tiny              # stage 1 from a fresh tiny model
+    rgbdface finetune-mask DATASET -o RUN2 -m RUN_DIR     # stage 2 from stage 1
+    rgbdface train-motion DATASET -o RUN3 -m RUN_DIR      # stage 3 from stage 1
+    accelerate launch --num_processes 8 -m rgbdface.cli.app train ...   # many GPUs / nodes
+
+RUN_DIR holds config.json (the resolved config), log.jsonl (one JSON object per logged
+step), samples/step-*.png (sample grids), checkpoints/step-*/ (see state.py) and, at the
+end, model/ — the trained model folder with the stage appended to meta.stages.
+
+Everything that can be wrong with the request (config keys, dataset, model stage, run
+folder) is checked before any model weights are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rgbdface.training.config import RunConfig, config_from_dict, resolve_config
+from rgbdface.utils import InputError
+
+log = logging.getLogger("rgbdface.training")
+
+COMMAND = {1: "train", 2: "finetune-mask", 3: "train-motion"}
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "comet_ml": ("comet_ml",),
+                   "aim": ("aim",), "mlflow": ("mlflow",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
+
+
+@dataclass
+class TrainRequest:
+    """What a training command asks for (the CLI fills it from its options)."""
+
+    stage: int  # 1 train, 2 finetune-mask, 3 train-motion
+    dataset: Path  # a prep-depth dataset folder
+    run_dir: Path  # output: checkpoints, logs, samples, final model/
+    model: Path | None = None  # starting model folder (or a run folder holding model/)
+    base: Path | None = None  # stage 1: build stage 0 from this SD-1.5 folder
+    tiny: bool = False  # stage 1: build stage 0 from the tiny config
+    image_size: int | None = None  # with base/tiny: crop size (default 512 / 64)
+    recipe: str | None = None  # tiny | sd15 | file.json (default: by model size)
+    overrides: list[str] = field(default_factory=list)  # --set key=value
+    max_steps: int | None = None  # shorthand for --set optim.max_steps=N
+    resume: bool = False  # continue from the newest checkpoint in run_dir (if any)
+    overwrite: bool = False  # replace a finished run's model/
+    tracker: str | None = None  # an Accelerate tracker (tensorboard, wandb, ...), if installed
+    cpu: bool = False  # train on the CPU even where CUDA is available
+    quiet: bool = False  # no progress bar on stderr
+
+
+# ----------------------------------------------------------------------------- checks before work
+def resolve_model_dir(path: Path) -> Path:
+    """A model folder, or a run folder whose model/ is one."""
+    from rgbdface.models.model import META_FILE
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--model {path}: no such folder")
+    if (path / META_FILE).is_file():
+        return path
+    if (path / "model" / META_FILE).is_file():
+        return path / "model"
+    raise InputError(f"--model {path}: not an rgbdface model folder (no rgbdface.json); pass a folder from `rgbdface init-model` or a training run")
+
+
+def read_stages(model_dir: Path) -> list[int]:
+    from rgbdface.models.model import META_FILE
+
+    return list(json.loads((model_dir / META_FILE).read_text()).get("stages", [0]))
+
+
+def check_model_stage(stage: int, stages: list[int], where: str) -> None:
+    from rgbdface.models.model import STAGE_NAMES
+
+    have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in stages)
+    if stage == 1 and max(stages) > 1:
+        raise InputError(f"train: {where} already has stages {have}; retraining stage 1 would invalidate its later stages — "
+                         "start from its stage-0/1 model instead")
+    if stage in (2, 3) and 1 not in stages:
+        raise InputError(f"{COMMAND[stage]} needs a stage-1 (joint RGB+depth) model from `rgbdface train`; {where} has stages {have}")
+
+
+def check_tracker(tracker: str | None) -> None:
+    if tracker is None:
+        return
+    import importlib.util
+
+    mods = TRACKER_MODULES.get(tracker)
+    if mods is None:
+        raise InputError(f"--tracker {tracker}: unknown; use one of {', '.join(TRACKER_MODULES)}")
+    if not any(importlib.util.find_spec(m) for m in mods):
+        raise InputError(f"--tracker {tracker}: not installed; `pip install {mods[0]}` or leave --tracker out")
+
+
+@dataclass
+class Plan:
+    """A checked request: where the model comes from, the resolved config, what to resume."""
+
+    request: TrainRequest
+    config: RunConfig
+    samples: list
+    init: str  # description of the starting model
+    model_dir: Path | None  # starting model folder (None: build from base/tiny)
+    resume_from: Path | None  # checkpoint to continue from
+
+
+def plan(req: TrainRequest) -> Plan:
+    """Every check that needs no weights: flags, model stage, config, run folder, dataset, tracker."""
+    from rgbdface.training.data import read_samples
+    from rgbdface.training.state import latest_checkpoint, read_state
+
+    stage = req.stage
+    # 1. Where the starting model comes from
+    sources = [req.model is not None, req.base is not None, req.tiny]
+    if stage == 1 and sum(sources) != 1:
+        raise InputError("train: give exactly one of --model STAGE0_DIR, --base SD15_DIR or --tiny")
+    if stage != 1 and (req.base is not None or req.tiny):
+        raise InputError(f"{COMMAND[stage]}: --base/--tiny build an untrained model; pass --model STAGE1_DIR instead")
+    if stage != 1 and req.model is None:
+        raise InputError(f"{COMMAND[stage]}: --model STAGE1_DIR is required (a model trained by `rgbdface train`)")
+    model_dir, image_size = None, req.image_size
+    if req.model is not None:
+        model_dir = resolve_model_dir(req.model)
+        check_model_stage(stage, read_stages(model_dir), str(req.model))
+        image_size = json.loads((model_dir / "rgbdface.json").read_text()).get("image_size", 512)
+    elif req.base is not None:
+        image_size = image_size or 512
+    else:
+        image_size = image_size or 64
+    init = str(model_dir) if model_dir else (f"base:{req.base}" if req.base else f"tiny:{image_size}")
+
+    # 2. Config: saved config on resume, else recipe; --set on top; unknown keys fail here
+    overrides = list(req.overrides) + ([f"optim.max_steps={req.max_steps}"] if req.max_steps is not None else [])
+    run_dir = Path(req.run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not req.resume:
+        raise InputError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another -o")
+    if ckpt is not None:
+        state, saved = read_state(ckpt)
+        if state.stage != stage:
+            raise InputError(f"{run_dir}: its checkpoints are from stage {state.stage} ({COMMAND[state.stage]}), not {COMMAND[stage]}")
+        cfg = config_from_dict(saved)
+        from rgbdface.training.config import _apply, validate
+
+        for item in overrides:
+            if "=" not in item:
+                raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
+            k, v = item.split("=", 1)
+            _apply(cfg, k.strip(), v.strip())
+        validate(cfg)
+        init = state.init_model or init
+    else:
+        recipe = req.recipe or ("sd15" if image_size >= 256 else "tiny")
+        cfg = resolve_config(stage, recipe, overrides)
+    if (run_dir / "model").exists() and not req.overwrite and not req.resume:
+        raise InputError(f"{run_dir}/model: a finished run is there; pass --overwrite to replace it or choose another -o")
+
+    # 3. The dataset: present, non-empty, of the right kind for the stage
+    samples = read_samples(req.dataset)
+    make_stream(samples, cfg, spec=None)  # raises the dataset's one-line errors (identities, audio, clip length)
+    if stage == 3:
+        from rgbdface.training.motion_setup import check_audio_source
+
+        check_audio_source(samples, cfg)
+    check_tracker(req.tracker)
+    return Plan(req, cfg, samples, init, model_dir, ckpt)
+
+
+def make_stream(samples: list, cfg: RunConfig, spec, audio_features=None):
+    from rgbdface.training.data import ClipStream, ImageStream
+    from rgbdface.training.masks import MaskSampler
+
+    if cfg.stage in (1, 2):
+        return ImageStream(samples, spec, cfg.seed, cfg.data.studio_fraction, cfg.data.single_sample,
+                           cfg.loss.reference_dropout, MaskSampler.from_config(cfg.masks) if cfg.stage == 2 else None)
+    mo = cfg.motion
+    return ClipStream(samples, spec, cfg.seed, mo.frames, mo.motion_frames, audio_features, mo.audio_window,
+                      mo.first_clip_prob, cfg.loss.reference_dropout)
+
+
+# ----------------------------------------------------------------------------- the loop
+def lr_lambda(warmup: int):
+    """Constant learning rate (paper §5.1) after an optional linear warm-up."""
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _load_model(p: Plan, accelerator):
+    import torch
+
+    from rgbdface.models.builder import build_from_sd15, build_tiny
+    from rgbdface.models.model import RGBDFaceModel
+
+    req = p.request
+    if p.resume_from is not None:
+        model = RGBDFaceModel.from_pretrained(p.resume_from / "model")
+    elif p.model_dir is not None:
+        model = RGBDFaceModel.from_pretrained(p.model_dir)
+    elif req.base is not None:
+        model = build_from_sd15(req.base, req.image_size or 512)
+    else:
+        model = build_tiny(req.image_size or 64, seed=p.config.seed)
+    if p.config.stage == 3 and getattr(model, "motion", None) is None:
+        from rgbdface.training.motion_setup import add_motion
+
+        add_motion(model, p.config, p.samples)
+    return model.to(accelerator.device)
+
+
+def run(p: Plan) -> Path:
+    """Train as planned; returns the final model folder."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from diffusers.utils import logging as diffusers_logging
+    from tqdm.auto import tqdm
+
+    from rgbdface.training.data import LatentSpec, RankBatches, collate
+    from rgbdface.training.ema import EMA
+    from rgbdface.training.grids import sample_grid, write_grid
+    from rgbdface.training.objectives import digest, make_objective
+    from rgbdface.training.state import TrainState, load_training_state, save_checkpoint
+
+    diffusers_logging.set_verbosity_error()
+    req, cfg = p.request, p.config
+    run_dir = Path(req.run_dir)
+
+    # 1. Accelerate: devices, processes, mixed precision, trackers
+    cuda = torch.cuda.is_available() and not req.cpu
+    mp = cfg.precision.mixed_precision
+    mp = ("fp16" if cuda else "no") if mp == "auto" else mp
+    if mp == "fp16" and not cuda:
+        raise InputError("precision.mixed_precision=fp16 needs CUDA; use no or bf16 on the CPU")
+    accelerator = Accelerator(
+        mixed_precision=mp, cpu=req.cpu, log_with=req.tracker, project_dir=str(run_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    main = accelerator.is_main_process
+    if cuda and cfg.precision.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    # 2. Model and what trains (the stage's trainable set; the rest frozen)
+    model = _load_model(p, accelerator)
+    objective = make_objective(model, cfg)
+    if cfg.precision.gradient_checkpointing:
+        objective.enable_gradient_checkpointing()
+    params = objective.trainable()
+    names = list(params)
+    if main and objective.frozen_unreachable:
+        log.info("froze %d ReferenceNet parameters that get no gradient (its output layers)", len(objective.frozen_unreachable))
+
+    # 3. Optimizer (AdamW), constant lr after warm-up, optional EMA
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(list(params.values()), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps))
+    ema = EMA(params, o.ema_decay) if o.ema else None
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    inner = accelerator.unwrap_model(objective)
+
+    # 4. Resume: optimizer, scheduler, EMA, RNG; the data order follows from the step
+    state = TrainState(stage=cfg.stage, init_model=p.init, dataset=str(req.dataset), world_size=accelerator.num_processes)
+    if p.resume_from is not None:
+        from rgbdface.training.state import read_state
+
+        state, _ = read_state(p.resume_from)
+        load_training_state(p.resume_from, optimizer, names, lr_scheduler, ema, accelerator.process_index)
+        if state.world_size != accelerator.num_processes and main:
+            log.warning("resuming a %d-process run with %d processes: the sample order from here on differs",
+                        state.world_size, accelerator.num_processes)
+        state.world_size = accelerator.num_processes
+        if main:
+            log.info("resumed from %s (step %d)", p.resume_from, state.step)
+            _truncate_log(run_dir / "log.jsonl", state.step)
+
+    # 5. Data: sample n of the run is a function of (seed, n); this process's micro-batches from here on
+    spec = LatentSpec(model.meta.image_size, model.meta.latent_channels, model.latent_size,
+                      int(model.scheduler_config.get("num_train_timesteps", 1000)))
+    audio_features = None
+    if cfg.stage == 3:
+        from rgbdface.training.motion_setup import clip_audio_features
+
+        audio_features = clip_audio_features(model, cfg)
+    stream = make_stream(p.samples, cfg, spec, audio_features)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_sampler=RankBatches(state.step * o.grad_accum, o.batch_size, accelerator.process_index, accelerator.num_processes),
+        collate_fn=collate, num_workers=cfg.data.num_workers,
+    )
+    batches = iter(loader)
+    grid_batch = collate([stream[n] for n in range(cfg.log.sample_count)]) if cfg.stage in (1, 2) else None
+    if req.tracker:
+        accelerator.init_trackers("rgbdface", config=_flat(cfg.to_dict()))
+
+    # 6. Train: lr → micro-steps (accumulate, no DDP sync until the last) → clip → step → EMA → log/sample/checkpoint
+    samples_per_step = o.batch_size * o.grad_accum * accelerator.num_processes
+    bar = tqdm(total=o.max_steps, initial=state.step, desc=COMMAND[cfg.stage], file=sys.stderr,
+               disable=req.quiet or not main, dynamic_ncols=True)
+    t_last, window_loss, window_n = time.perf_counter(), 0.0, 0
+    last_ckpt = state.step
+    while state.step < o.max_steps:
+        t0 = time.perf_counter()
+        parts_sum: dict[str, float] = {}
+        for k in range(o.grad_accum):
+            batch = next(batches)
+            sync = k == o.grad_accum - 1
+            with (accelerator.no_sync(objective) if not sync else _null()), accelerator.autocast():
+                loss, parts = objective(batch)
+                accelerator.backward(loss / o.grad_accum)
+            inner.finish()
+            for name, v in {"loss": loss.detach(), **parts}.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + float(v) / o.grad_accum
+        if o.grad_clip > 0:
+            grad_norm = accelerator.clip_grad_norm_(list(params.values()), o.grad_clip)
+            parts_sum["grad_norm"] = float(grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
+        state.step += 1
+        state.micro_batches += o.grad_accum
+        state.samples_seen += samples_per_step
+
+        # Losses averaged over processes (for the log only; training uses each process's own)
+        reduced = accelerator.reduce(torch.tensor([parts_sum[k] for k in sorted(parts_sum)], device=accelerator.device), "mean")
+        metrics = dict(zip(sorted(parts_sum), (float(v) for v in reduced)))
+        state.last_loss = metrics["loss"]
+        sps = samples_per_step / max(time.perf_counter() - t0, 1e-9)
+        window_loss, window_n = window_loss + metrics["loss"], window_n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{sps:.2f}")
+        if state.step % cfg.log.log_every == 0 or state.step == o.max_steps:
+            now = time.perf_counter()
+            row = {"step": state.step, "loss": window_loss / window_n, **{k: v for k, v in metrics.items() if k != "loss"},
+                   "lr": lr_scheduler.get_last_lr()[0], "samples_per_s": window_n * samples_per_step / max(now - t_last, 1e-9),
+                   "samples_seen": state.samples_seen}
+            if main:
+                with open(run_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if req.tracker:
+                accelerator.log(row, step=state.step)
+            t_last, window_loss, window_n = now, 0.0, 0
+        if main and grid_batch is not None and cfg.log.sample_every and state.step % cfg.log.sample_every == 0:
+            grid = sample_grid(inner, grid_batch, cfg.log.sample_steps, cfg.seed)
+            write_grid(run_dir / "samples" / f"step-{state.step:08d}.png", grid)
+        if cfg.log.checkpoint_every and state.step % cfg.log.checkpoint_every == 0 and state.step < o.max_steps:
+            state.digests = _digests(accelerator, params, digest)
+            save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
+                            cfg.log.keep_checkpoints)
+            last_ckpt = state.step
+    bar.close()
+
+    # 7. Final checkpoint (so a later --resume --max-steps N goes on) and the model folder
+    state.digests = _digests(accelerator, params, digest)
+    if len(set(state.digests)) > 1:
+        raise RuntimeError(f"processes ended with different weights ({state.digests}); check the launcher setup")
+    if last_ckpt != state.step or not (run_dir / "checkpoints" / f"step-{state.step:08d}").exists():
+        save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
+                        cfg.log.keep_checkpoints)
+    out = run_dir / "model"
+    if main:
+        final = inner.model.clone() if ema is not None and o.ema_for_final else inner.model
+        if ema is not None and o.ema_for_final:
+            final_params = dict(final.named_parameters())
+            for n, t in ema.shadow.items():
+                final_params[n].data.copy_(t.to(final_params[n].dtype))
+        final.meta.stages = sorted(set(final.meta.stages) | {cfg.stage})
+        final.meta.extra[f"stage{cfg.stage}"] = {
+            "command": COMMAND[cfg.stage], "config": cfg.to_dict(), "steps": state.step, "samples_seen": state.samples_seen,
+            "processes": accelerator.num_processes, "dataset": str(req.dataset), "init": p.init,
+            "final_loss": state.last_loss, "ema": bool(ema is not None and o.ema_for_final),
+        }
+        final.save_pretrained(out)
+        with open(run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({"event": "done", "step": state.step, "digests": state.digests, "model": str(out)}) + "\n")
+    accelerator.wait_for_everyone()
+    if req.tracker:
+        accelerator.end_training()
+    return out
+
+
+def _digests(accelerator, params, digest) -> list[str]:
+    """Each process's hash of its trained weights (they must agree after every synchronised step)."""
+    import torch
+
+    mine = digest(params)
+    t = torch.tensor([int(mine, 16) & ((1 << 62) - 1)], dtype=torch.long, device=accelerator.device)
+    return [format(int(v), "x") for v in accelerator.gather(t).cpu()]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint we resume from (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step
+            and json.loads(line).get("event") != "done"]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+        elif v is not None:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(req: TrainRequest) -> Path:
+    """Check the request, then train; returns the final model folder."""
+    return run(plan(req))
+

@@ -1,0 +1,193 @@
+"""Checkpoints that resume exactly, in safetensors + JSON only (nothing is pickled).
+
+    RUN_DIR/checkpoints/step-00000500/
+      model/                   the whole model folder (RGBDFaceModel.save_pretrained), float32
+      optimizer.safetensors    AdamW state tensors, keyed "<param index>.<name>" (exp_avg, exp_avg_sq, step)
+      optimizer.json           parameter names in optimizer order, param_groups, non-tensor state
+      scheduler.json           the lr scheduler's state_dict
+      ema.safetensors          EMA weights by parameter name (with optim.ema)
+      rng-<rank>.safetensors   torch CPU (and CUDA) generator states of each process
+      rng-<rank>.json          Python's and NumPy's generator states of each process
+      state.json               step, micro-batches and samples consumed (the data-order state), digests
+      config.json              the resolved RunConfig
+
+A checkpoint is written into a hidden temporary folder and renamed into place when
+complete, so a folder named step-* is always whole. Data order needs no more than the
+step: every draw for sample n is a function of (seed, n) (see data.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgbdface.utils import InputError
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # micro-batches consumed per process (= step * grad_accum)
+    samples_seen: int = 0  # samples (stage 3: clips) consumed by all processes together
+    world_size: int = 1  # processes that trained up to here
+    stage: int = 1
+    init_model: str = ""  # where the run's starting model came from
+    dataset: str = ""
+    last_loss: float | None = None
+    digests: list[str] = field(default_factory=list)  # per process: hash of the trained weights at this step
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+# ----------------------------------------------------------------------------- optimizer
+def optimizer_to_files(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    meta = {"names": names, "param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, names: list[str], tensors: dict, meta: dict) -> None:
+    if meta["names"] != names:
+        raise InputError("the checkpoint's trainable parameters differ from this run's; resume with the same stage and settings")
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in meta["scalars"].items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ----------------------------------------------------------------------------- RNG
+def rng_to_files() -> tuple[dict, dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pstate, pgauss = random.getstate()
+    meta = {"numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "state": list(pstate), "gauss": pgauss}}
+    return tensors, meta
+
+
+def rng_from_files(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    n = meta["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = meta["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ----------------------------------------------------------------------------- save / load
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
+
+
+def save_checkpoint(accelerator, run_dir: Path, model, optimizer, names: list[str], lr_scheduler, ema, state: TrainState,
+                    config: dict, keep: int = 0) -> Path:
+    """Write step-<state.step> atomically; every process calls this (each writes its own RNG state)."""
+    from safetensors.torch import save_file
+
+    final = checkpoint_dir(run_dir, state.step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+
+    # 1. Every process: its own generator states
+    rank = accelerator.process_index
+    tensors, meta = rng_to_files()
+    save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
+    _write_json(tmp / f"rng-{rank}.json", meta)
+    accelerator.wait_for_everyone()
+
+    # 2. Main process: model, optimizer, scheduler, EMA, state; then the rename that publishes it
+    if accelerator.is_main_process:
+        model.save_pretrained(tmp / "model")
+        o_tensors, o_meta = optimizer_to_files(optimizer, names)
+        save_file(o_tensors, str(tmp / "optimizer.safetensors"))
+        _write_json(tmp / "optimizer.json", o_meta)
+        _write_json(tmp / "scheduler.json", {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"})
+        if ema is not None:
+            save_file({n: t.detach().cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "state.json", asdict(state))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep:
+            for old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_state(ckpt: Path) -> tuple[TrainState, dict]:
+    state = json.loads((ckpt / "state.json").read_text())
+    known = set(TrainState.__dataclass_fields__)
+    return TrainState(**{k: v for k, v in state.items() if k in known}), json.loads((ckpt / "config.json").read_text())
+
+
+def load_training_state(ckpt: Path, optimizer, names: list[str], lr_scheduler, ema, rank: int) -> None:
+    """Restore optimizer, lr scheduler, EMA and this process's RNG from a checkpoint (the model is loaded separately)."""
+    from safetensors.torch import load_file
+
+    optimizer_from_files(optimizer, names, load_file(str(ckpt / "optimizer.safetensors")),
+                         json.loads((ckpt / "optimizer.json").read_text()))
+    sched = json.loads((ckpt / "scheduler.json").read_text())
+    lr_scheduler.load_state_dict({**lr_scheduler.state_dict(), **sched})
+    if ema is not None:
+        path = ckpt / "ema.safetensors"
+        if path.is_file():
+            ema.load(load_file(str(path)))
+    rng = ckpt / f"rng-{rank}.safetensors"
+    if not rng.is_file():  # more processes than the run that wrote it: take the main process's
+        rng = ckpt / "rng-0.safetensors"
+    rng_from_files(load_file(str(rng)), json.loads(rng.with_suffix(".json").read_text()))

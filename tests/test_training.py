@@ -1,0 +1,368 @@
+"""Training commands on tiny models and tiny real datasets (PNG + 16-bit depth + manifest), CPU only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from rgbdface.cli.app import app
+from train_helpers import make_dataset
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = ["--set", "log.sample_every=0", "--set", "log.checkpoint_every=0", "--set", "log.log_every=1", "-q"]
+
+
+def weights(model_dir: Path, part: str) -> dict[str, torch.Tensor]:
+    files = sorted((model_dir / part).glob("*.safetensors"))
+    assert files, f"no weights in {model_dir / part}"
+    return {k: v for f in files for k, v in load_file(str(f)).items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two identities, three wild frames and one studio view each: 8 samples of 32 px."""
+    return make_dataset(tmp_path_factory.mktemp("train") / "data", identities=2, frames=3, studio_per_identity=1)
+
+
+@pytest.fixture(scope="module")
+def audio_data(tmp_path_factory) -> Path:
+    """One identity, one clip of 7 frames with 16 kHz audio."""
+    return make_dataset(tmp_path_factory.mktemp("train") / "audio", identities=1, frames=7, audio=True)
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(data, tiny_model_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("train") / "run1"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "-m", str(tiny_model_dir), "--max-steps", "2",
+                            "--set", "optim.batch_size=2", *QUIET])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(run / "model")  # stdout: the model folder, nothing else
+    return run / "model"
+
+
+def fixed_batch_loss(model_dir: Path, stage: int, data: Path, n: int = 8) -> float:
+    """The stage's loss on a fixed set of samples (fixed noise, timesteps, references, masks)."""
+    from rgbdface.models.model import RGBDFaceModel
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import LatentSpec, collate, read_samples
+    from rgbdface.training.loop import make_stream
+    from rgbdface.training.objectives import make_objective
+
+    model = RGBDFaceModel.from_pretrained(model_dir)
+    cfg = resolve_config(stage, "tiny", ["loss.reference_dropout=0", "seed=123"])
+    spec = LatentSpec(model.meta.image_size, model.meta.latent_channels, model.latent_size, 1000)
+    stream = make_stream(read_samples(data), cfg, spec)
+    batch = collate([stream[i] for i in range(n)])
+    obj = make_objective(model, cfg)
+    with torch.no_grad():
+        loss = float(obj(batch)[0])
+    obj.finish()
+    return loss
+
+
+# ----------------------------------------------------------------------------- learning
+def test_stage1_loss_falls_when_overfitting(data, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "-m", str(tiny_model_dir), "--max-steps", "15",
+                            "--set", "optim.lr=2e-3", "--set", "optim.batch_size=4", "--set", "loss.reference_dropout=0", *QUIET])
+    assert r.exit_code == 0, r.output
+    assert "lr" in log_rows(run)[0] and log_rows(run)[-1]["event"] == "done"
+    before, after = fixed_batch_loss(tiny_model_dir, 1, data), fixed_batch_loss(run / "model", 1, data)
+    print(f"loss {before:.4f} -> {after:.4f}")
+    assert after < 0.9 * before, (before, after)
+    meta = json.loads((run / "model" / "rgbdface.json").read_text())
+    assert meta["stages"] == [0, 1]
+    assert meta["extra"]["stage1"]["config"]["optim"]["lr"] == 2e-3  # the resolved config travels with the model
+    assert meta["extra"]["stage1"]["steps"] == 15
+
+
+def test_stage2_loss_falls_and_stage1_stays(data, stage1_dir, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["finetune-mask", str(data), "-o", str(run), "-m", str(stage1_dir), "--max-steps", "15",
+                            "--set", "optim.lr=2e-3", "--set", "optim.batch_size=4", "--set", "loss.reference_dropout=0", *QUIET])
+    assert r.exit_code == 0, r.output
+    before, after = fixed_batch_loss(stage1_dir, 2, data), fixed_batch_loss(run / "model", 2, data)
+    print(f"loss {before:.4f} -> {after:.4f}")
+    assert after < 0.9 * before, (before, after)
+    model = run / "model"
+    assert json.loads((model / "rgbdface.json").read_text())["stages"] == [0, 1, 2]
+    # The masked denoiser trained; the joint denoiser and the shared ReferenceNet did not.
+    assert same(weights(model, "unet"), weights(stage1_dir, "unet"))
+    assert same(weights(model, "reference_unet"), weights(stage1_dir, "reference_unet"))
+    assert not (model / "masked_reference_unet").exists()
+
+
+# ----------------------------------------------------------------------------- what trains
+def test_trainable_sets_per_stage():
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.objectives import make_objective, unreachable_reference_parameters
+
+    # Stage 1: the joint denoiser and the ReferenceNet, less the ReferenceNet's parts nothing reads.
+    m = build_tiny(32, seed=0)
+    obj = make_objective(m, resolve_config(1, "tiny"))
+    names = set(obj.trainable())
+    unet = {f"joint.unet.{n}" for n, _ in m.joint.unet.named_parameters()}
+    ref = {f"joint.reference_unet.{n}" for n, _ in m.joint.reference_unet.named_parameters()}
+    unused = {f"joint.reference_unet.{n}" for n in obj.frozen_unreachable}
+    assert names == unet | (ref - unused)
+    assert {"joint.reference_unet.conv_out.weight", "joint.reference_unet.conv_norm_out.weight"} <= unused
+    assert not any(n.startswith("codec.") for n in names)
+    assert unreachable_reference_parameters(m.joint) == []  # all that remain reach the denoiser
+
+    # Stage 2: only the masked denoiser (the ReferenceNet is shared with stage 1 and stays frozen) ...
+    m = build_tiny(32, seed=0)
+    obj = make_objective(m, resolve_config(2, "tiny"))
+    assert set(obj.trainable()) == {f"masked.unet.{n}" for n, _ in m.masked.unet.named_parameters()}
+    # ... or with its own ReferenceNet copy, that too.
+    m = build_tiny(32, seed=0)
+    obj = make_objective(m, resolve_config(2, "tiny", ["masks.own_reference=true"]))
+    own = {f"masked.reference_unet.{n}" for n, _ in m.masked.reference_unet.named_parameters()}
+    assert set(obj.trainable()) == {f"masked.unet.{n}" for n, _ in m.masked.unet.named_parameters()} | (
+        own - {f"masked.reference_unet.{n}" for n in obj.frozen_unreachable})
+
+    # Stage 3: exactly the motion modules' parameters.
+    from rgbdface.training.motion_setup import add_motion
+
+    m = build_tiny(32, seed=0)
+    cfg = resolve_config(3, "tiny", ["motion.frames=4", "motion.motion_frames=2"])
+    add_motion(m, cfg)
+    obj = make_objective(m, cfg)
+    assert {id(p) for p in obj.trainable().values()} == {id(p) for p in m.motion.trainable_parameters()}
+
+
+def test_stage3_trains_motion_only(audio_data, stage1_dir, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train-motion", str(audio_data), "-o", str(run), "-m", str(stage1_dir), "--max-steps", "2",
+                            "--set", "motion.frames=4", "--set", "motion.motion_frames=2", "--set", "optim.lr=1e-3", *QUIET])
+    assert r.exit_code == 0, r.output
+    model = run / "model"
+    for part in ("unet", "reference_unet", "vae"):  # every stage-1 weight bit-identical
+        assert same(weights(model, part), weights(stage1_dir, part)), part
+    motion = load_file(str(model / "motion" / "motion.safetensors"))
+    audio_out = [v for k, v in motion.items() if k.startswith("audio_attn.") and "to_out.0.weight" in k]
+    assert audio_out and any(float(v.abs().max()) > 0 for v in audio_out)  # zero-initialised, then trained
+    meta = json.loads((model / "rgbdface.json").read_text())
+    assert meta["stages"] == [0, 1, 3]
+    assert meta["extra"]["stage3"]["config"]["motion"]["frames"] == 4
+
+
+# ----------------------------------------------------------------------------- exact resume
+def test_resume_is_bit_exact(data, tiny_model_dir, tmp_path):
+    settings = ["--set", "optim.batch_size=1", "--set", "optim.grad_accum=2", "--set", "optim.ema=true",
+                "--set", "optim.ema_decay=0.5", "--set", "data.cache_latents=true", "--set", "loss.reference_dropout=0.5",
+                "--set", "optim.lr=1e-3", *QUIET]
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["train", str(data), "-m", str(tiny_model_dir)]
+    assert runner.invoke(app, [*common, "-o", str(a), "--max-steps", "4", *settings]).exit_code == 0
+    r = runner.invoke(app, [*common, "-o", str(b), "--max-steps", "2", *settings])
+    assert r.exit_code == 0, r.output
+    ckpt = b / "checkpoints" / "step-00000002"
+    assert {p.name for p in ckpt.iterdir()} >= {"model", "optimizer.safetensors", "optimizer.json", "scheduler.json",
+                                                 "ema.safetensors", "rng-0.safetensors", "rng-0.json", "state.json", "config.json"}
+    assert not any(p.suffix in (".pt", ".pth", ".bin", ".pkl") for p in ckpt.rglob("*"))  # no pickles anywhere
+    r = runner.invoke(app, [*common, "-o", str(b), "--max-steps", "4", "--resume", *settings])
+    assert r.exit_code == 0, r.output
+    for part in ("unet", "reference_unet"):
+        assert same(weights(a / "model", part), weights(b / "model", part)), part
+    la = [row for row in log_rows(a) if "loss" in row]
+    lb = [row for row in log_rows(b) if "loss" in row]
+    assert [row["loss"] for row in la] == [row["loss"] for row in lb] and len(la) == 4
+    assert same(load_file(str(a / "checkpoints" / "step-00000004" / "optimizer.safetensors")),
+                load_file(str(b / "checkpoints" / "step-00000004" / "optimizer.safetensors")))
+
+
+# ----------------------------------------------------------------------------- two processes
+def test_two_processes_agree(data, tiny_model_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): both ranks end with identical weights, and the pair draws
+    exactly the samples of one process with twice the batch."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["train", str(data), "-m", str(tiny_model_dir), "--max-steps", "2", "--cpu", *QUIET]
+    two = tmp_path / "two"
+    port = str(29500 + os.getpid() % 1000)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                        "-m", "rgbdface.cli.app", *args, "-o", str(two), "--set", "optim.batch_size=2"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    done = [row for row in log_rows(two) if row.get("event") == "done"][0]
+    assert len(done["digests"]) == 2 and done["digests"][0] == done["digests"][1]
+    assert p.stdout.strip() == str(two / "model")  # only the main process prints
+    one = tmp_path / "one"
+    assert runner.invoke(app, [*args, "-o", str(one), "--set", "optim.batch_size=4"]).exit_code == 0
+    first2, first1 = log_rows(two)[0], log_rows(one)[0]
+    assert first2["samples_seen"] == first1["samples_seen"] == 4
+    assert first2["loss"] == pytest.approx(first1["loss"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- one-line errors
+def _empty_dataset(root: Path) -> Path:
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps({"format": "rgbdface-dataset", "version": 1}))
+    (root / "manifest.jsonl").write_text("")
+    return root
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "other_stage_key", "bad_value", "missing_dataset", "empty_dataset",
+                                  "mask_on_stage0", "motion_on_stage0", "motion_without_audio", "single_sample_error",
+                                  "checkpoints_without_resume", "no_model_source"])
+def test_errors_are_one_line_before_work(case, data, tiny_model_dir, stage1_dir, tmp_path):
+    run = tmp_path / "run"
+    base = ["train", str(data), "-o", str(run), "-m", str(tiny_model_dir)]
+    args, expect = {
+        "unknown_key": ([*base, "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        "other_stage_key": ([*base, "--set", "masks.p_joint=1"], "applies to stage 2 only"),
+        "bad_value": ([*base, "--set", "optim.batch_size=two"], "not a valid int"),
+        "missing_dataset": (["train", str(tmp_path / "nope"), "-o", str(run), "--tiny"], "no such dataset folder"),
+        "empty_dataset": (["train", str(_empty_dataset(tmp_path / "empty")), "-o", str(run), "--tiny"], "has no samples"),
+        "mask_on_stage0": (["finetune-mask", str(data), "-o", str(run), "-m", str(tiny_model_dir)], "needs a stage-1"),
+        "motion_on_stage0": (["train-motion", str(data), "-o", str(run), "-m", str(tiny_model_dir)], "needs a stage-1"),
+        "motion_without_audio": (["train-motion", str(data), "-o", str(run), "-m", str(stage1_dir)], "with audio"),
+        "single_sample_error": (
+            ["train", str(make_dataset(tmp_path / "single", identities=2, frames=2, single=["person1"])), "-o", str(run),
+             "--tiny", "--set", "data.single_sample=error"], "has one sample only"),
+        "checkpoints_without_resume": ([*base], "pass --resume"),
+        "no_model_source": (["train", str(data), "-o", str(run)], "exactly one of --model"),
+    }[case]
+    if case == "checkpoints_without_resume":
+        (run / "checkpoints" / "step-00000001").mkdir(parents=True)
+        (run / "checkpoints" / "step-00000001" / "state.json").write_text("{}")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rgbdface: error:") and expect in lines[0], r.stderr
+    assert r.stdout == ""
+    if case != "checkpoints_without_resume":
+        assert not run.exists()  # nothing written before the checks pass
+
+
+def test_show_config_resolves_recipe_and_overrides(data, tiny_model_dir, tmp_path):
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "r"), "-m", str(tiny_model_dir), "--config", "sd15",
+                            "--set", "optim.lr=3e-5", "--max-steps", "7", "--show-config"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)
+    assert cfg["optim"]["lr"] == 3e-5 and cfg["optim"]["max_steps"] == 7
+    assert cfg["optim"]["batch_size"] * cfg["optim"]["grad_accum"] == 32  # the paper's batch, by accumulation
+    assert cfg["masks"] is None and cfg["motion"] is None
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_sd15_recipe_has_the_paper_settings():
+    from rgbdface.training.config import resolve_config
+
+    s1, s3 = resolve_config(1, "sd15"), resolve_config(3, "sd15")
+    assert (s1.effective_batch, s1.optim.lr, s1.optim.warmup_steps, s1.optim.max_steps) == (32, 1e-5, 0, 30000)
+    assert (s3.effective_batch, s3.motion.frames, s3.motion.motion_frames) == (1, 14, 4)
+
+
+def test_data_stream_is_a_function_of_seed_and_n(data):
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import LatentSpec, RankBatches, read_samples
+    from rgbdface.training.loop import make_stream
+
+    samples = read_samples(data)
+    spec = LatentSpec(32, 4, 8, 1000)
+    cfg = resolve_config(1, "tiny", ["data.studio_fraction=0.25"])
+    s1, s2 = make_stream(samples, cfg, spec), make_stream(samples, cfg, spec)
+    for n in (0, 5, 13):
+        a, b = s1[n], s2[n]
+        assert a["index"] == b["index"] and torch.equal(a["noise"], b["noise"]) and torch.equal(a["reference"], b["reference"])
+        assert a["ref_index"] != a["index"]  # never the target itself
+        assert samples[a["ref_index"]].identity == samples[a["index"]].identity
+    studio = [samples[s1.order(n)].source == "studio" for n in range(40)]
+    assert sum(studio) == 10  # exactly the configured share
+    # Two processes take disjoint micro-batches that together are one process's stream.
+    r0, r1, one = (iter(RankBatches(3, 2, r, 2)) for r in (0, 1)), None, iter(RankBatches(6, 2, 0, 1))
+    r0, r1 = iter(RankBatches(3, 2, 0, 2)), iter(RankBatches(3, 2, 1, 2))
+    assert next(r0) + next(r1) == next(one) + next(one)
+
+
+def test_single_sample_identities(tmp_path):
+    from rgbdface.training.data import ImageStream, LatentSpec, read_samples
+
+    samples = read_samples(make_dataset(tmp_path / "d", identities=2, frames=2, single=["person1"]))
+    spec = LatentSpec(32, 4, 8, 1000)
+    skip = ImageStream(samples, spec, 0, None, "skip")
+    assert {samples[i].identity for i in skip.pool} == {"person0"}
+    mirror = ImageStream(samples, spec, 0, None, "mirror")
+    lone = [n for n in range(8) if samples[mirror.order(n)].identity == "person1"][0]
+    item = mirror[lone]
+    assert item["mirrored"] and torch.equal(item["reference"], item["rgb"].flip(-1))
+
+
+def test_mask_kinds_follow_their_probabilities():
+    from rgbdface.training.masks import MaskSampler
+
+    ms = MaskSampler(0.5, 0.3, 0.2, 0.0)
+    rng = np.random.default_rng(0)
+    kinds = {"joint": 0, "i2d": 0, "d2i": 0}
+    for _ in range(2000):
+        m_rgb, m_depth = ms(rng, 8)
+        assert m_rgb.shape == (1, 8, 8)
+        key = "joint" if m_rgb.all() and m_depth.all() else "i2d" if not m_rgb.any() else "d2i"
+        assert key != "d2i" or not m_depth.any()
+        kinds[key] += 1
+    assert abs(kinds["joint"] / 2000 - 0.5) < 0.04 and abs(kinds["d2i"] / 2000 - 0.2) < 0.04
+    boxes = MaskSampler(0, 0, 0, 1, 0.25, 0.5)
+    for _ in range(50):
+        m_rgb, m_depth = boxes(rng, 8)
+        filled = max(float(m_rgb.sum()), float(m_depth.sum()))
+        assert 4 <= filled <= 16 and (m_rgb.sum() < 64 or m_depth.sum() < 64)
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_gradient_checkpointing_gives_the_same_gradients(stage, data, audio_data):
+    """The reference/motion conditioning stays set through backward, so recomputation matches."""
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import LatentSpec, collate, read_samples
+    from rgbdface.training.loop import make_stream
+    from rgbdface.training.motion_setup import add_motion, clip_audio_features
+    from rgbdface.training.objectives import make_objective
+
+    grads = []
+    for checkpointing in (False, True):
+        m = build_tiny(32, seed=0)
+        if stage == 1:
+            cfg = resolve_config(1, "tiny", ["loss.reference_dropout=0.5"])
+            samples, feats = read_samples(data), None
+        else:
+            cfg = resolve_config(3, "tiny", ["motion.frames=2", "motion.motion_frames=1", "loss.reference_dropout=0.5"])
+            samples = read_samples(audio_data)
+            add_motion(m, cfg, samples)
+            with torch.no_grad():  # give the zero-initialised outputs a value, so gradients flow everywhere
+                for n, p in m.motion.named_parameters():
+                    if "to_out" in n or "proj_out" in n:
+                        p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+            feats = clip_audio_features(m, cfg)
+        obj = make_objective(m, cfg)
+        if checkpointing:
+            obj.enable_gradient_checkpointing()
+        stream = make_stream(samples, cfg, LatentSpec(32, 4, 8, 1000), feats)
+        kept = [n for n in range(64) if stream[n]["keep"]]
+        dropped = [n for n in range(64) if not stream[n]["keep"]]
+        batch = collate([stream[n] for n in (kept[:2] + dropped[:2] if stage == 1 else kept[:1] + dropped[:1])])
+        loss, _ = obj(batch)
+        loss.backward()
+        obj.finish()
+        grads.append({n: p.grad.clone() for n, p in obj.trainable().items() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(obj.trainable())
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
