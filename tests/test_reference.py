@@ -107,3 +107,43 @@ def test_reference_gradients_flow_in_training(tiny_model):
     ref_grads = [p.grad for n, p in m.joint.reference_unet.named_parameters() if "attn1" in n and "to_q" not in n]
     assert any(g is not None and g.abs().sum() > 0 for g in ref_grads)
     assert isinstance(m.joint, RGBDDenoiser)
+
+
+
+class _ConcatenatedReference:
+    """Mutual self-attention written plainly: the stock processor over [own tokens | reference tokens]."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        ref = self.read.bank.features[self.read.name][self.read.bank.index]
+        return AttnProcessor2_0()(attn, hidden_states, torch.cat([hidden_states, ref], dim=1), attention_mask, temb)
+
+
+@torch.no_grad()
+def test_cached_reference_keys_values_equal_plain_concatenation(tiny_model):
+    """Inference projects each layer's reference keys/values once and reuses them at every step;
+    that equals attending over the concatenated tokens, step after step."""
+    from rgbdface.models.reference import ReferenceReadProcessor
+
+    den = copy.deepcopy(tiny_model.joint)
+    g = torch.Generator().manual_seed(0)
+    s = tiny_model.latent_size
+    z_ref, x = torch.randn(2, 4, s, s, generator=g), torch.randn(4, 8, s, s, generator=g)
+    ctx, index = tiny_model.context, torch.tensor([0, 0, 1, 1])
+    den.set_reference(z_ref, ctx)
+    first = den(x, torch.tensor(10), ctx, ref_index=index)
+    assert den.bank.projected  # filled by the first step
+    second = den(x, torch.tensor(700), ctx, ref_index=index)  # served from the cache
+    originals = dict(den.unet.attn_processors)
+    den.unet.set_attn_processor({n: _ConcatenatedReference(p) if isinstance(p, ReferenceReadProcessor) else p for n, p in originals.items()})
+    den.bank.index = index
+    plain = [den.unet(x, torch.tensor(t), encoder_hidden_states=ctx.expand(4, -1, -1)).sample for t in (10, 700)]
+    assert torch.allclose(first, plain[0], atol=1e-5) and torch.allclose(second, plain[1], atol=1e-5)
+    den.unet.set_attn_processor(originals)
+    den.set_reference(z_ref.flip(0), ctx)  # a new reference drops the cached projections
+    swapped = den(x, torch.tensor(10), ctx, ref_index=index)
+    assert not torch.allclose(swapped, first, atol=1e-4)

@@ -30,8 +30,8 @@ def _root(
 
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
-COMMANDS: list[str] = ["prep_depth", "train_vae", "init_model", "generate", "relight", "eval", "talk", "train", "finetune_mask",
-                       "train_motion"]
+COMMANDS: list[str] = ["prep_depth", "train_vae", "init_model", "generate", "estimate_depth", "depth2img", "relight", "eval", "talk",
+                       "train", "finetune_mask", "train_motion"]
 
 
 def _register() -> None:

@@ -114,3 +114,22 @@ def expand_inputs(args: Iterable[str], suffixes: set[str], stdin=None) -> list[P
             seen.add(p)
             unique.append(p)
     return unique
+
+
+def write_all(writers: dict[Path, Callable[[Path], object]]) -> None:
+    """Write every output or none: each writer writes a temporary file beside its target
+    (same suffix), and the files are renamed onto their targets only when all succeeded."""
+    import contextlib
+
+    from rgbdface.utils import atomic_path
+
+    with contextlib.ExitStack() as stack:
+        for path, write in writers.items():
+            write(stack.enter_context(atomic_path(path)))
+
+
+def progress_bar(total: int, quiet: bool = False, unit: str = "img"):
+    """A progress bar with rate and ETA on stderr (nothing when quiet)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True)

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import fail, handle_errors, log
-from rgbdface.cli.options import OutputFileOpt, QuietOpt
+from rgbdface.cli.common import fail, handle_errors, log, write_all
+from rgbdface.cli.estimate_depth import EnsembleOpt
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 
 if TYPE_CHECKING:
     import numpy as np
 
-DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG or .npy; larger = farther, 0 = no depth). The image is relit where depth > 0.")]
+DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG or .npy; larger = farther, 0 = no depth). The image is relit where depth > 0. Without it, the face's depth is estimated first (as estimate-depth does; --model, --steps, --seed, --scheduler, --ensemble).")]
 LightOpt = Annotated[Optional[list[str]], typer.Option("--light", "-l", metavar="X,Y,Z[,I]", help="A directional light 'X,Y,Z' or 'X,Y,Z,INTENSITY' toward the light: x to the image's right, y up, z toward the viewer (1,0,0 = from the right; 0,0,1 = frontal). Repeat for more lights.")]
 AmbientOpt = Annotated[float, typer.Option("--ambient", "-a", help="Ambient light added to the shading everywhere on the surface.")]
 ReliefOpt = Annotated[float, typer.Option("--relief", help="Assumed relief for relative depth: the valid region's depth range spans this fraction of its width (0.5 = a hemisphere). Ignored with --depth-scale.")]
@@ -33,11 +34,18 @@ def relight_command(
     depth_scale: DepthScaleOpt = None,
     normals: NormalsOpt = None,
     shading: ShadingOpt = None,
+    model: ModelOpt = None,
+    steps: StepsOpt = 25,
+    seed: SeedOpt = 0,
+    scheduler: SchedulerOpt = "ddim",
+    ensemble: EnsembleOpt = 1,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Relight a portrait from its depth: Lambertian shading from directional lights plus ambient, multiplied with the image where depth > 0.
 
-    Normals come from finite differences under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the region's width. Outside depth > 0 the image is unchanged. Outputs are written only when everything has succeeded.
+    Normals come from finite differences under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the region's width. Outside depth > 0 the image is unchanged. Without --depth, the face's depth is estimated first with the stage-2 model (the face region is relit). Outputs are written only when everything has succeeded.
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_image
     from rgbdface.pipelines.relight import Light, normals_to_rgb, relight, shading_to_gray
@@ -65,7 +73,8 @@ def relight_command(
 
     # 2. Read the image and its depth
     rgb = load_image(image)  # [H, W, 3] uint8
-    d = load_relight_depth(rgb, image, depth)  # [H, W] float32
+    estimate = dict(model=model, steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, device=device, dtype=dtype, quiet=quiet)
+    d = load_relight_depth(rgb, image, depth, estimate)  # [H, W] float32
 
     # 3. Relight
     result = relight(rgb, d, lights, ambient=ambient, depth_scale=depth_scale, relief=relief)
@@ -80,14 +89,16 @@ def relight_command(
     log(f"relit {image} with {len(lights)} light(s) over {int(result.valid.sum())} pixels → {output}", quiet)
 
 
-def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | None) -> "np.ndarray":
-    """The depth to relight with: the given map (checked against the image's size), or an estimate."""
+def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | None, estimate: dict | None = None) -> "np.ndarray":
+    """The depth to relight with: the given map (checked against the image's size), or an estimate.
+
+    estimate: options for `estimate_relight_depth` when there is no depth map.
+    """
     from rgbdface.data.io import load_depth
     from rgbdface.utils import InputError
 
     if depth_path is None:
-        # Without --depth, this is where the image's depth is estimated (estimate-depth's library call).
-        raise InputError(f"{image_path}: relight needs a depth map for now; pass --depth d.png (e.g. from a depth estimator)")
+        return estimate_relight_depth(rgb, image_path, **(estimate or {}))
     d = load_depth(depth_path)
     h, w = rgb.shape[:2]
     if d.shape != (h, w):
@@ -97,17 +108,31 @@ def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | N
     return d
 
 
+def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int = 25, seed: int = 0,
+                           scheduler: str = "ddim", ensemble: int = 1, device: str = "auto", dtype: str = "auto",
+                           quiet: bool = False) -> "np.ndarray":
+    """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size."""
+    from rgbdface.cli.loading import load_for_command
+    from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
+
+    from rgbdface.data.face import NoFaceError
+
+    try:
+        task = prepare_depth_input(rgb, name=str(image_path))  # the face first: no model is loaded for a bad image
+    except NoFaceError as e:
+        raise NoFaceError(f"{e}; without --depth, relight estimates a face's depth (pass --depth d.png for any other image)") from None
+    m = load_for_command(model, device, dtype, quiet)
+    m.require_stage(2, "relight without --depth (depth estimation)")
+    log(f"no --depth: estimating the depth of {image_path}", quiet)
+    result = estimate_depths(m, [task], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, progress=not quiet)[0]
+    return result.to_units()
+
+
 def _write_all(layers: dict[Path, "np.ndarray"]) -> None:
     """Write each image to a temporary file beside its target; rename them all only if every write succeeded."""
-    import contextlib
-
     from rgbdface.data.io import save_image
-    from rgbdface.utils import atomic_path
 
-    with contextlib.ExitStack() as stack:
-        for path, img in layers.items():
-            tmp = stack.enter_context(atomic_path(path))
-            save_image(tmp, img)
+    write_all({path: (lambda tmp, img=img: save_image(tmp, img)) for path, img in layers.items()})
 
 
 def register(app: typer.Typer) -> None:

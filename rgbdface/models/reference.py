@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 
@@ -35,9 +36,13 @@ class ReferenceBank:
     keep: torch.Tensor | None = None
     index: torch.Tensor | None = None
     writing: bool = False
+    # layer name → (keys, values) [B_ref, M, C] of the reference tokens, projected once per reference
+    # and reused at every denoising step (inference only: with gradients they are recomputed each call)
+    projected: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.features.clear()
+        self.projected.clear()
         self.keep = None
         self.index = None
 
@@ -58,6 +63,7 @@ class ReferenceWriteProcessor:
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if self.bank.writing:
             self.bank.features[self.name] = hidden_states
+            self.bank.projected.clear()  # new reference features: every cached projection is stale
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -73,20 +79,60 @@ class ReferenceReadProcessor:
         if ref is None or (keep is not None and not bool(keep.any())):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         b, n, _ = hidden_states.shape  # [B, N, C]
-        if self.bank.index is not None:
-            ref = ref[self.bank.index.to(ref.device)]
-        elif b % ref.shape[0]:
+        if self.bank.index is None and b % ref.shape[0]:
             raise ValueError(f"denoiser batch {b} is not a multiple of the reference batch {ref.shape[0]}")
-        else:
-            ref = ref.repeat_interleave(b // ref.shape[0], dim=0)
-        ref = ref.to(hidden_states.dtype)  # [B, M, C]
+        if (attention_mask is not None or hidden_states.ndim != 3 or attn.group_norm is not None
+                or attn.spatial_norm is not None or getattr(attn, "norm_q", None) is not None):
+            return self._attend_concatenated(attn, hidden_states, ref, keep, attention_mask, temb)
+
+        # Keys and values of the reference tokens: projected once per reference when not training.
+        # (Keyed by the layer itself too: a joint and a masked denoiser may share one bank.)
+        key = f"{self.name}@{id(attn)}"
+        cached = self.bank.projected.get(key)
+        if cached is None or torch.is_grad_enabled():
+            ref = ref.to(hidden_states.dtype)
+            cached = (attn.to_k(ref), attn.to_v(ref))  # [B_ref, M, C] each
+            if not torch.is_grad_enabled():
+                self.bank.projected[key] = cached
+        k_ref, v_ref = (self._per_sample(x, b) for x in cached)  # [B, M, C]
+        k = torch.cat([attn.to_k(hidden_states), k_ref.to(hidden_states.dtype)], dim=1)  # [B, N + M, C]
+        v = torch.cat([attn.to_v(hidden_states), v_ref.to(hidden_states.dtype)], dim=1)
+        mask = None
+        if keep is not None and not bool(keep.all()):
+            # Some samples drop the reference: mask its keys out for them.
+            mask = torch.ones(b, 1, 1, k.shape[1], dtype=torch.bool, device=k.device)
+            mask[~keep.to(k.device), :, :, n:] = False
+        return _attend_qkv(attn, hidden_states, attn.to_q(hidden_states), k, v, mask)
+
+    def _per_sample(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """Reference rows [B_ref, ...] → one per denoiser sample [B, ...] (by `bank.index`, else consecutive repeats)."""
+        if self.bank.index is not None:
+            return x[self.bank.index.to(x.device)]
+        return x if x.shape[0] == b else x.repeat_interleave(b // x.shape[0], dim=0)
+
+    def _attend_concatenated(self, attn, hidden_states, ref, keep, attention_mask, temb):
+        """The general path (attention layers with extra norms): attend over [own tokens | reference tokens]."""
+        b, n, _ = hidden_states.shape
+        ref = self._per_sample(ref, b).to(hidden_states.dtype)  # [B, M, C]
         context = torch.cat([hidden_states, ref], dim=1)  # [B, N + M, C]
         if keep is None or bool(keep.all()):
             return self.inner(attn, hidden_states, context, attention_mask, temb)
-        # Some samples drop the reference: mask its tokens out of their keys.
         visible = torch.ones(b, 1, 1, context.shape[1], dtype=torch.bool, device=context.device)
         visible[~keep.to(context.device), :, :, n:] = False
         return _attend(attn, hidden_states, context, visible)
+
+
+def _attend_qkv(attn: Attention, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """Multi-head attention from projected q [B, N, C], k, v [B, K, C], with an optional boolean key mask [B, 1, 1, K]."""
+    b = x.shape[0]
+    heads = attn.heads
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = rearrange(out, "b h n d -> b n (h d)").to(q.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + x
+    return out / attn.rescale_output_factor
 
 
 def _attend(attn: Attention, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,36 @@ from rgbdface.models.unet import masked_inputs
 class Known:
     """What is kept rather than generated, at latent resolution.
 
-    rgb / depth: known latents [B, C, h, w] (or None); m_rgb / m_depth: masks [B, 1, h, w],
-    1 = generate, 0 = keep (None = generate everywhere).
+    rgb / depth: known latents [B, C, h, w] (or None); m_rgb / m_depth: masks [B, 1, h, w]
+    or a number for the whole latent, 1 = generate, 0 = keep (None = generate everywhere).
+    B is the number of samples, 1 (shared by all), or the number of references (each
+    reference's latent serves its `num_per_reference` consecutive samples).
     """
 
     rgb: torch.Tensor | None = None
     depth: torch.Tensor | None = None
-    m_rgb: torch.Tensor | None = None
-    m_depth: torch.Tensor | None = None
+    m_rgb: torch.Tensor | float | None = None
+    m_depth: torch.Tensor | float | None = None
+
+
+def _per_sample(x: torch.Tensor, b: int, num_per_reference: int, name: str) -> torch.Tensor:
+    """[1 | B_ref | B, ...] → [B, ...]: shared, one per reference (repeated for its samples), or per sample."""
+    if x.shape[0] == b:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(b, *x.shape[1:])
+    if x.shape[0] * num_per_reference == b:
+        return x.repeat_interleave(num_per_reference, dim=0)
+    raise ValueError(f"known {name} has batch {x.shape[0]}; expected 1, the number of references or {b}")
+
+
+def _generators(generator, num_refs: int) -> list[torch.Generator | None]:
+    """One generator per reference: a list is taken as given, a single one (or None) is shared."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != num_refs:
+            raise ValueError(f"got {len(generator)} generators for {num_refs} references")
+        return list(generator)
+    return [generator] * num_refs
 
 
 @torch.no_grad()
@@ -39,7 +61,7 @@ def sample_latents(
     num_per_reference: int = 1,
     steps: int = 25,
     guidance: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     known: Known | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +70,10 @@ def sample_latents(
     With a masked (stage-2) denoiser, `known` gives the kept latents and masks; kept regions
     are fed as the forward-diffused known latent at each step (as in training) and restored
     exactly at the end.
+
+    `generator` may be a list with one generator per reference: each reference's samples
+    then draw all their noise from their own generator, so a reference gets the same
+    samples whatever else shares the batch (batched inference, sharding).
     """
     device, dtype = z_ref.device, z_ref.dtype
     c = z_ref.shape[1]
@@ -57,11 +83,18 @@ def sample_latents(
     known = known or Known()
 
     # 1. Masks and known latents (masked denoiser only)
-    ones = torch.ones(b, 1, h, w, device=device, dtype=dtype)
-    m_rgb = ones if known.m_rgb is None else known.m_rgb.to(device, dtype).expand(b, -1, -1, -1)
-    m_depth = ones if known.m_depth is None else known.m_depth.to(device, dtype).expand(b, -1, -1, -1)
-    k_rgb = torch.zeros(b, c, h, w, device=device, dtype=dtype) if known.rgb is None else known.rgb.to(device, dtype).expand(b, -1, -1, -1)
-    k_depth = torch.zeros(b, c, h, w, device=device, dtype=dtype) if known.depth is None else known.depth.to(device, dtype).expand(b, -1, -1, -1)
+    def mask(m, name):
+        if m is None or isinstance(m, (int, float)):
+            return torch.full((b, 1, h, w), 1.0 if m is None else float(m), device=device, dtype=dtype)
+        return _per_sample(m.to(device, dtype), b, num_per_reference, name)
+
+    def latent(z, name):
+        if z is None:
+            return torch.zeros(b, c, h, w, device=device, dtype=dtype)
+        return _per_sample(z.to(device, dtype), b, num_per_reference, name)
+
+    m_rgb, m_depth = mask(known.m_rgb, "m_rgb"), mask(known.m_depth, "m_depth")  # [B, 1, h, w]
+    k_rgb, k_depth = latent(known.rgb, "rgb"), latent(known.depth, "depth")  # [B, C, h, w]
     if not masked and (known.rgb is not None or known.depth is not None):
         raise ValueError("known latents need a masked (stage-2) denoiser")
     cond = masked_inputs(k_rgb, k_depth, m_rgb, m_depth) if masked else None  # [B, 2C + 2, h, w]
@@ -73,13 +106,18 @@ def sample_latents(
 
     # 3. Initial noise, and the fixed noise that diffuses the known latents
     scheduler.set_timesteps(steps, device=device)
-    latents = torch.randn((b, 2 * c, h, w), generator=generator, dtype=torch.float32).to(device, dtype)
-    latents = latents * scheduler.init_noise_sigma
-    known_noise = torch.randn((b, 2 * c, h, w), generator=generator, dtype=torch.float32).to(device, dtype)
-    ref_index = torch.arange(b, device=device) // num_per_reference  # [B]: sample → its reference
-    keep = None
+    gens = _generators(generator, z_ref.shape[0])
+    shape = (num_per_reference, 2 * c, h, w)
+    noise = [(torch.randn(shape, generator=g, dtype=torch.float32), torch.randn(shape, generator=g, dtype=torch.float32))
+             for g in gens]  # per reference: (initial noise, noise that diffuses the known latents)
+    latents = torch.cat([n[0] for n in noise]).to(device, dtype) * scheduler.init_noise_sigma  # [B, 2C, h, w]
+    known_noise = torch.cat([n[1] for n in noise]).to(device, dtype)
+    step_generator = generator if not isinstance(generator, (list, tuple)) else [g for g in gens for _ in range(num_per_reference)]
+    # Without CFG each reference serves its consecutive samples, the bank's default (no index to gather by).
+    ref_index = keep = None
     if guidance != 1.0:  # CFG: [unconditional | conditional] halves of one batch
         keep = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+        ref_index = torch.arange(b, device=device) // num_per_reference  # [B]: sample → its reference
         ref_index = torch.cat([ref_index, ref_index])
 
     # 4. Denoising loop (expanded UNet)
@@ -97,7 +135,7 @@ def sample_latents(
             if keep is not None:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-            latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
+            latents = scheduler.step(eps, t, latents, generator=step_generator).prev_sample
     finally:
         denoiser.clear_reference()
     if masked:

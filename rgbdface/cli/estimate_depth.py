@@ -1,0 +1,236 @@
+"""`rgbdface estimate-depth`: portraits → relative face depth at each input's size (paper §5.2)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
+
+import typer
+
+from rgbdface.cli.common import expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, take_shard, write_all
+from rgbdface.cli.options import (
+    DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, StepsOpt,
+)
+from rgbdface.utils import InputError
+
+if TYPE_CHECKING:
+    from rgbdface.pipelines.depth import DepthResult
+
+DEPTH_SUFFIXES = (".png", ".npy")
+MESH_FORMATS = ("ply", "obj", "glb")
+
+# Shared with `relight`, which estimates depth when it is not given one.
+EnsembleOpt = Annotated[int, typer.Option("--ensemble", "-e", min=1, help="Ensemble size: N samples per image (seeds drawn from --seed), aligned by least-squares scale/shift and combined by their median.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per model batch. Default: 8 on CUDA, 1 on the CPU.")]
+
+
+@dataclass
+class Job:
+    """One input image and every file it produces (the first is the depth map)."""
+
+    source: Path
+    outputs: dict[str, Path] = field(default_factory=dict)  # kind ("depth", "npy", "preview", "uncertainty", "mesh") → path
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs.values())
+
+
+@handle_errors
+def estimate_depth_command(
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Images, folders (searched recursively), globs, or '-' to read paths from stdin, one per line.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="A depth file (.png 16-bit or .npy) for a single input, else a folder that gets STEM.png per input.", show_default=False)],
+    ensemble: EnsembleOpt = 1,
+    npy: Annotated[bool, typer.Option("--npy", help="Also write STEM.npy: float32 depth in the PNG's units (1..65535), unrounded; 0 = no depth.")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write STEM_preview.png: the depth colourised (near = bright, black = no depth).")] = False,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Also write STEM_uncertainty.npy: the ensemble's spread (scaled MAD) in the PNG's units. Needs --ensemble N > 1.")] = False,
+    mesh: Annotated[Optional[str], typer.Option("--mesh", metavar="PATH|FORMAT", help="Also write a coloured triangle mesh of the depth: a file (.ply, .obj, .glb; single input) or a format (ply, obj, glb) for STEM.FORMAT beside each depth. Orthographic camera in pixels: x right, y up, z toward the viewer (see `man rgbdface-estimate-depth`).")] = None,
+    relief: Annotated[float, typer.Option("--relief", help="Mesh relief: the face's depth range spans this fraction of its width (as for relight).")] = 0.5,
+    steps: StepsOpt = 25,
+    seed: SeedOpt = 0,
+    scheduler: SchedulerOpt = "ddim",
+    guidance: GuidanceOpt = 1.0,
+    batch_size: BatchSizeOpt = None,
+    shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Estimate the relative depth of the face in each INPUT, at the input's size.
+
+    The image is cropped to its largest face (the shared 512 px crop) and the face mesh is fitted on it; the stage-2 model generates the depth latent with the image latent known (m_rgb = 0, m_depth = 1) and the image as its own reference; the depth is pasted back into the full frame. Output: a 16-bit PNG with 1 + (d + 1) * 32767 for relative depth d in [-1, 1] (larger = farther) and 0 outside the face region, i.e. where the fitted face mesh lies (skin and eyes; not the mouth opening, hair, neck or background). Depth is affine-invariant: compare maps after a scale and shift fit (rgbdface eval does).
+
+    Inputs: files, folders (searched recursively), globs, and '-' for paths on stdin, one per line (ls *.jpg | rgbdface estimate-depth - -o depth/). With one input file, -o may name the depth file (.png or .npy); otherwise -o is a folder that gets STEM.png per input, with --npy, --preview, --uncertainty and --mesh outputs beside it (STEM.npy, STEM_preview.png, STEM_uncertainty.npy, STEM.ply|obj|glb). Every output of an input is written atomically, all or none.
+
+    --ensemble N: N samples per image from the image's own seeded generator. The member closest to the pixelwise median (after standardising each) sets the frame, every member is fitted onto it by least-squares scale and shift over the face region, and the result is the pixelwise median of the aligned members; the uncertainty is their scaled median absolute deviation (1.4826 MAD) in the PNG's units.
+
+    --mesh: the relight camera, orthographic in pixels, x right, y up, z toward the viewer: pixel (row v, column u) becomes the vertex (u + 0.5, -(v + 0.5), -s (d - d_min)), s chosen so that the face's depth range spans --relief times its width; two triangles per 2 x 2 block of face pixels, counter-clockwise seen from the viewer, coloured by the image.
+
+    Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together, and an image's depth does not depend on its batch. A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
+    """
+    from rgbdface.data.io import IMAGE_SUFFIXES
+
+    # 1. Inputs, outputs and options, before any work
+    if not relief > 0:
+        raise fail(f"--relief {relief}: expected a number > 0", 2)
+    if uncertainty and ensemble < 2:
+        raise fail("--uncertainty needs --ensemble N with N > 1", 2)
+    sources = expand_inputs(inputs, IMAGE_SUFFIXES, stdin=sys.stdin)
+    if not sources:
+        raise fail(f"no input images in {' '.join(inputs)}", 1)
+    jobs = plan_jobs(sources, output, npy=npy, preview=preview, uncertainty=uncertainty, mesh=mesh,
+                     single=_names_one_file(inputs))
+    index, count = parse_shard(shard)
+    mine = take_shard(jobs, index, count)
+    todo = [j for j in mine if overwrite or not j.done()]
+    if len(todo) < len(mine):
+        log(f"skipping {len(mine) - len(todo)} input(s) whose outputs exist (--overwrite to redo)", quiet)
+    if count > 1:
+        log(f"shard {index}/{count}: {len(mine)} of {len(jobs)} inputs", quiet)
+    if not todo:
+        return
+
+    # 2. Estimate batch by batch; a bad input is reported and skipped
+    runner = _Runner(model, device, dtype, quiet, dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance))
+    failed: list[tuple[Path, str]] = []
+    with progress_bar(len(todo), quiet) as bar:
+        size = batch_size or runner.default_batch_size()
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            for job, outcome in zip(batch, runner.run(batch)):
+                if isinstance(outcome, str):
+                    failed.append((job.source, outcome))
+                    if len(jobs) > 1:
+                        bar.write(f"rgbdface: error: {outcome}", file=sys.stderr)
+                    continue
+                try:
+                    write_all(_writers(job, outcome, runner.images[job.source], relief))
+                except (InputError, OSError, ValueError) as e:
+                    failed.append((job.source, f"{job.source}: {e}"))
+                    bar.write(f"rgbdface: error: {job.source}: {e}", file=sys.stderr)
+            bar.update(len(batch))
+            runner.images.clear()
+
+    # 3. Report
+    if failed:
+        if len(jobs) == 1:
+            raise fail(failed[0][1], 1)
+        raise fail(f"{len(failed)} of {len(todo)} inputs failed (each reported above): {', '.join(str(p) for p, _ in failed)}", 1)
+    where = todo[0].outputs["depth"] if len(todo) == 1 else output
+    log(f"estimated depth for {len(todo)} image(s) → {where}", quiet)
+
+
+def _names_one_file(inputs: list[str]) -> bool:
+    """One argument naming a file (not a folder, a glob or '-'): then `-o` may be a file."""
+    if len(inputs) != 1 or inputs[0] == "-":
+        return False
+    p = Path(inputs[0])
+    return p.is_file() or not (p.is_dir() or any(ch in inputs[0] for ch in "*?["))
+
+
+def plan_jobs(sources: list[Path], output: Path, npy: bool = False, preview: bool = False, uncertainty: bool = False,
+              mesh: str | None = None, single: bool = False) -> list[Job]:
+    """The files each input produces. `-o FILE.png|.npy` for one input; otherwise a folder of STEM.png."""
+    file_mode = output.suffix.lower() in DEPTH_SUFFIXES
+    if file_mode and not (single and len(sources) == 1):
+        raise fail(f"-o {output}: with several inputs (or a folder, glob or '-') -o must be a folder", 2)
+    if output.suffix and not file_mode and output.suffix.lower() in {".jpg", ".jpeg", ".tif", ".tiff", ".exr"}:
+        raise fail(f"-o {output}: depth is written as .png (16-bit) or .npy", 2)
+    mesh_suffix, mesh_path = None, None
+    if mesh is not None:
+        fmt = mesh.lower().lstrip(".")
+        if fmt in MESH_FORMATS:
+            mesh_suffix = f".{fmt}"
+        elif Path(mesh).suffix.lower().lstrip(".") in MESH_FORMATS:
+            if len(sources) > 1 or not single:
+                raise fail(f"--mesh {mesh}: with several inputs give a format (ply, obj or glb), not a file", 2)
+            mesh_path = Path(mesh)
+        else:
+            raise fail(f"--mesh {mesh}: expected a .ply, .obj or .glb file, or one of ply, obj, glb", 2)
+
+    jobs, seen = [], {}
+    for src in sources:
+        base = output.with_suffix("") if file_mode else output / src.stem
+        main = output if file_mode else base.with_suffix(".png")
+        outputs = {"depth": main}
+        if npy and main.suffix.lower() != ".npy":
+            outputs["npy"] = base.with_suffix(".npy")
+        if preview:
+            outputs["preview"] = base.with_name(base.name + "_preview.png")
+        if uncertainty:
+            outputs["uncertainty"] = base.with_name(base.name + "_uncertainty.npy")
+        if mesh_path or mesh_suffix:
+            outputs["mesh"] = mesh_path or base.with_suffix(mesh_suffix)
+        if main in seen:
+            raise fail(f"{seen[main]} and {src} would both write {main}; rename one or run them into different folders", 2)
+        seen[main] = src
+        jobs.append(Job(src, outputs))
+    return jobs
+
+
+class _Runner:
+    """Loads the model when the first image needs it, then estimates a batch of jobs."""
+
+    def __init__(self, model, device, dtype, quiet, options: dict):
+        self.model_path, self.device, self.dtype, self.quiet, self.options = model, device, dtype, quiet, options
+        self.model = None
+        self.images: dict[Path, object] = {}
+
+    def default_batch_size(self) -> int:
+        from rgbdface.cli.common import resolve_device
+
+        return 8 if resolve_device(self.device).startswith("cuda") else 1
+
+    def load(self):
+        if self.model is None:
+            from rgbdface.cli.loading import load_for_command
+
+            self.model = load_for_command(self.model_path, self.device, self.dtype, self.quiet)
+            self.model.require_stage(2, "estimate-depth")
+        return self.model
+
+    def run(self, batch: list[Job]) -> list["DepthResult | str"]:
+        """A DepthResult per job, or the one-line reason it failed."""
+        from rgbdface.data.io import load_image
+        from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
+
+        prepared, outcome = {}, {}
+        for job in batch:
+            try:
+                image = load_image(job.source)
+                prepared[job.source] = prepare_depth_input(image, name=str(job.source))
+                self.images[job.source] = image
+            except InputError as e:
+                outcome[job.source] = str(e)
+        if prepared:
+            results = estimate_depths(self.load(), list(prepared.values()), **self.options)
+            outcome.update(zip(prepared, results))
+        return [outcome[job.source] for job in batch]
+
+
+def _writers(job: Job, result: "DepthResult", image, relief: float) -> dict[Path, Callable[[Path], object]]:
+    """How to write each output of a job (to a temporary path; `write_all` renames them together)."""
+    import numpy as np
+
+    from rgbdface.data.io import colorize_depth, save_depth16, save_image, save_npy
+    from rgbdface.data.surface import depth_to_mesh, save_mesh
+    from rgbdface.pipelines.depth import U16_PER_UNIT
+
+    def depth_file(tmp):
+        return save_npy(tmp, result.to_units()) if job.outputs["depth"].suffix.lower() == ".npy" else save_depth16(tmp, result.to_u16())
+
+    makers = {
+        "depth": depth_file,
+        "npy": lambda tmp: save_npy(tmp, result.to_units()),
+        "preview": lambda tmp: save_image(tmp, colorize_depth(result.depth, result.valid)),
+        "uncertainty": lambda tmp: save_npy(tmp, np.where(result.valid, result.uncertainty * U16_PER_UNIT, 0.0).astype(np.float32)),
+        "mesh": lambda tmp: save_mesh(tmp, depth_to_mesh(result.depth, result.valid, image, relief=relief)),
+    }
+    return {path: makers[kind] for kind, path in job.outputs.items()}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("estimate-depth", no_args_is_help=True)(estimate_depth_command)

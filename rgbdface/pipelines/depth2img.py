@@ -1,0 +1,223 @@
+"""Depth → image with a reference's identity, and depth-driven editing of a region (paper §4.1, §5.3, Fig. 5).
+
+The stage-2 model generates RGB with the depth known (m_rgb = 1, m_depth = 0); the
+ReferenceNet carries the identity of the reference portrait.
+
+How a depth map is aligned with the images (depth: larger = farther, 0 = no depth,
+any units: it is normalised per image as in training):
+
+- **Full mode** (`depth`, `reference`). A depth map of the reference's size is a
+  full-frame depth of the reference's framing: it is cropped with the reference's face
+  box, and the result is that square face crop (CROP_SIZE px). A square depth map of
+  another size is already a face crop (e.g. from `generate`): it is used as it is, the
+  reference is cropped to its face, and the result has the depth's size. Any other size
+  is an error.
+- **Region mode** (`depth`, `image`, `region`; the reference defaults to the image).
+  The edited depth and the region mask have the image's size. The face crop of the
+  image sets the frame; inside it the model regenerates the latent cells the region
+  touches, keeping the rest of the image as the known RGB, and the result is pasted
+  back into the full frame only inside the region. Outside the region (and outside the
+  face crop) the image is unchanged, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rgbdface.data.face import FaceCrop, crop_box_to, crop_face, paste_back
+from rgbdface.models.model import RGBDFaceModel
+from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
+from rgbdface.pipelines.sampling import Known, sample_latents
+from rgbdface.utils import InputError, exists
+
+CROP_SIZE = 512  # face crops (full-frame depth, region mode) are taken at this size
+
+
+@dataclass
+class Depth2ImgInput:
+    """A depth-to-image task in the face-crop frame.
+
+    depth:     [S, S] float32 depth in the crop (0 = none).
+    reference: the reference's face crop (identity).
+    image:     region mode: the face crop of the image being edited (its box maps back to `full`).
+    full:      region mode: [H, W, 3] uint8 the image being edited.
+    region:    region mode: [S, S] bool, where to regenerate in the crop; `region_full` [H, W] bool in the full frame.
+    """
+
+    depth: np.ndarray
+    reference: FaceCrop
+    image: FaceCrop | None = None
+    full: np.ndarray | None = None
+    region: np.ndarray | None = None
+    region_full: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.depth.shape[0])
+
+
+@dataclass
+class Depth2ImgResult:
+    """image:   full mode: [S, S, 3] uint8 the generated face crop; region mode: [H, W, 3] uint8 the edited image.
+    crop:    [S, S, 3] uint8 the generated face crop (before compositing).
+    changed: region mode: [H, W] bool, the pixels taken from the generated crop; None in full mode."""
+
+    image: np.ndarray
+    crop: np.ndarray
+    changed: np.ndarray | None = None
+
+
+def crop_depth(depth: np.ndarray, box, size: int) -> np.ndarray:
+    """Crop a depth map with holes (0 = none) to `box` at size × size without blending depth into the holes.
+
+    Normalised interpolation: depth·valid and valid are resampled alike and divided; a pixel
+    keeps depth where at least half of its footprint had depth.
+    """
+    d = np.asarray(depth, np.float32)
+    valid = (d > 0).astype(np.float32)
+    num = crop_box_to(d * valid, box, size, interpolation="linear", border="constant")
+    den = crop_box_to(valid, box, size, interpolation="linear", border="constant")
+    return np.where(den >= 0.5, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+
+
+def _resize_depth(depth: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[S, S] depth with holes → ([1, 1, size, size] depth, [1, 1, size, size] bool valid), by normalised interpolation."""
+    d = torch.from_numpy(np.ascontiguousarray(depth, np.float32))[None, None]
+    v = (d > 0).float()
+    if d.shape[-1] != size:
+        kw = dict(size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        num, den = F.interpolate(d * v, **kw), F.interpolate(v, **kw)
+        d, v = num / den.clamp(min=1e-6), (den >= 0.5).float()
+    return d * v, v.bool()
+
+
+def prepare_depth2img(
+    depth: np.ndarray,
+    reference: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    region: np.ndarray | None = None,
+    names: dict[str, str] | None = None,
+) -> Depth2ImgInput:
+    """Align the depth (and region) with the face crops; see the module docstring. No model needed.
+
+    Raises InputError (one line, naming the inputs via `names`: depth, reference, image, region) on bad input.
+    """
+    names = {"depth": "depth", "reference": "reference", "image": "image", "region": "region", **(names or {})}
+    depth = np.asarray(depth, np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be [H, W], got shape {depth.shape}")
+    if not (depth > 0).any():
+        raise InputError(f"{names['depth']}: no pixel has depth (all 0); pass a depth map with the face")
+    if exists(image) != exists(region):
+        raise ValueError("region mode needs both image and region")
+
+    # 1. Full mode: a full-frame depth of the reference, or a square depth in the crop frame
+    if not exists(image):
+        if not exists(reference):
+            raise ValueError("full mode needs a reference image")
+        h, w = reference.shape[:2]
+        if depth.shape == (h, w):
+            ref = crop_face(reference, size=CROP_SIZE, name=names["reference"])
+            return Depth2ImgInput(depth=crop_depth(depth, ref.box, CROP_SIZE), reference=ref)
+        if depth.shape[0] == depth.shape[1]:
+            return Depth2ImgInput(depth=depth, reference=crop_face(reference, size=depth.shape[0], name=names["reference"]))
+        raise InputError(f"{names['depth']}: depth is {depth.shape[1]}x{depth.shape[0]}; pass a depth of the reference's size "
+                         f"({w}x{h}, full frame) or a square face-crop depth")
+
+    # 2. Region mode: depth and region in the image's frame, cropped with its face box
+    h, w = image.shape[:2]
+    for key, arr in (("depth", depth), ("region", region)):
+        if arr.shape[:2] != (h, w):
+            raise InputError(f"{names[key]}: {key} is {arr.shape[1]}x{arr.shape[0]} but {names['image']} is {w}x{h}; they must match")
+    region_full = np.asarray(region).astype(bool)
+    if not region_full.any():
+        raise InputError(f"{names['region']}: the region mask is empty; mark the pixels to regenerate (nonzero)")
+    crop = crop_face(image, size=CROP_SIZE, name=names["image"])
+    region_crop = crop_box_to(region_full.astype(np.float32), crop.box, CROP_SIZE, interpolation="linear", border="constant") > 0
+    if not region_crop.any():
+        raise InputError(f"{names['region']}: the region lies outside the face crop of {names['image']}; mark pixels on the face")
+    ref = crop if not exists(reference) else crop_face(reference, size=CROP_SIZE, name=names["reference"])
+    return Depth2ImgInput(depth=crop_depth(depth, crop.box, CROP_SIZE), reference=ref, image=crop, full=image,
+                          region=region_crop, region_full=region_full)
+
+
+def check_inputs(model: RGBDFaceModel, inp: Depth2ImgInput, steps: int, guidance: float) -> None:
+    model.require_stage(2, "depth-to-image")
+    if model.masked is None:
+        raise ValueError("the model lists stage 2 but has no masked denoiser (masked_unet/)")
+    if not isinstance(inp, Depth2ImgInput):
+        raise ValueError("inp must be a Depth2ImgInput (see prepare_depth2img)")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if guidance < 1.0:
+        raise ValueError(f"guidance must be >= 1 (1 = off), got {guidance}")
+
+
+@torch.no_grad()
+def run_depth2img(
+    model: RGBDFaceModel,
+    inp: Depth2ImgInput,
+    steps: int = 25,
+    seed: int = 0,
+    scheduler: str = "ddim",
+    guidance: float = 1.0,
+    progress: bool = False,
+) -> Depth2ImgResult:
+    """Generate the image that follows `inp.depth` with the identity of `inp.reference`."""
+    # 1. Check inputs
+    check_inputs(model, inp, steps, guidance)
+    device, dtype = model.device, model.dtype
+    size = model.meta.image_size
+    generator = torch.Generator().manual_seed(seed)
+    region_mode = exists(inp.image)
+
+    with model.autocast():
+        # 2. Encode the reference, the depth and, when editing, the image (VAE)
+        z_ref = model.codec.encode_rgb(image_to_tensor(inp.reference.image, size, device).to(dtype))  # [1, C, s, s]
+        d, valid = _resize_depth(inp.depth, size)  # [1, 1, S, S]
+        z_depth = model.codec.encode_depth(d.to(device, dtype), valid.to(device))  # [1, C, s, s]
+        known = Known(depth=z_depth, m_rgb=1.0, m_depth=0.0)
+        if region_mode:
+            z_image = model.codec.encode_rgb(image_to_tensor(inp.image.image, size, device).to(dtype))  # [1, C, s, s]
+            r = torch.from_numpy(inp.region.astype(np.float32))[None, None]
+            r = F.interpolate(r, size=(size, size), mode="area")  # [1, 1, S, S]: any coverage counts
+            m_rgb = (F.adaptive_max_pool2d(r, z_image.shape[-2:]) > 0).to(device, dtype)  # [1, 1, s, s]
+            known = Known(rgb=z_image, depth=z_depth, m_rgb=m_rgb, m_depth=0.0)
+
+        # 3. Generate RGB with depth known (ReferenceNet once, masked UNet per step)
+        z_rgb, _ = sample_latents(model.masked, model.sampling_scheduler(scheduler), z_ref, model.context.to(dtype),
+                                  steps=steps, guidance=guidance, generator=generator, known=known, progress=progress)
+
+        # 4. Decode (VAE) and bring to the crop's size
+        rgb = model.codec.decode_rgb(z_rgb).float()  # [1, 3, S, S]
+    if inp.size != size:
+        rgb = F.interpolate(rgb, size=(inp.size, inp.size), mode="bicubic", align_corners=False, antialias=True)
+    crop = tensor_to_images(rgb)[0]  # [S', S', 3] uint8
+    if not region_mode:
+        return Depth2ImgResult(image=crop, crop=crop)
+
+    # 5. Region mode: paste back into the full frame, inside the region only
+    inside = paste_back(np.ones(crop.shape[:2], np.float32), inp.image, fill=0.0) >= 1.0 - 1e-4  # [H, W]
+    changed = inp.region_full & inside
+    pasted = paste_back(crop, inp.image)  # [H, W, 3]
+    out = np.where(changed[..., None], pasted, inp.full).astype(np.uint8)
+    return Depth2ImgResult(image=out, crop=crop, changed=changed)
+
+
+def depth2img(
+    model: RGBDFaceModel,
+    depth: np.ndarray,
+    reference: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    region: np.ndarray | None = None,
+    **kwargs,
+) -> Depth2ImgResult:
+    """Depth → image (full mode: depth + reference) or a depth-driven edit (region mode: depth + image + region).
+
+    kwargs: steps, seed, scheduler, guidance, progress (see `run_depth2img`).
+    """
+    return run_depth2img(model, prepare_depth2img(depth, reference, image, region), **kwargs)
