@@ -65,12 +65,17 @@ def test_talk_with_the_bundled_model(portrait_path, tmp_path):
     wav = write_wav(tmp_path / "speech.wav", speech_like(0.6))
     out = tmp_path / "talk.mp4"
     r = runner.invoke(app, ["talk", str(portrait_path), str(wav), "-o", str(out), "--depth-frames", str(tmp_path / "df"),
-                            "--steps", "2", "-q"])
+                            "--mesh-frames", str(tmp_path / "meshes"), "--steps", "2", "-q"])
     assert r.exit_code == 0, r.stderr
     frames = sorted((tmp_path / "df").glob("*.png"))
     assert len(frames) == 15  # ceil(0.6 s × 25)
     assert all(iio.imread(f).dtype == np.uint16 for f in frames[:2])
     assert out.stat().st_size > 0
+    import trimesh
+
+    meshes = sorted((tmp_path / "meshes").glob("*.ply"))
+    with_depth = [f for f in frames if (iio.imread(f) > 0).any()]
+    assert len(meshes) == len(with_depth) and len(trimesh.load(meshes[0]).faces) > 0
 
 
 def test_eval_runs_the_bundled_model_against_baselines(portrait_dataset):

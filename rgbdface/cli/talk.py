@@ -44,6 +44,7 @@ def talk_command(
     side_by_side: Annotated[bool, typer.Option("--side-by-side", help="Make --output show RGB | depth side by side.")] = False,
     rgb_frames: Annotated[Optional[Path], typer.Option("--rgb-frames", help="Also write every RGB frame as PNG into this folder (000000.png, ...).")] = None,
     depth_frames: Annotated[Optional[Path], typer.Option("--depth-frames", help="Also write every depth frame as 16-bit PNG into this folder (1..65535, larger = farther, 0 = no depth).")] = None,
+    mesh_frames: Annotated[Optional[Path], typer.Option("--mesh-frames", help="Also write a coloured PLY mesh of every frame's depth into this folder (a mesh sequence).")] = None,
     max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", min=0.04, help="Use only the first SECONDS of the audio.")] = None,
     wav2vec: Annotated[Optional[Path], typer.Option("--wav2vec", help="wav2vec 2.0 folder, for a model trained on wav2vec features whose recorded folder moved.")] = None,
     steps: StepsOpt = 25,
@@ -67,7 +68,7 @@ def talk_command(
     from rgbdface.pipelines.talk import check_outputs, talk
 
     # Everything that can fail on bad input happens before the model is loaded.
-    check_outputs(output, depth_video, rgb_frames, depth_frames)
+    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
     _require_motion_stage(model)
     wave = load_audio(audio, max_seconds=max_seconds)
     crop = crop_face(load_image(reference), size=CROP_SIZE, name=str(reference))
@@ -82,7 +83,7 @@ def talk_command(
 
     log(f"{audio}: {wave.size / 16000:.2f} s of audio", quiet)
     result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
-                  rgb_frames=rgb_frames, depth_frames=depth_frames, steps=steps, guidance=guidance,
+                  rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames, steps=steps, guidance=guidance,
                   scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress)
     log(f"wrote {result.frames} frames ({result.seconds:.2f} s) in {_clock(result.elapsed)} to "
         + ", ".join(str(p) for p in result.outputs), quiet)

@@ -17,7 +17,9 @@ def _rebuild(unet: UNet2DConditionModel, **overrides) -> UNet2DConditionModel:
     """A new UNet with the same config but `overrides`, holding every weight of `unet` except conv_in/conv_out."""
     config = dict(unet.config)
     config.update(overrides)
-    new = UNet2DConditionModel.from_config(config).to(device=unet.device, dtype=unet.dtype)
+    new = UNet2DConditionModel.from_config(config).to(device=unet.device)
+    if unet.dtype != new.dtype:
+        new = new.to(dtype=unet.dtype)
     state = {k: v for k, v in unet.state_dict().items() if not k.startswith(("conv_in.", "conv_out."))}
     missing, unexpected = new.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith(("conv_in.", "conv_out.")) for k in missing), (missing, unexpected)

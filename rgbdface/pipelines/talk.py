@@ -199,19 +199,19 @@ def _writable(path: Path, what: str) -> None:
 
 
 def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Path | None = None,
-                  depth_frames: Path | None = None) -> None:
+                  depth_frames: Path | None = None, mesh_frames: Path | None = None) -> None:
     """Every output can be written and has a video suffix; raises InputError naming the first that cannot."""
     for opt, path in (("--output", output), ("--depth-video", depth_video)):
         if exists(path):
             if path.suffix.lower() not in VIDEO_SUFFIXES:
                 raise InputError(f"{opt} {path}: expected a video file ending in {', '.join(sorted(VIDEO_SUFFIXES))}")
             _writable(path, opt)
-    for opt, path in (("--rgb-frames", rgb_frames), ("--depth-frames", depth_frames)):
+    for opt, path in (("--rgb-frames", rgb_frames), ("--depth-frames", depth_frames), ("--mesh-frames", mesh_frames)):
         if exists(path):
             if path.exists() and not path.is_dir():
                 raise InputError(f"{opt} {path}: exists and is not a folder")
             _writable(path, opt)
-    paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames) if exists(p)]
+    paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames, mesh_frames) if exists(p)]
     if len(set(paths)) != len(paths):
         raise InputError("two outputs have the same path; give each output its own name")
 
@@ -226,6 +226,7 @@ def talk(
     side_by_side: bool = False,
     rgb_frames: str | Path | None = None,
     depth_frames: str | Path | None = None,
+    mesh_frames: str | Path | None = None,
     steps: int = 25,
     guidance: float = 1.0,
     scheduler: str = "ddim",
@@ -237,14 +238,17 @@ def talk(
 
     `wave` is the waveform of `audio_path` (load_audio, possibly cut to --max-seconds); the
     file is muxed into the videos for the same duration. Outputs appear only when complete.
+    `mesh_frames` gets one coloured PLY mesh per frame (the depth-mesh camera of
+    `rgbdface.data.surface`; a frame without valid depth gets none).
     """
     from rgbdface.data.io import colorize_depth, relative_depth_to_u16, save_depth16, save_image
     from rgbdface.data.video_writer import VideoWriter
 
     model.require_stage(3, "talk")
     output = Path(output)
-    depth_video, rgb_frames, depth_frames = (Path(p) if exists(p) else None for p in (depth_video, rgb_frames, depth_frames))
-    check_outputs(output, depth_video, rgb_frames, depth_frames)
+    depth_video, rgb_frames, depth_frames, mesh_frames = (
+        Path(p) if exists(p) else None for p in (depth_video, rgb_frames, depth_frames, mesh_frames))
+    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
     fps = model.motion.config.fps if exists(model.motion) else 25
     seconds = wave.size / SAMPLE_RATE
 
@@ -257,6 +261,7 @@ def talk(
             videos.append(stack.enter_context(VideoWriter(stack.enter_context(atomic_path(depth_video)), fps, audio_path, seconds)))
         rgb_dir = stack.enter_context(atomic_dir(rgb_frames)) if exists(rgb_frames) else None
         depth_dir = stack.enter_context(atomic_dir(depth_frames)) if exists(depth_frames) else None
+        mesh_dir = stack.enter_context(atomic_dir(mesh_frames)) if exists(mesh_frames) else None
 
         for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip):
             preview = colorize_depth(frame.depth, frame.valid) if side_by_side or exists(depth_video) else None
@@ -267,7 +272,12 @@ def talk(
                 save_image(rgb_dir / f"{frame.index:06d}.png", frame.rgb)
             if exists(depth_dir):
                 save_depth16(depth_dir / f"{frame.index:06d}.png", relative_depth_to_u16(frame.depth, frame.valid))
+            if exists(mesh_dir) and frame.valid.any():
+                from rgbdface.data.surface import depth_to_mesh, save_mesh
+
+                # depth + 2 > 0: the mesh builder wants positive depth, larger = farther
+                save_mesh(mesh_dir / f"{frame.index:06d}.ply", depth_to_mesh(frame.depth + 2.0, frame.valid, frame.rgb))
             frames += 1
-    outputs = [p for p in (output, depth_video, rgb_frames, depth_frames) if exists(p)]
+    outputs = [p for p in (output, depth_video, rgb_frames, depth_frames, mesh_frames) if exists(p)]
     clips = math.ceil(frames / model.motion.config.frames)
     return TalkResult(frames, seconds, clips, time.perf_counter() - t0, outputs)
