@@ -136,44 +136,29 @@ def smooth_boxes(boxes: list[tuple[float, float, float, float] | None], sigma: f
 def wav2vec_features(model_dir: Path, audio: np.ndarray, n_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Per-frame wav2vec 2.0 features [n_frames, (layers + 1) * dim] float16 from a local model folder.
 
-    Hidden states of all layers (the input embedding included) are linearly
-    interpolated to the frame rate and concatenated per frame (paper supp. §7.1).
+    The same encoder as inference (`rgbdface.models.audio.Wav2VecAudioEncoder`): hidden states
+    of all layers (the input embedding included), linearly interpolated to the frame rate and
+    concatenated per frame (paper supp. §7.1).
     """
-    model, normalise = _wav2vec(str(model_dir))
     import torch
 
-    x = torch.from_numpy(audio.astype(np.float32))[None]
-    if normalise:
-        x = (x - x.mean()) / torch.sqrt(x.var() + 1e-7)
+    from rgbdface.models.audio import to_video_rate
+
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"wav2vec 2.0 expects {SAMPLE_RATE} Hz audio, got {sample_rate}")
+    encoder = _wav2vec(str(model_dir))
     with torch.inference_mode():
-        out = model(x, output_hidden_states=True)
-    hidden = torch.stack(out.hidden_states, 0)[:, 0]  # [L+1, T, D]
-    hidden = torch.nn.functional.interpolate(hidden.permute(0, 2, 1), size=n_frames, mode="linear", align_corners=False)  # [L+1, D, F]
-    feats = hidden.permute(2, 0, 1).reshape(n_frames, -1)  # [F, (L+1) * D]
-    return feats.numpy().astype(np.float16)
+        feats = encoder.native(torch.from_numpy(np.asarray(audio, np.float32)).flatten())  # [T', A]
+    return to_video_rate(feats.float().cpu(), n_frames).numpy().astype(np.float16)
 
 
-_WAV2VEC: dict[str, tuple] = {}
+_WAV2VEC: dict[str, object] = {}
 
 
 def _wav2vec(model_dir: str):
+    """One encoder per folder and process (loading is slow)."""
     if model_dir not in _WAV2VEC:
-        from transformers import Wav2Vec2Model
-        from transformers.utils import logging as hf_logging
+        from rgbdface.models.audio import Wav2VecAudioEncoder
 
-        hf_logging.disable_progress_bar()
-
-        path = Path(model_dir)
-        if not (path / "config.json").exists():
-            raise InputError(f"--wav2vec {path}: no config.json; pass a local wav2vec2 folder (e.g. wav2vec2-base-960h)")
-        if not list(path.glob("*.safetensors")):
-            raise InputError(f"--wav2vec {path}: no .safetensors weights; convert the checkpoint to safetensors")
-        model = Wav2Vec2Model.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
-        normalise = True
-        pre = path / "preprocessor_config.json"
-        if pre.exists():
-            import json
-
-            normalise = bool(json.loads(pre.read_text()).get("do_normalize", True))
-        _WAV2VEC[model_dir] = (model, normalise)
+        _WAV2VEC[model_dir] = Wav2VecAudioEncoder(model_dir)
     return _WAV2VEC[model_dir]

@@ -84,7 +84,7 @@ def audio_windows(features: torch.Tensor, k: int = 5) -> torch.Tensor:
     return features[index]  # [F, k, A]
 
 
-def _to_video_rate(native: torch.Tensor, num_frames: int) -> torch.Tensor:
+def to_video_rate(native: torch.Tensor, num_frames: int) -> torch.Tensor:
     """Encoder-rate features [T, A] → [F, A] by linear interpolation over time."""
     x = rearrange(native, "t a -> 1 a t")
     x = F.interpolate(x, size=num_frames, mode="linear", align_corners=False)
@@ -109,7 +109,7 @@ class AudioEncoder:
         if wave.numel() == 0:
             raise ValueError("empty waveform")
         feats = self.native(wave).float().cpu()  # [T', A]
-        return _to_video_rate(feats, num_video_frames(wave.numel(), fps))
+        return to_video_rate(feats, num_video_frames(wave.numel(), fps))
 
     def record(self) -> dict:
         """What a model folder stores to rebuild this encoder."""
