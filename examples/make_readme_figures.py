@@ -41,7 +41,8 @@ def main(out: Path) -> None:
         depth_u16 = d.to_u16()
         views = [image, colorize_depth(d.depth, d.valid)]
         for light in ((-1.0, 0.3, 1.0), (1.0, 0.3, 1.0)):
-            views.append(relight(image, depth_u16, [Light(light)], ambient=0.35).image)
+            upscale = (d.crop.box[2] - d.crop.box[0]) / model.meta.image_size  # smooth the upsampling's facets
+            views.append(relight(image, depth_u16, [Light(light)], ambient=0.35, smooth=upscale).image)
         box = d.crop.box
         rows.append(np.concatenate([panel(crop_box_to(v, box, 256)) for v in views], axis=1))
     save_image(out / "depth_relight.png", np.concatenate(rows, axis=0))

@@ -23,7 +23,7 @@ rgbdface train-vae "$W/data" -o "$W/vae" --image-size 64 --crop 32 --steps 1500 
 # 3. Stage 0 → stage 1 (joint RGB + depth) → stage 2 (masked) → stage 3 (audio + temporal, mel encoder).
 rgbdface init-model --tiny --vae "$W/vae" -o "$W/stage0" --overwrite
 rgbdface train "$W/data" -o "$W/run1" -m "$W/stage0" --config tiny --overwrite
-rgbdface finetune-mask "$W/data" -o "$W/run2" -m "$W/run1/model" --config tiny --max-steps 2000 --overwrite
+rgbdface finetune-mask "$W/data" -o "$W/run2" -m "$W/run1/model" --config tiny --max-steps 5000 --overwrite
 rgbdface train-motion "$W/data" -o "$W/run3" -m "$W/run2/model" --config tiny --overwrite
 
 # 4. Ship it with float16 weights, and evaluate on the held-out identity (Table 1 style).

@@ -270,3 +270,20 @@ def test_cli_outputs_must_differ(files):
     image, depth, out, _ = files
     r = run(image, "-d", depth, "-l", "0,0,1", "-o", out / "o.png", "--normals", out / "o.png")
     assert_failed_cleanly(r, out, 2, "different files")
+
+
+def test_smoothing_removes_upsampling_facets_and_keeps_the_region():
+    import numpy as np
+
+    from rgbdface.pipelines.relight import normals_from_depth, smooth_depth
+
+    yy, xx = np.mgrid[0:16, 0:16] / 15.0
+    coarse = 1.0 + (xx - 0.5) ** 2 + (yy - 0.5) ** 2  # a smooth bowl at 16 px
+    idx = np.arange(96) * 16 // 96
+    blocky = coarse[idx][:, idx]  # nearest upsampling ×6: flat facets
+    blocky[:, :10] = 0  # an invalid strip
+    sm = smooth_depth(blocky, sigma=6)
+    assert (sm[:, :10] == 0).all() and (sm[:, 10:] > 0).all()
+    rough = lambda d: np.abs(np.diff(normals_from_depth(d, d > 0, depth_scale=40)[20:-20, 30:-20, 0], axis=1)).mean()
+    assert rough(sm) < 0.3 * rough(blocky)
+    assert np.array_equal(smooth_depth(blocky, 0), blocky)

@@ -111,7 +111,10 @@ def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | N
 def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int = 25, seed: int = 0,
                            scheduler: str = "ddim", ensemble: int = 1, device: str = "auto", dtype: str = "auto",
                            quiet: bool = False) -> "np.ndarray":
-    """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size."""
+    """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size,
+    smoothed by the factor it was upsampled with from the model's resolution."""
+    import numpy as np
+
     from rgbdface.cli.loading import load_for_command
     from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
 
@@ -125,7 +128,12 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
     m.require_stage(2, "relight without --depth (depth estimation)")
     log(f"no --depth: estimating the depth of {image_path}", quiet)
     result = estimate_depths(m, [task], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, progress=not quiet)[0]
-    return result.to_units()
+    # The model's depth is upsampled from its resolution: smooth away the facets that would show as blocks.
+    from rgbdface.pipelines.relight import smooth_depth
+
+    x0, _, x1, _ = result.crop.box
+    upscale = (x1 - x0) / m.meta.image_size
+    return smooth_depth(result.to_units(), sigma=upscale).astype(np.float32) if upscale > 1 else result.to_units()
 
 
 def _write_all(layers: dict[Path, "np.ndarray"]) -> None:

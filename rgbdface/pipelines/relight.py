@@ -219,6 +219,24 @@ def check_inputs(image: np.ndarray, depth: np.ndarray) -> None:
         raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {w}x{h}; they must match")
 
 
+def smooth_depth(depth, sigma: float) -> np.ndarray:
+    """Gaussian-smooth depth [H, W] inside its valid region (depth > 0), by normalised convolution.
+
+    Depth estimated at a low resolution and upsampled is piecewise linear, so its normals
+    are piecewise constant; smoothing with sigma ≈ the upsampling factor removes the facets.
+    Invalid pixels neither contribute nor change (they stay 0).
+    """
+    import cv2
+
+    d = _numpy(depth).astype(np.float64)
+    if sigma <= 0:
+        return d
+    valid = (d > 0) & np.isfinite(d)
+    w = cv2.GaussianBlur(valid.astype(np.float64), (0, 0), sigma)
+    num = cv2.GaussianBlur(np.where(valid, d, 0.0), (0, 0), sigma)
+    return np.where(valid, num / np.maximum(w, 1e-12), 0.0)
+
+
 def relight(
     image,
     depth,
@@ -226,16 +244,20 @@ def relight(
     ambient: float = DEFAULT_AMBIENT,
     depth_scale: float | None = None,
     relief: float = DEFAULT_RELIEF,
+    smooth: float = 0.0,
 ) -> RelightResult:
     """Relight `image` with directional lights using the normals of `depth` (paper §5.4).
 
     image: [H, W, 3] or [H, W]; uint8 (0..255) or float (0..1).
     depth: [H, W], larger = farther, 0 = no depth; the valid region is depth > 0.
+    smooth: Gaussian sigma in pixels applied to the depth first (`smooth_depth`; 0 = none).
     Inside it, image × shading (clipped to the input's range); outside, the image is unchanged.
     """
     # 1. Check inputs
     image, depth = _numpy(image), _numpy(depth)
     check_inputs(image, depth)
+    if smooth > 0:
+        depth = smooth_depth(depth, smooth)
     lights = [as_light(x) for x in lights]
     valid = (depth > 0) & np.isfinite(depth)  # [H, W]
 
