@@ -59,24 +59,28 @@ def read_frames(path: Path, fps: float, width: int | None = None) -> Iterator[np
         raise InputError(f"{path}: ffmpeg could not decode the video ({str(e).splitlines()[0][:120]})") from None
 
 
+def decode_audio(path: Path, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """The first audio track as float32 mono [T] at `sample_rate` (empty when the file has none).
+
+    One ffmpeg decode serves prep-depth and talk; a file ffmpeg cannot read is an InputError.
+    """
+    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(sample_rate)]
+    if max_seconds is not None:
+        cmd += ["-t", f"{max_seconds:.6f}"]
+    proc = subprocess.run(cmd + ["-f", "s16le", "-"], capture_output=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        if any("does not contain any stream" in line for line in lines):  # no audio track
+            return np.zeros(0, np.float32)
+        why = lines[-1][:120] if lines else "unknown error"
+        raise InputError(f"{path}: not readable audio ({why}); pass a file ffmpeg can decode (wav, mp3, m4a, a video)")
+    return np.frombuffer(proc.stdout, "<i2").astype(np.float32) / 32768.0
+
+
 def read_audio(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
     """The first audio track as float32 mono at `sample_rate`, or None when there is none."""
-    if not has_audio(path):
-        return None
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise InputError(f"{path}: ffmpeg could not read the audio ({msg[-1][:120] if msg else 'unknown error'})")
-    if not proc.stdout:
-        return None
-    return np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
-
-
-def has_audio(path: Path) -> bool:
-    """Whether ffmpeg sees an audio stream in the file."""
-    proc = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-i", str(path)], capture_output=True)
-    return any(line.strip().startswith("Stream #") and "Audio:" in line for line in proc.stderr.decode(errors="replace").splitlines())
+    wave = decode_audio(path, sample_rate)
+    return wave if wave.size else None
 
 
 def align_audio(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

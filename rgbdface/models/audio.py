@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +33,6 @@ SILENCE_PEAK = 1e-4  # a waveform whose peak stays below this is silent (-80 dBF
 
 
 # --------------------------------------------------------------------------------- loading
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def load_audio(path: str | Path, max_seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The first audio track of any file ffmpeg reads, as float32 mono [T] at `sample_rate`.
 
@@ -51,17 +44,9 @@ def load_audio(path: str | Path, max_seconds: float | None = None, sample_rate: 
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected an audio file")
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0?", "-vn", "-ac", "1",
-           "-ar", str(sample_rate)]
-    if max_seconds is not None:
-        cmd += ["-t", f"{max_seconds:.6f}"]
-    cmd += ["-f", "s16le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        why = lines[-1][:120] if lines else "unknown error"
-        raise InputError(f"{path}: not readable audio ({why}); pass a file ffmpeg can decode (wav, mp3, m4a, a video)")
-    wave = np.frombuffer(proc.stdout, "<i2").astype(np.float32) / 32768.0
+    from rgbdface.data.video import decode_audio
+
+    wave = decode_audio(path, sample_rate, max_seconds)
     if wave.size == 0:
         raise InputError(f"{path}: no audio samples (empty file or no audio track); pass a file with speech")
     if float(np.abs(wave).max()) < SILENCE_PEAK:
