@@ -14,6 +14,10 @@ class InputError(ValueError):
     """Bad user input. The message is one line that says what is wrong and what to do."""
 
 
+class UsageError(InputError):
+    """A command line that cannot work as given (options that conflict or are missing); commands exit 2."""
+
+
 def exists(x: Any) -> bool:
     return x is not None
 

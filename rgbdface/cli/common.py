@@ -1,17 +1,22 @@
-"""What every command shares: error reporting, logging to stderr, device choice, inputs and shards."""
+"""What every command shares: error reporting, the --json report, logging to stderr, device choice, inputs and shards."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import glob
+import json
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 DEBUG_ENV = "RGBDFACE_DEBUG"
 T = TypeVar("T")
@@ -29,9 +34,18 @@ def log(msg: str, quiet: bool = False) -> None:
         _stderr_console().print(msg, markup=False)
 
 
-def fail(msg: str, code: int = 1) -> "typer.Exit":
-    """Print a one-line error on stderr and return the exit to raise."""
+def error_line(msg: str) -> None:
+    """One error line on stderr (a bad input of a batch that goes on, or the end of a command)."""
     print(f"rgbdface: error: {msg}", file=sys.stderr)
+
+
+def fail(msg: str, code: int = 1) -> "typer.Exit":
+    """The command as a whole fails: a one-line error on stderr, kept as the --json report's `error`;
+    returns the exit to raise (1 = bad input, 2 = usage error)."""
+    error_line(msg)
+    rep = _REPORT.get()
+    if rep is not None and rep.error is None:
+        rep.error = msg
     return typer.Exit(code)
 
 
@@ -44,6 +58,10 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except UsageError as e:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise fail(str(e), 2) from None
         except InputError as e:
             if os.environ.get(DEBUG_ENV):
                 raise
@@ -54,6 +72,94 @@ def handle_errors(fn: Callable) -> Callable:
             raise fail(f"{type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)", 1) from None
 
     return wrapper
+
+
+# ----------------------------------------------------------------------------- the --json report
+@dataclass
+class Report:
+    """What one command did; with --json it is printed on stdout as one JSON line when the command ends.
+
+    Commands add to the running report through `report()`; errors raised through `fail` fill `error`.
+    """
+
+    command: str
+    written: list[str] = field(default_factory=list)  # files and folders produced
+    failed: list[dict] = field(default_factory=list)  # {"input", "error"}: inputs of a batch that failed
+    skipped: list[str] = field(default_factory=list)  # inputs whose outputs existed
+    extra: dict[str, Any] = field(default_factory=dict)  # command-specific keys (timings, counts, metrics)
+    error: str | None = None  # the one-line reason the whole command failed
+    printed: bool = True  # False: print nothing (e.g. a non-main process under a launcher)
+    started: float = field(default_factory=time.perf_counter)
+
+    def wrote(self, *paths: str | Path) -> None:
+        self.written.extend(str(p) for p in paths)
+
+    def fail_input(self, source: str | Path, error: str) -> None:
+        self.failed.append({"input": str(source), "error": error})
+
+    def skip(self, *sources: str | Path) -> None:
+        self.skipped.extend(str(s) for s in sources)
+
+    def add(self, **extra: Any) -> None:
+        clash = set(extra) & set(COMMON_KEYS)
+        if clash:
+            raise ValueError(f"report keys {sorted(clash)} are common keys; use the Report fields")
+        self.extra.update(extra)
+
+    def to_dict(self, exit_code: int) -> dict:
+        return {"command": self.command, "exit_code": exit_code, "error": self.error,
+                "seconds": round(time.perf_counter() - self.started, 3), "written": self.written,
+                "failed": self.failed, "skipped": self.skipped, **self.extra}
+
+    def emit(self, exit_code: int) -> None:
+        if self.printed:
+            sys.stdout.write(json.dumps(self.to_dict(exit_code), default=str) + "\n")
+            sys.stdout.flush()
+
+
+COMMON_KEYS = ("command", "exit_code", "error", "seconds", "written", "failed", "skipped")
+_REPORT: contextvars.ContextVar[Report | None] = contextvars.ContextVar("rgbdface_report", default=None)
+
+
+def report() -> Report:
+    """The running command's report (a detached one outside a command, so library-style calls still work)."""
+    rep = _REPORT.get()
+    return rep if rep is not None else Report("")
+
+
+class ReportingCommand(TyperCommand):
+    """A command with a --json report (register it with `app.command(NAME, cls=ReportingCommand)`; its function
+    takes `as_json: JsonOpt` and adds to `report()`).
+
+    The report is printed on stdout when the command ends with --json: after success (exit 0), after an exit
+    it raised (1 = bad input or some inputs failed, 2 = usage error; `fail` fills `error`), and after a usage
+    error found while parsing the command line (exit 2, nothing run). Not after an interrupt.
+    """
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        wants_json = "--json" in args
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as e:  # click's UsageError (vendored by typer): exit 2
+            if wants_json and hasattr(e, "format_message"):
+                Report(self.name or "", error=" ".join(e.format_message().split())).emit(getattr(e, "exit_code", 2))
+            raise
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        rep = Report(self.name or "")
+        as_json = bool(ctx.params.get("as_json"))
+        token = _REPORT.set(rep)
+        try:
+            result = super().invoke(ctx)
+        except typer.Exit as e:
+            if as_json:
+                rep.emit(e.exit_code)
+            raise
+        finally:
+            _REPORT.reset(token)
+        if as_json:
+            rep.emit(0)
+        return result
 
 
 def resolve_device(device: str = "auto") -> str:

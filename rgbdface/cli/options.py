@@ -22,4 +22,5 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or lo
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist (default: skip them).")]
 ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="Process only shard i of n ('i/n', 0-based); default from RANK/WORLD_SIZE when launched.")]
 OutputFileOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file; written atomically, the format follows the suffix.")]
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="How results go to stdout: 'table', 'json' or 'csv'.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", show_default=False, help="How results go to stdout: 'table' (default), 'json' or 'csv'.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a one-line JSON report on stdout when done (command, exit_code, error, seconds, written, failed, skipped, and the command's own keys); nothing else goes to stdout.")]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import expand_inputs, handle_errors, log, parse_shard, take_shard
-from rgbdface.cli.options import OverwriteOpt, QuietOpt, ShardOpt
+from rgbdface.cli.common import ReportingCommand, expand_inputs, handle_errors, log, parse_shard, report, take_shard
+from rgbdface.cli.options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt
 
 
 def prep_depth(
@@ -31,13 +30,14 @@ def prep_depth(
     identity_from: Annotated[str, typer.Option("--identity-from", help="Identity of a sample: 'stem' (file name) or 'parent' (folder name).")] = "stem",
     seed: Annotated[int, typer.Option("--seed", help="Seed for the studio views.")] = 0,
     overwrite: OverwriteOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Crop faces, fit the face mesh and write depth, masks and a dataset manifest (paper §5.1, supp. §7.3).
 
     Depth is camera-space Z under an assumed camera, as 16-bit PNG in 0.1 mm steps (0 = no depth).
     Bad inputs are reported one per line and skipped; the exit status is 1 if any failed.
+    --json adds to the common keys: done, samples, frames (counts), output, shard.
     """
     from rgbdface.data.face import DEFAULT_MARGIN
     from rgbdface.data.prep import PrepConfig, input_suffixes, prepare_dataset
@@ -54,8 +54,11 @@ def prep_depth(
     summary = prepare_dataset(paths, output, cfg, workers=workers, overwrite=overwrite, on_result=progress)
     line = f"prep-depth: {summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed; {summary.samples} samples in {summary.seconds:.1f} s -> {output}"
     print(line, file=sys.stderr) if summary.failed or not quiet else None
-    if as_json:
-        sys.stdout.write(json.dumps({**summary.to_dict(), "output": str(output), "shard": f"{index}/{count}"}) + "\n")
+    rep = report()
+    rep.wrote(output)  # the dataset folder: its manifest is rewritten on every run
+    for path, error in summary.failed:
+        rep.fail_input(path, error)
+    rep.add(done=summary.done, samples=summary.samples, frames=summary.frames, output=str(output), shard=f"{index}/{count}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -68,6 +71,8 @@ class _Progress:
 
     def __call__(self, r) -> None:
         self.n += 1
+        if r.status == "skipped":
+            report().skip(r.path)
         if r.status == "failed":
             print(f"rgbdface: error: {r.error}", file=sys.stderr)
         elif not self.quiet:
@@ -76,4 +81,4 @@ class _Progress:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prep-depth")(handle_errors(prep_depth))
+    app.command("prep-depth", cls=ReportingCommand)(handle_errors(prep_depth))
