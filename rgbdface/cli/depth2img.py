@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import fail, handle_errors, log
+from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt,
+                                  StepsOpt)
 
 
 @handle_errors
@@ -26,6 +27,7 @@ def depth2img_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the portrait that follows DEPTH with the identity of --reference, or edit --image inside --region.
@@ -37,6 +39,8 @@ def depth2img_command(
     Region mode (--image, --region; paper Fig. 5): DEPTH and the mask have the image's size; mask pixels >= 128 (any channel) are regenerated. Inside the image's face crop the model regenerates every latent cell the region touches, with the rest of the image and the whole edited depth known, and the result replaces the image's pixels inside the region only: elsewhere the output equals the image, pixel for pixel. Region pixels outside the face crop are kept (a warning says how many). The identity comes from --reference, by default the image itself.
 
     Errors are one line on stderr with nothing written: an unreadable image or depth, no face, a depth or mask of the wrong size, an empty region, a model without stage 2.
+
+    --json adds: mode ('full' or 'region'), changed_pixels (region mode; null in full mode).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_depth, load_image, save_image
     from rgbdface.pipelines.depth2img import prepare_depth2img, run_depth2img
@@ -64,6 +68,9 @@ def depth2img_command(
 
     # 4. Write
     save_image(output, result.image)
+    report().wrote(output)
+    report().add(mode="full" if result.changed is None else "region",
+                 changed_pixels=None if result.changed is None else int(result.changed.sum()))
     if result.changed is not None and result.changed.sum() < task.region_full.sum():
         log(f"warning: {int(task.region_full.sum() - result.changed.sum())} region pixels lie outside the face crop and were kept", quiet)
     what = f"regenerated {int(result.changed.sum())} pixels of {image}" if result.changed is not None else "generated the face crop"
@@ -71,4 +78,4 @@ def depth2img_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("depth2img", no_args_is_help=True)(depth2img_command)
+    app.command("depth2img", cls=ReportingCommand, no_args_is_help=True)(depth2img_command)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from rgbdface.cli.common import expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, take_shard, write_all
+from rgbdface.cli.common import (ReportingCommand, error_line, expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, report,
+                                 take_shard, write_all)
 from rgbdface.cli.options import (
-    DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, StepsOpt,
+    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, StepsOpt,
 )
 from rgbdface.utils import InputError
 
@@ -57,6 +59,7 @@ def estimate_depth_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Estimate the relative depth of the face in each INPUT, at the input's size.
@@ -70,6 +73,8 @@ def estimate_depth_command(
     --mesh: the relight camera, orthographic in pixels, x right, y up, z toward the viewer: pixel (row v, column u) becomes the vertex (u + 0.5, -(v + 0.5), -s (d - d_min)), s chosen so that the face's depth range spans --relief times its width; two triangles per 2 x 2 block of face pixels, counter-clockwise seen from the viewer, coloured by the image.
 
     Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together, and an image's depth does not depend on its batch. A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
+
+    --json: `written` lists every file written, `skipped` the inputs whose outputs existed, `failed` the bad inputs; it adds images (inputs estimated in this run), shard, and estimate_seconds (model loading and estimation, without writing).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES
 
@@ -86,6 +91,8 @@ def estimate_depth_command(
     index, count = parse_shard(shard)
     mine = take_shard(jobs, index, count)
     todo = [j for j in mine if overwrite or not j.done()]
+    report().skip(*(j.source for j in mine if j not in todo))
+    report().add(images=0, shard=f"{index}/{count}", estimate_seconds=0.0)
     if len(todo) < len(mine):
         log(f"skipping {len(mine) - len(todo)} input(s) whose outputs exist (--overwrite to redo)", quiet)
     if count > 1:
@@ -96,11 +103,15 @@ def estimate_depth_command(
     # 2. Estimate batch by batch; a bad input is reported and skipped
     runner = _Runner(model, device, dtype, quiet, dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance))
     failed: list[tuple[Path, str]] = []
+    estimate_seconds = 0.0
     with progress_bar(len(todo), quiet) as bar:
         size = batch_size or runner.default_batch_size()
         for start in range(0, len(todo), size):
             batch = todo[start : start + size]
-            for job, outcome in zip(batch, runner.run(batch)):
+            t0 = time.perf_counter()
+            outcomes = runner.run(batch)
+            estimate_seconds += time.perf_counter() - t0
+            for job, outcome in zip(batch, outcomes):
                 if isinstance(outcome, str):
                     failed.append((job.source, outcome))
                     if len(jobs) > 1:
@@ -108,17 +119,23 @@ def estimate_depth_command(
                     continue
                 try:
                     write_all(_writers(job, outcome, runner.images[job.source], relief))
+                    report().wrote(*job.outputs.values())
                 except (InputError, OSError, ValueError) as e:
                     failed.append((job.source, f"{job.source}: {e}"))
                     bar.write(f"rgbdface: error: {job.source}: {e}", file=sys.stderr)
             bar.update(len(batch))
             runner.images.clear()
 
-    # 3. Report
+    # 3. Report: bad inputs are failures of the batch (exit 1), not of the command
+    for source, error in failed:
+        report().fail_input(source, error)
+    report().add(images=len(todo) - len(failed), estimate_seconds=round(estimate_seconds, 3))
     if failed:
         if len(jobs) == 1:
-            raise fail(failed[0][1], 1)
-        raise fail(f"{len(failed)} of {len(todo)} inputs failed (each reported above): {', '.join(str(p) for p, _ in failed)}", 1)
+            error_line(failed[0][1])
+        else:
+            error_line(f"{len(failed)} of {len(todo)} inputs failed (each reported above): {', '.join(str(p) for p, _ in failed)}")
+        raise typer.Exit(1)
     where = todo[0].outputs["depth"] if len(todo) == 1 else output
     log(f"estimated depth for {len(todo)} image(s) → {where}", quiet)
 
@@ -233,4 +250,4 @@ def _writers(job: Job, result: "DepthResult", image, relief: float) -> dict[Path
 
 
 def register(app: typer.Typer) -> None:
-    app.command("estimate-depth", no_args_is_help=True)(estimate_depth_command)
+    app.command("estimate-depth", cls=ReportingCommand, no_args_is_help=True)(estimate_depth_command)

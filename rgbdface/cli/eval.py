@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import fail, handle_errors, log
-from rgbdface.cli.options import DeviceOpt, FormatOpt, QuietOpt, SeedOpt, StepsOpt
+from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
+from rgbdface.cli.options import DeviceOpt, FormatOpt, JsonOpt, QuietOpt, SeedOpt, StepsOpt
 
 if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
@@ -33,7 +33,7 @@ def eval_command(
     gt: GtOpt = None,
     mask: MaskOpt = None,
     alignment: AlignmentOpt = "least_square",
-    fmt: FormatOpt = "table",
+    fmt: FormatOpt = None,
     error_maps: ErrorMapsOpt = None,
     data: DataOpt = None,
     method: MethodOpt = None,
@@ -42,6 +42,7 @@ def eval_command(
     ensemble: Annotated[int, typer.Option("--ensemble", min=1, help="With --method model: ensemble size.")] = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Score depth predictions against ground truth: AbsRel, δ1-δ3 and RMSE after per-image alignment (paper §5.2).
@@ -49,12 +50,17 @@ def eval_command(
     Per image, over pixels with gt > 0, pred > 0 (and the mask): a least-squares scale and shift of the prediction onto the ground truth, clipped to >= 1e-6; then AbsRel = mean |p-g|/g, δk = share of max(p/g, g/p) < 1.25^k and RMSE in the ground truth's units, each averaged over images.
 
     Results go to stdout; files that cannot be scored are named on stderr and make the exit status 1.
+
+    --json prints the command's one-line report instead of the results: `metrics` holds exactly what --format json prints (one report, or label → report with --data), `failed` the files that could not be scored, `written` the error maps. --json goes with --format json (the same) but not with table or csv.
     """
     from rgbdface.metrics.depth import ALIGNMENTS, evaluate_folders
 
     # 1. Check options
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", 2)
+    if as_json and fmt not in (None, "json"):
+        raise fail(f"--json prints the results inside its report; it does not go with --format {fmt}", 2)
+    fmt = "report" if as_json else fmt or "table"
     if alignment not in ALIGNMENTS:
         raise fail(f"--alignment {alignment!r}: expected one of {', '.join(ALIGNMENTS)}", 2)
     if data is not None:
@@ -70,10 +76,10 @@ def eval_command(
         raise fail("--pred DIR and --gt DIR are both needed (folders of depth files matched by name), or --data DATASET", 2)
 
     # 2. Evaluate
-    report = evaluate_folders(pred, gt, mask, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet))
+    result = evaluate_folders(pred, gt, mask, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet))
 
     # 3. Report: data on stdout, problems on stderr
-    _finish({pred.name or str(pred): report}, fmt, quiet,
+    _finish({pred.name or str(pred): result}, {pred.name or str(pred): error_maps}, fmt, quiet,
             "check that --pred and --gt hold depth files of the same names")
 
 
@@ -90,19 +96,24 @@ def _compare(data, specs, source, alignment, fmt, error_maps, steps, ensemble, s
     if not samples:
         raise fail(f"{data}: no {source} samples to evaluate; run `rgbdface prep-depth` (with --studio-views for exact depth)", 1)
     methods = build_methods(specs, samples, device=resolve_device(device), steps=steps, ensemble=ensemble, seed=seed)
-    reports = {}
+    reports, maps_dirs = {}, {}
     for m in methods:
         log(f"evaluating {m.label} on {len(samples)} {source} samples", quiet)
         maps = None if error_maps is None else Path(error_maps) / m.label.replace(":", "_").replace("/", "_")
         reports[m.label] = evaluate_samples(dataset_samples(samples, m), alignment=alignment, error_maps_dir=maps,
                                             progress=_progress(quiet))
-    _finish(reports, fmt, quiet, "check the dataset's depth and mask files")
+        maps_dirs[m.label] = maps
+    _finish(reports, maps_dirs, fmt, quiet, "check the dataset's depth and mask files")
 
 
-def _finish(reports: dict, fmt: str, quiet: bool, hint: str) -> None:
-    for label, report in reports.items():
-        _report_problems(report, quiet, prefix=f"{label}: " if len(reports) > 1 else "")
-    write_reports(reports, fmt)
+def _finish(reports: dict, maps_dirs: dict, fmt: str, quiet: bool, hint: str) -> None:
+    several = len(reports) > 1
+    for label, result in reports.items():
+        _report_problems(result, quiet, prefix=f"{label}: " if several else "")
+    if fmt == "report":
+        _add_to_report(reports, maps_dirs)
+    else:
+        write_reports(reports, fmt)
     scored = sum(r.n_images for r in reports.values())
     failed = sum(len(r.failed) for r in reports.values())
     if scored == 0:
@@ -110,6 +121,23 @@ def _finish(reports: dict, fmt: str, quiet: bool, hint: str) -> None:
     log(f"scored {scored} images, {failed} failed", quiet)
     if failed:
         raise typer.Exit(1)
+
+
+def _add_to_report(reports: dict[str, "EvalReport"], maps_dirs: dict[str, Path | None]) -> None:
+    """--json: the results (as --format json writes them), the files that failed and the error maps written."""
+    several = len(reports) > 1
+    rep = report()
+    for label, result in reports.items():
+        for f in result.failed:
+            rep.fail_input(f"{label}: {f['name']}" if several else f["name"], f["error"])
+        if maps_dirs.get(label) is not None:
+            rep.wrote(*(Path(maps_dirs[label]) / f"{row['name']}.png" for row in result.images))
+    rep.add(metrics=_json_object(reports))
+
+
+def _json_object(reports: dict[str, "EvalReport"]) -> dict:
+    """One report's object, or label → object for a comparison."""
+    return next(iter(reports.values())).to_dict() if len(reports) == 1 else {k: r.to_dict() for k, r in reports.items()}
 
 
 def _progress(quiet: bool):
@@ -145,8 +173,7 @@ def write_reports(reports: dict[str, "EvalReport"], fmt: str) -> None:
     elif fmt == "json":
         import json
 
-        obj = next(iter(reports.values())).to_dict() if len(reports) == 1 else {k: r.to_dict() for k, r in reports.items()}
-        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        sys.stdout.write(json.dumps(_json_object(reports), indent=2) + "\n")
     else:
         _write_csv(reports)
 
@@ -185,4 +212,4 @@ def _write_csv(reports: dict[str, "EvalReport"]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
+    app.command("eval", cls=ReportingCommand)(eval_command)

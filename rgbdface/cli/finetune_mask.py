@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from rgbdface.cli.common import handle_errors
-from rgbdface.cli.options import QuietOpt
+from rgbdface.cli.common import ReportingCommand, handle_errors
+from rgbdface.cli.options import JsonOpt, QuietOpt
 from rgbdface.cli.training import (ConfigOpt, CpuOpt, DatasetArg, MaxStepsOpt, OverwriteRunOpt, ResumeOpt, RunDirOpt,
                                    SetOpt, ShowConfigOpt, TrackerOpt, run_training)
 
@@ -26,17 +26,19 @@ def finetune_mask_command(
     tracker: TrackerOpt = None,
     cpu: CpuOpt = False,
     show_config: ShowConfigOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune stage 2: the masked variant widened from the stage-1 denoiser, with asymmetric
     masks drawn per sample (joint, image->depth, depth->image, spatial boxes; probabilities
-    masks.p_*). Writes RUN_DIR/model (stages [0, 1, 2]) and prints its path."""
+    masks.p_*). Writes RUN_DIR/model (stages [0, 1, 2]) and prints its path
+    (with --json, the report instead)."""
     from rgbdface.training.loop import TrainRequest
 
     req = TrainRequest(stage=2, dataset=dataset, run_dir=output, model=model, recipe=config, overrides=set_ or [],
                        max_steps=max_steps, resume=resume, overwrite=overwrite, tracker=tracker, cpu=cpu, quiet=quiet)
-    run_training(req, show_config, quiet)
+    run_training(req, show_config, quiet, as_json)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune-mask")(finetune_mask_command)
+    app.command("finetune-mask", cls=ReportingCommand)(finetune_mask_command)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rgbdface.cli.common import handle_errors, log
+from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, OutputDirOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OutputDirOpt, QuietOpt, SchedulerOpt, SeedOpt,
+                                  StepsOpt)
 
 
 CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
@@ -27,12 +29,14 @@ def generate_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate RGB + depth pairs of the person in REFERENCE.
 
     Writes, per sample i: STEM_i_rgb.png, STEM_i_depth.png (16-bit, relative depth:
     1..65535, larger = farther, 0 = no depth) and STEM_i_preview.png (RGB | depth).
+    --json adds: samples, generate_seconds (sampling only).
     """
     import numpy as np
 
@@ -45,7 +49,9 @@ def generate_command(
     m = load_for_command(model, device, dtype, quiet)
     if 1 not in m.meta.stages:
         log("warning: this model has not been trained (stage 0); samples will be noise", quiet)
+    t0 = time.perf_counter()
     out = generate(m, crop.image, num_samples=num, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed, progress=not quiet)
+    generate_seconds = time.perf_counter() - t0
 
     output.mkdir(parents=True, exist_ok=True)
     for i in range(num):
@@ -54,8 +60,10 @@ def generate_command(
         save_image(f"{stem}_rgb.png", out.rgb[i])
         save_depth16(f"{stem}_depth.png", relative_depth_to_u16(out.depth[i], out.valid[i]))
         save_image(f"{stem}_preview.png", np.concatenate([out.rgb[i], preview], axis=1))
+        report().wrote(f"{stem}_rgb.png", f"{stem}_depth.png", f"{stem}_preview.png")
+    report().add(samples=num, generate_seconds=round(generate_seconds, 3))
     log(f"wrote {num} RGB + depth samples to {output}", quiet)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("generate", no_args_is_help=True)(generate_command)
+    app.command("generate", cls=ReportingCommand, no_args_is_help=True)(generate_command)

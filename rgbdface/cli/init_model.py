@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import handle_errors, log
-from rgbdface.cli.options import QuietOpt, SeedOpt
+from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
+from rgbdface.cli.options import JsonOpt, QuietOpt, SeedOpt
 from rgbdface.utils import InputError
 
 
@@ -21,11 +21,13 @@ def init_model_command(
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Face-crop size in pixels (default 512 for --base, 64 for --tiny).")] = None,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a stage-0 joint RGB + depth model: the base UNet widened to 2C channels
     (new input channels zero-initialised, output layer duplicated), a ReferenceNet
-    copied from the base UNet, the base VAE, and the cached empty-prompt embedding."""
+    copied from the base UNet, the base VAE, and the cached empty-prompt embedding.
+    --json adds: image_size, stages."""
     from rgbdface.models.builder import build_from_sd15, build_tiny
 
     if (base is None) == (not tiny):
@@ -36,8 +38,10 @@ def init_model_command(
         raise InputError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
     model = build_tiny(image_size or 64, seed=seed, vae_dir=vae) if tiny else build_from_sd15(base, image_size or 512)
     model.save_pretrained(output)
+    report().wrote(output)
+    report().add(image_size=model.meta.image_size, stages=model.meta.stages)
     log(f"wrote stage-0 model ({'tiny' if tiny else base}, {model.meta.image_size}px) to {output}", quiet)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("init-model")(init_model_command)
+    app.command("init-model", cls=ReportingCommand)(init_model_command)

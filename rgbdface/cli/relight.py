@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import fail, handle_errors, log, write_all
+from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report, write_all
 from rgbdface.cli.estimate_depth import EnsembleOpt
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,11 +41,14 @@ def relight_command(
     ensemble: EnsembleOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Relight a portrait from its depth: Lambertian shading from directional lights plus ambient, multiplied with the image where depth > 0.
 
     Normals come from finite differences under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the region's width. Outside depth > 0 the image is unchanged. Without --depth, the face's depth is estimated first with the stage-2 model (the face region is relit). Outputs are written only when everything has succeeded.
+
+    --json adds: lights (their count), relit_pixels, depth ('given' or 'estimated').
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_image
     from rgbdface.pipelines.relight import Light, normals_to_rgb, relight, shading_to_gray
@@ -86,6 +89,8 @@ def relight_command(
     if shading is not None:
         layers[shading] = shading_to_gray(result.shading)
     _write_all(layers)
+    report().wrote(*layers)
+    report().add(lights=len(lights), relit_pixels=int(result.valid.sum()), depth="given" if depth is not None else "estimated")
     log(f"relit {image} with {len(lights)} light(s) over {int(result.valid.sum())} pixels → {output}", quiet)
 
 
@@ -144,4 +149,4 @@ def _write_all(layers: dict[Path, "np.ndarray"]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("relight")(relight_command)
+    app.command("relight", cls=ReportingCommand)(relight_command)

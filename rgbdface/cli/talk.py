@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import handle_errors, log
+from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 from rgbdface.utils import InputError
 
 CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
@@ -54,6 +54,7 @@ def talk_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Animate the person in REFERENCE speaking AUDIO: an RGB video and, jointly, its depth.
@@ -61,6 +62,8 @@ def talk_command(
     Needs a model that reached stage 3 (`train-motion`). The video has ceil(duration x 25)
     frames and ends with the audio; frames are written as they are made, and every output
     appears only once it is complete.
+
+    --json adds: frames, clips, audio_seconds (the audio covered) and generate_seconds.
     """
     from rgbdface.data.face import crop_face
     from rgbdface.data.io import load_image
@@ -85,9 +88,12 @@ def talk_command(
     result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
                   rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames, steps=steps, guidance=guidance,
                   scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress)
+    report().wrote(*result.outputs)
+    report().add(frames=result.frames, clips=result.clips, audio_seconds=round(result.seconds, 3),
+                 generate_seconds=round(result.elapsed, 3))
     log(f"wrote {result.frames} frames ({result.seconds:.2f} s) in {_clock(result.elapsed)} to "
         + ", ".join(str(p) for p in result.outputs), quiet)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("talk", no_args_is_help=True)(talk_command)
+    app.command("talk", cls=ReportingCommand, no_args_is_help=True)(talk_command)

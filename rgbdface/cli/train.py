@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import handle_errors
-from rgbdface.cli.options import QuietOpt
+from rgbdface.cli.common import ReportingCommand, handle_errors
+from rgbdface.cli.options import JsonOpt, QuietOpt
 from rgbdface.cli.training import (ConfigOpt, CpuOpt, DatasetArg, MaxStepsOpt, OverwriteRunOpt, ResumeOpt, RunDirOpt,
                                    SetOpt, ShowConfigOpt, TrackerOpt, run_training)
 
@@ -29,18 +29,20 @@ def train_command(
     tracker: TrackerOpt = None,
     cpu: CpuOpt = False,
     show_config: ShowConfigOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train stage 1: loss = paper eq. (5) on [eps_rgb, eps_depth], with a reference drawn from
     another frame/view of the same identity, reference dropout for CFG, and a configurable
-    studio/wild mix. Writes RUN_DIR/model (stages [0, 1]) and prints its path."""
+    studio/wild mix. Writes RUN_DIR/model (stages [0, 1]) and prints its path
+    (with --json, the report instead)."""
     from rgbdface.training.loop import TrainRequest
 
     req = TrainRequest(stage=1, dataset=dataset, run_dir=output, model=model, base=base, tiny=tiny, image_size=image_size,
                        recipe=config, overrides=set_ or [], max_steps=max_steps, resume=resume, overwrite=overwrite,
                        tracker=tracker, cpu=cpu, quiet=quiet)
-    run_training(req, show_config, quiet)
+    run_training(req, show_config, quiet, as_json)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    app.command("train", cls=ReportingCommand)(train_command)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from rgbdface.cli.common import handle_errors
-from rgbdface.cli.options import QuietOpt
+from rgbdface.cli.common import ReportingCommand, handle_errors
+from rgbdface.cli.options import JsonOpt, QuietOpt
 from rgbdface.cli.training import (ConfigOpt, CpuOpt, DatasetArg, MaxStepsOpt, OverwriteRunOpt, ResumeOpt, RunDirOpt,
                                    SetOpt, ShowConfigOpt, TrackerOpt, run_training)
 
@@ -26,18 +26,20 @@ def train_motion_command(
     tracker: TrackerOpt = None,
     cpu: CpuOpt = False,
     show_config: ShowConfigOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train stage 3 on video clips with audio: F frames with n ground-truth motion frames before
     them through the ReferenceNet, audio windows of k frames; only the audio projection, audio
     attention and temporal modules learn, every stage-1 weight stays frozen. Writes
-    RUN_DIR/model (stage 3 added) and prints its path."""
+    RUN_DIR/model (stage 3 added) and prints its path
+    (with --json, the report instead)."""
     from rgbdface.training.loop import TrainRequest
 
     req = TrainRequest(stage=3, dataset=dataset, run_dir=output, model=model, recipe=config, overrides=set_ or [],
                        max_steps=max_steps, resume=resume, overwrite=overwrite, tracker=tracker, cpu=cpu, quiet=quiet)
-    run_training(req, show_config, quiet)
+    run_training(req, show_config, quiet, as_json)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train-motion")(train_motion_command)
+    app.command("train-motion", cls=ReportingCommand)(train_motion_command)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import handle_errors, log
-from rgbdface.cli.options import QuietOpt, SeedOpt
+from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
+from rgbdface.cli.options import JsonOpt, QuietOpt, SeedOpt
 from rgbdface.utils import InputError
 
 
@@ -22,11 +22,13 @@ def train_vae_command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-4,
     crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random crops of this size (multiple of 8; faster, same codec).")] = None,
     seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a small AutoencoderKL (the tiny configuration's codec) on a dataset's RGB crops and depth maps.
 
-    Real work keeps the base model's VAE (SD-1.5) and needs no such step."""
+    Real work keeps the base model's VAE (SD-1.5) and needs no such step.
+    --json adds: steps, final_loss, scaling_factor."""
     import torch
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
@@ -53,8 +55,10 @@ def train_vae_command(
     bar.close()
     with atomic_dir(output) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
+    report().wrote(output)
+    report().add(steps=len(losses), final_loss=losses[-1], scaling_factor=vae.config.scaling_factor)
     log(f"wrote {output} (final loss {losses[-1]:.4f}, scaling factor {vae.config.scaling_factor:.4f})", quiet)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train-vae", no_args_is_help=True)(train_vae_command)
+    app.command("train-vae", cls=ReportingCommand, no_args_is_help=True)(train_vae_command)

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import log
+from rgbdface.cli.common import log, report
+from rgbdface.utils import UsageError
 
 DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder made by `rgbdface prep-depth` (dataset.json + manifest).", show_default=False)]
 RunDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Run folder: config.json, log.jsonl, samples/, checkpoints/, and the trained model/ at the end.")]
@@ -22,22 +23,38 @@ CpuOpt = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where
 ShowConfigOpt = Annotated[bool, typer.Option("--show-config", help="Print the resolved config as JSON on stdout and exit (nothing is trained).")]
 
 
-def run_training(req, show_config: bool, quiet: bool) -> None:
-    """Check (one-line errors before any work), then train; prints the model folder on stdout."""
+def run_training(req, show_config: bool, quiet: bool, as_json: bool = False) -> None:
+    """Check (one-line errors before any work), then train; prints the model folder on stdout
+    (with --json, the report instead: run_dir, model, checkpoint, steps, final_loss, samples_seen, train_seconds)."""
     import json
     import os
+    import time
 
+    from rgbdface.models.model import META_FILE
     from rgbdface.training.loop import plan, run
+    from rgbdface.training.state import latest_checkpoint
 
+    if show_config and as_json:
+        raise UsageError("--show-config prints the config as JSON; leave out --json")
     # Under a launcher (accelerate launch, torchrun) only the main process talks.
-    quiet = quiet or int(os.environ.get("RANK", "0")) != 0
+    main = int(os.environ.get("RANK", "0")) == 0
+    quiet = quiet or not main
+    report().printed = main
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="rgbdface: %(message)s")
     p = plan(req)
     if show_config:
         print(json.dumps(p.config.to_dict(), indent=2))
         return
     log(f"{req.dataset}: {len(p.samples)} samples; starting from {p.init}; run folder {req.run_dir}", quiet)
+    t0 = time.perf_counter()
     out = run(p)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main:
+        done = json.loads((out / META_FILE).read_text())["extra"][f"stage{req.stage}"]
+        checkpoint = latest_checkpoint(req.run_dir)
+        report().wrote(req.run_dir)
+        report().add(run_dir=str(req.run_dir), model=str(out), checkpoint=str(checkpoint) if checkpoint else None,
+                     steps=done["steps"], final_loss=done["final_loss"], samples_seen=done["samples_seen"],
+                     train_seconds=round(time.perf_counter() - t0, 3))
         log(f"trained model written to {out}", quiet)
-        print(out)
+        if not as_json:
+            print(out)
