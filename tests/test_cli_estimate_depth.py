@@ -90,7 +90,7 @@ def test_shards_cover_every_input_exactly_once(tiny_masked_model_dir, many, tmp_
     assert sum(len(m) for m in made) == len(many)
     assert set().union(*made) == {p.stem for p in many}
     r = run([folder, "-o", tmp_path / "x", "--shard", "3/3"], tiny_masked_model_dir)
-    assert r.exit_code == 1 and "--shard" in r.stderr
+    assert r.exit_code == 2 and "--shard" in r.stderr
 
 
 def test_bad_inputs_are_reported_and_the_rest_done(tiny_masked_model_dir, many, tmp_path):

@@ -54,7 +54,7 @@ def test_generate_bad_model_and_options(tiny_model_dir, portrait_path, tmp_path)
     assert r.exit_code == 1 and "not an rgbdface model folder" in r.stderr
     r = runner.invoke(app, ["generate", str(portrait_path), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir),
                             "--scheduler", "bogus", "--steps", "1"])
-    assert r.exit_code == 1 and "unknown scheduler" in r.stderr
+    assert r.exit_code == 2 and "unknown scheduler" in r.stderr  # a bad option value
     r = runner.invoke(app, ["generate", str(portrait_path), "-o", str(tmp_path / "o"), "--guidance", "0.5"])
     assert r.exit_code == 2
     assert not (tmp_path / "o").exists()
@@ -68,7 +68,7 @@ def test_init_model_tiny_then_generate(tmp_path, portrait_path):
     r = runner.invoke(app, ["init-model", "--tiny", "-o", str(model)])
     assert r.exit_code == 1 and "--overwrite" in r.stderr
     r = runner.invoke(app, ["init-model", "-o", str(tmp_path / "x")])
-    assert r.exit_code == 1 and "exactly one" in r.stderr
+    assert r.exit_code == 2 and "exactly one" in r.stderr  # a usage error
     r = runner.invoke(app, ["generate", str(portrait_path), "-o", str(tmp_path / "g"), "-n", "1", "--steps", "1", "-m", str(model)])
     assert r.exit_code == 0 and "not been trained" in r.stderr
 

@@ -46,7 +46,7 @@ def test_compare_errors(portrait_dataset, tmp_path):
     with pytest.raises(InputError):
         parse_method("oracle")
     r = runner.invoke(app, ["eval", "--data", str(portrait_dataset), "--method", "oracle"])
-    assert r.exit_code == 1 and "unknown method" in r.stderr
+    assert r.exit_code == 2 and "unknown method" in r.stderr
     r = runner.invoke(app, ["eval", "--data", str(portrait_dataset), "--pred", str(tmp_path)])
     assert r.exit_code == 2
     r = runner.invoke(app, ["eval", "--method", "mesh", "--pred", str(tmp_path), "--gt", str(tmp_path)])

@@ -170,7 +170,7 @@ def resolve_device(device: str = "auto") -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -185,9 +185,9 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in shard.split("/"))
     except ValueError:
-        raise InputError(f"--shard {shard!r}: expected 'i/n' with whole numbers, e.g. 0/4") from None
+        raise UsageError(f"--shard {shard!r}: expected 'i/n' with whole numbers, e.g. 0/4") from None
     if n < 1 or not 0 <= i < n:
-        raise InputError(f"--shard {shard!r}: need n >= 1 and 0 <= i < n")
+        raise UsageError(f"--shard {shard!r}: need n >= 1 and 0 <= i < n")
     return i, n
 
 

@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.options import JsonOpt, QuietOpt, SeedOpt
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 
 @handle_errors
@@ -31,11 +31,11 @@ def init_model_command(
     from rgbdface.models.builder import build_from_sd15, build_tiny
 
     if (base is None) == (not tiny):
-        raise InputError("give exactly one of --base SD15_DIR or --tiny")
+        raise UsageError("give exactly one of --base SD15_DIR or --tiny")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise InputError(f"{output}: already exists; pass --overwrite to replace it")
     if vae is not None and not tiny:
-        raise InputError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
+        raise UsageError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
     model = build_tiny(image_size or 64, seed=seed, vae_dir=vae) if tiny else build_from_sd15(base, image_size or 512)
     model.save_pretrained(output)
     report().wrote(output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rgbdface.cli.common import log, resolve_device
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
@@ -26,7 +26,7 @@ def load_for_command(model: Path | None, device: str = "auto", dtype: str = "aut
 
     dev = resolve_device(device)
     if dtype != "auto" and dtype not in DTYPES:
-        raise InputError(f"--dtype {dtype}: expected auto, fp32, fp16 or bf16")
+        raise UsageError(f"--dtype {dtype}: expected auto, fp32, fp16 or bf16")
     torch_dtype = getattr(torch, DTYPES.get(dtype, "float32"))
     if dev == "cpu" and torch_dtype == torch.float16:
         raise InputError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")

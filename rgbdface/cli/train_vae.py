@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.options import JsonOpt, QuietOpt, SeedOpt
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 
 @handle_errors
@@ -38,7 +38,7 @@ def train_vae_command(
     from rgbdface.utils import atomic_dir
 
     if crop is not None and (crop % 8 or not 8 <= crop <= image_size):
-        raise InputError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
+        raise UsageError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
     rgb, depth = load_vae_data(dataset, image_size)
     if len(rgb) == 0:
         raise InputError(f"{dataset}: the dataset has no samples; run `rgbdface prep-depth` first")

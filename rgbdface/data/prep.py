@@ -37,7 +37,7 @@ from rgbdface.data.face import (
 from rgbdface.data.io import IMAGE_SUFFIXES, encode_jpeg, encode_png, load_image
 from rgbdface.data.video import VIDEO_SUFFIXES
 from rgbdface.data.writer import BackgroundWriter
-from rgbdface.utils import InputError, atomic_path, atomic_write_bytes, exists
+from rgbdface.utils import InputError, UsageError, atomic_path, atomic_write_bytes, exists
 
 MESH_FORMATS = ("ply", "obj", "glb")
 
@@ -60,25 +60,25 @@ class PrepConfig:
 
     def check(self) -> None:
         if self.size < 64:
-            raise InputError(f"--size {self.size}: must be at least 64")
+            raise UsageError(f"--size {self.size}: must be at least 64")
         if self.margin < 0:
-            raise InputError(f"--margin {self.margin}: must be >= 0")
+            raise UsageError(f"--margin {self.margin}: must be >= 0")
         if self.studio_views < 0:
-            raise InputError(f"--studio-views {self.studio_views}: must be >= 0")
+            raise UsageError(f"--studio-views {self.studio_views}: must be >= 0")
         if self.talking_clips < 0:
-            raise InputError(f"--talking-clips {self.talking_clips}: must be >= 0")
+            raise UsageError(f"--talking-clips {self.talking_clips}: must be >= 0")
         if not 0 < self.clip_seconds <= 60:
-            raise InputError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
+            raise UsageError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
         if self.threads < 0:
-            raise InputError(f"threads {self.threads}: must be >= 0")
+            raise UsageError(f"threads {self.threads}: must be >= 0")
         if exists(self.export_mesh) and self.export_mesh not in MESH_FORMATS:
-            raise InputError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
+            raise UsageError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
         if self.fps <= 0:
-            raise InputError(f"--fps {self.fps}: must be > 0")
+            raise UsageError(f"--fps {self.fps}: must be > 0")
         if self.rgb_format not in ("jpg", "png"):
-            raise InputError(f"--rgb-format {self.rgb_format}: expected jpg or png")
+            raise UsageError(f"--rgb-format {self.rgb_format}: expected jpg or png")
         if self.identity_from not in ("stem", "parent"):
-            raise InputError(f"--identity-from {self.identity_from}: expected stem or parent")
+            raise UsageError(f"--identity-from {self.identity_from}: expected stem or parent")
         if exists(self.wav2vec) and not Path(self.wav2vec).is_dir():
             raise InputError(f"--wav2vec {self.wav2vec}: not a folder; pass a local wav2vec2 model folder")
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 METHODS = ("model", "mesh", "plane", "mean-face")
 
@@ -36,10 +36,10 @@ class Method:
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:
-    """'name' or 'name:ARG' → (name, arg); unknown names are an InputError."""
+    """'name' or 'name:ARG' → (name, arg); unknown names are a UsageError."""
     name, _, arg = spec.partition(":")
     if name not in METHODS:
-        raise InputError(f"--method {spec}: unknown method; use one of {', '.join(METHODS)} (model and mean-face take ':DIR')")
+        raise UsageError(f"--method {spec}: unknown method; use one of {', '.join(METHODS)} (model and mean-face take ':DIR')")
     return name, (arg or None)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from rgbdface.models.codec import LatentCodec
 from rgbdface.models.denoiser import RGBDDenoiser
-from rgbdface.utils import InputError, atomic_dir
+from rgbdface.utils import InputError, UsageError, atomic_dir
 
 META_FILE = "rgbdface.json"
 FORMAT_VERSION = 1
@@ -166,7 +166,7 @@ class RGBDFaceModel(nn.Module):
         cls_name = aliases.get(name.lower(), name)
         cls = getattr(diffusers, cls_name, None)
         if cls is None or not hasattr(cls, "from_config") or not cls_name.endswith("Scheduler"):
-            raise InputError(f"--scheduler {name}: unknown scheduler; use ddim, ddpm, dpm, euler, unipc or a diffusers scheduler class name")
+            raise UsageError(f"--scheduler {name}: unknown scheduler; use ddim, ddpm, dpm, euler, unipc or a diffusers scheduler class name")
         return cls.from_config(self.scheduler_config)
 
     # ----------------------------------------------------------------------------- save / load

@@ -27,7 +27,7 @@ from einops import repeat
 from rgbdface.models.audio import SAMPLE_RATE, audio_windows, num_video_frames
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
-from rgbdface.utils import InputError, atomic_dir, atomic_path, exists
+from rgbdface.utils import InputError, UsageError, atomic_dir, atomic_path, exists
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv"}
 
@@ -204,7 +204,7 @@ def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Pat
     for opt, path in (("--output", output), ("--depth-video", depth_video)):
         if exists(path):
             if path.suffix.lower() not in VIDEO_SUFFIXES:
-                raise InputError(f"{opt} {path}: expected a video file ending in {', '.join(sorted(VIDEO_SUFFIXES))}")
+                raise UsageError(f"{opt} {path}: expected a video file ending in {', '.join(sorted(VIDEO_SUFFIXES))}")
             _writable(path, opt)
     for opt, path in (("--rgb-frames", rgb_frames), ("--depth-frames", depth_frames), ("--mesh-frames", mesh_frames)):
         if exists(path):
@@ -213,7 +213,7 @@ def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Pat
             _writable(path, opt)
     paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames, mesh_frames) if exists(p)]
     if len(set(paths)) != len(paths):
-        raise InputError("two outputs have the same path; give each output its own name")
+        raise UsageError("two outputs have the same path; give each output its own name")
 
 
 def talk(

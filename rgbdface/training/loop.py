@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rgbdface.training.config import RunConfig, config_from_dict, resolve_config
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 log = logging.getLogger("rgbdface.training")
 
@@ -118,11 +118,11 @@ def plan(req: TrainRequest) -> Plan:
     # 1. Where the starting model comes from
     sources = [req.model is not None, req.base is not None, req.tiny]
     if stage == 1 and sum(sources) != 1:
-        raise InputError("train: give exactly one of --model STAGE0_DIR, --base SD15_DIR or --tiny")
+        raise UsageError("train: give exactly one of --model STAGE0_DIR, --base SD15_DIR or --tiny")
     if stage != 1 and (req.base is not None or req.tiny):
-        raise InputError(f"{COMMAND[stage]}: --base/--tiny build an untrained model; pass --model STAGE1_DIR instead")
+        raise UsageError(f"{COMMAND[stage]}: --base/--tiny build an untrained model; pass --model STAGE1_DIR instead")
     if stage != 1 and req.model is None:
-        raise InputError(f"{COMMAND[stage]}: --model STAGE1_DIR is required (a model trained by `rgbdface train`)")
+        raise UsageError(f"{COMMAND[stage]}: --model STAGE1_DIR is required (a model trained by `rgbdface train`)")
     model_dir, image_size = None, req.image_size
     if req.model is not None:
         model_dir = resolve_model_dir(req.model)
