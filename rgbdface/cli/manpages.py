@@ -15,7 +15,7 @@ from rgbdface import __version__
 EXIT_STATUS = [
     ("0", "everything asked for was done."),
     ("1", "bad input, or some inputs of a batch failed (each is named on stderr); the others were done."),
-    ("2", "usage error: an unknown option or a bad option value."),
+    ("2", "usage error: an unknown option, a bad option value, or options that do not go together."),
 ]
 ENVIRONMENT = [
     ("RGBDFACE_DEBUG", "set to 1 to print the traceback of an error instead of its one-line message."),
@@ -92,8 +92,14 @@ def command_page(name: str, cmd) -> str:
     return "\n".join(out) + "\n"
 
 
+JSON_REPORT = ("With --json, one line on stdout when the command ends, also when it fails: a JSON object with command, "
+               "exit_code, error (null, or the one-line message when the command as a whole failed), seconds (wall time), "
+               "written (paths produced), failed ({input, error} for each bad input of a batch), skipped (inputs whose "
+               "outputs existed), and the command's own keys named in DESCRIPTION. Nothing else goes to stdout.")
+
+
 def _common_sections() -> list[str]:
-    out = [".SH EXIT STATUS"]
+    out = [".SH JSON REPORT", _esc(JSON_REPORT), ".SH EXIT STATUS"]
     for code, text in EXIT_STATUS:
         out += [".TP", f"\\fB{code}\\fR", _esc(text)]
     out.append(".SH ENVIRONMENT")
