@@ -21,7 +21,8 @@ def env(tmp_path):
         shim = bin_dir / "rgbdface"
         shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m rgbdface.cli.app "$@"\n')
         shim.chmod(0o755)
-    e = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+    # one thread per process: the examples run several rgbdface processes side by side (xargs -P)
+    e = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return e
 
 
