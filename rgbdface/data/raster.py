@@ -8,9 +8,11 @@ perspective-correctly: screen-space barycentrics weighted by 1/Z.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+from einops import rearrange
 
 
 @dataclass
@@ -41,6 +43,9 @@ def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with
     """Rasterise triangles `tris` [F, 3] of vertices `verts` [N, 3] = (u, v, Z > 0) into an H x W z-buffer.
 
     with_bary=False skips the barycentric weights (`bary` stays zero): depth and face ids only.
+
+    Per-row arrays are edge-major ([3, R]: long loops, no reductions over a length-3 axis) and
+    per-pixel arrays are computed in place: few passes over memory and few fresh pages per call.
     """
     v = np.asarray(verts, np.float64)
     tris = np.asarray(tris, np.int64)
@@ -61,60 +66,79 @@ def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with
     tri_id = np.nonzero(keep)[0]
 
     # 2. Per triangle, the edge functions normalised by its area: w_k(x, y) = A_k x + B_k y + C_k
-    #    are the screen-space barycentrics; and 1/Z at its corners.
-    t = p[tri_id]  # [T, 3, 3]
-    area = (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 1, 1] - t[:, 0, 1]) * (t[:, 2, 0] - t[:, 0, 0])
+    #    are the screen-space barycentrics; and 1/Z at its corners. Edge-major: [3, T].
+    t = rearrange(p[tri_id], "t k c -> c k t")  # [3 coords, 3 corners, T]
+    area = (t[0, 1] - t[0, 0]) * (t[1, 2] - t[1, 0]) - (t[1, 1] - t[1, 0]) * (t[0, 2] - t[0, 0])
     ok = np.abs(area) > 1e-12
-    tri_id, t, area = tri_id[ok], t[ok], area[ok]
+    tri_id, t, area = tri_id[ok], t[:, :, ok], area[ok]
     if len(tri_id) == 0:
         return Raster(depth, face, bary)
     x0, x1, y0, bh = x0[tri_id], x1[tri_id], y0[tri_id], bh[tri_id]
     nxt, prv = t[:, [1, 2, 0]], t[:, [2, 0, 1]]  # for corner k, the opposite edge runs nxt -> prv
-    coef_a = (nxt[..., 1] - prv[..., 1]) / area[:, None]  # [T, 3]
-    coef_b = (prv[..., 0] - nxt[..., 0]) / area[:, None]
-    coef_c = (nxt[..., 0] * prv[..., 1] - prv[..., 0] * nxt[..., 1]) / area[:, None]
-    inv_zc = 1.0 / t[..., 2]  # [T, 3]
+    coef_a = (nxt[1] - prv[1]) / area  # [3, T]
+    coef_b = (prv[0] - nxt[0]) / area
+    coef_c = (nxt[0] * prv[1] - prv[0] * nxt[1]) / area
+    inv_zc = 1.0 / t[2]  # [3, T]
 
     # 3. Per (triangle, row of its box): the span of pixel centres inside all three edges,
     #    w_k = A_k x + c_k >= 0 with c_k = B_k y + C_k.
     row_tri = np.repeat(np.arange(len(tri_id)), bh)  # [R]
-    row_y = y0[row_tri] + (np.arange(len(row_tri)) - np.repeat(np.cumsum(bh) - bh, bh))
-    ra, rc = coef_a[row_tri], coef_b[row_tri] * (row_y[:, None] + 0.5) + coef_c[row_tri]  # [R, 3]
+    row_y = np.arange(len(row_tri)) + (y0 - (np.cumsum(bh) - bh))[row_tri]  # first row of its box, then +1 per row
+    ra = coef_a[:, row_tri]  # [3, R]
+    rc = coef_b[:, row_tri]
+    rc *= row_y + 0.5
+    rc += coef_c[:, row_tri]
+    bound = np.negative(rc)
     with np.errstate(divide="ignore", invalid="ignore"):
-        bound = -rc / ra
+        bound /= ra  # where A_k = 0 the edge bounds no x: masked out below
     eps = 1e-6
-    lo = np.where(ra > 0, bound, -np.inf).max(1)
-    hi = np.where(ra < 0, bound, np.inf).min(1)
-    flat_ok = np.where(ra == 0, rc >= -eps, True).all(1)
+    lo = functools.reduce(np.maximum, [np.where(ra[k] > 0, bound[k], -np.inf) for k in range(3)])  # [R]
+    hi = functools.reduce(np.minimum, [np.where(ra[k] < 0, bound[k], np.inf) for k in range(3)])
+    flat_ok = functools.reduce(np.logical_and, [(ra[k] != 0) | (rc[k] >= -eps) for k in range(3)])
     j0 = np.maximum(np.ceil(lo - 0.5 - eps), x0[row_tri]).astype(np.int64)
     j1 = np.minimum(np.floor(hi - 0.5 + eps), x1[row_tri] - 1).astype(np.int64)
     count = np.where(flat_ok, np.maximum(j1 - j0 + 1, 0), 0)
     # 1/Z is linear in screen space: along a row, 1/Z(x) = ia x + ic (perspective-correct depth)
-    izc = inv_zc[row_tri]
-    ia, ic = (ra * izc).sum(1), (rc * izc).sum(1)  # [R]
+    izc = inv_zc[:, row_tri]  # [3, R]
+    ia, ic = _dot3(ra, izc), _dot3(rc, izc)  # [R]
 
     # 4. One entry per pixel of each span: its depth from the row's 1/Z line.
     starts = np.cumsum(count) - count
     row = np.repeat(np.arange(len(row_tri), dtype=np.int32), count)  # [P]
-    px = np.arange(len(row), dtype=np.int64) + (j0 - starts)[row]
+    px = np.arange(len(row), dtype=np.int64)
+    px += (j0 - starts)[row]
     sx = px + 0.5
-    z = (1.0 / (ia[row] * sx + ic[row])).astype(np.float32)
-    pix = row_y[row] * width + px
+    inv_z = ia[row]
+    inv_z *= sx
+    inv_z += ic[row]
+    z = np.divide(1.0, inv_z, out=inv_z).astype(np.float32)
+    pix = px
+    pix += (row_y * width)[row]
 
     # 5. Z-buffer over the window of pixels the faces touch: the nearest candidate per pixel wins.
     if len(pix) == 0:
         return Raster(depth, face, bary)
     lo_pix = int(pix.min())
-    local = pix - lo_pix
-    zbuf = np.full(int(local.max()) + 1, np.inf, np.float32)
-    np.minimum.at(zbuf, local, z)
-    depth.ravel()[lo_pix : lo_pix + len(zbuf)] = np.where(zbuf < np.inf, zbuf, 0.0)
-    win = np.flatnonzero(z <= zbuf[local])
+    pix -= lo_pix  # now relative to the window
+    zbuf = depth.ravel()[lo_pix : lo_pix + int(pix.max()) + 1]  # a view: the window of the depth map
+    zbuf.fill(np.inf)
+    np.minimum.at(zbuf, pix, z)
+    win = np.flatnonzero(z <= zbuf[pix])
+    zbuf[zbuf == np.inf] = 0.0
     pix, row = pix[win], row[win]
-    face.ravel()[pix] = tri_id[row_tri[row]]
+    pix += lo_pix
+    face.ravel()[pix] = tri_id[row_tri][row]
 
     # 6. Perspective-correct barycentrics of the visible pixels: screen weights times 1/Z, renormalised.
     if with_bary:
-        w = np.maximum(ra[row] * sx[win, None] + rc[row], 0.0) * izc[row]  # [P, 3]; clamps rounding-level negatives
-        bary.reshape(-1, 3)[pix] = (w / w.sum(1, keepdims=True)).astype(np.float32)
+        w = np.maximum(ra[:, row] * sx[win] + rc[:, row], 0.0) * izc[:, row]  # [3, P]; clamps rounding-level negatives
+        bary.reshape(-1, 3)[pix] = rearrange(w / w.sum(0), "k p -> p k").astype(np.float32)
     return Raster(depth, face, bary)
+
+
+def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sum over the first axis of a * b for [3, R] arrays, added in the order k = 0, 1, 2."""
+    out = a[0] * b[0]
+    out += a[1] * b[1]
+    out += a[2] * b[2]
+    return out
