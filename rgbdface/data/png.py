@@ -1,0 +1,102 @@
+"""A fast, lossless PNG encoder for prep-depth's depth maps and masks.
+
+A face crop's depth map and mask are zero outside the face: typically half of the
+rows are blank. Rows use PNG's "Up" filter, so a blank row (after the first) filters
+to its filter byte and zeros whatever its neighbours; the encoder deflates only the
+rows between the first and last non-blank filtered rows, and splices in the blank
+runs above and below as deflate pieces compressed once and cached. The file is a
+standard PNG (one zlib stream in one IDAT chunk) that decodes to exactly the input.
+
+Deflate allows this splicing: a piece compressed on its own and ended with a sync
+flush is a byte-aligned run of complete, non-final blocks that refers to nothing
+before it, so pieces can follow each other; a final empty block closes the stream.
+The zlib trailer's Adler-32 of the whole is combined from the pieces' checksums.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+import zlib
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FILTER_UP = 2  # PNG row filter "Up": each byte minus the byte above it
+_ADLER_MOD = 65521
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" level flag
+_FINAL_EMPTY_BLOCK = b"\x03\x00"  # BFINAL = 1, fixed Huffman, end-of-block only
+
+
+def encode_png(img: np.ndarray, level: int = 1) -> bytes:
+    """A PNG file's bytes for uint8 (gray or RGB) or uint16 (gray) arrays [H, W(, 3)], losslessly.
+
+    Rows use PNG's "Up" filter and zlib at `level` (1 = fastest); leading and trailing
+    blank rows are spliced in from a cache (see the module docstring).
+    """
+    img = np.asarray(img)
+    if img.dtype not in (np.uint8, np.uint16) or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise ValueError(f"encode_png expects uint8/uint16 [H, W] or [H, W, 3], got {img.dtype} {img.shape}")
+    if not 0 <= level <= 9:
+        raise ValueError(f"encode_png: level must be in 0..9, got {level}")
+    h, w = img.shape[:2]
+    bits = img.dtype.itemsize * 8
+    colour = 2 if img.ndim == 3 else 0  # PNG colour type: 2 = RGB, 0 = gray
+    # 1. Filtered rows: [H, 1 + row bytes], big-endian samples, filter byte first
+    raw = np.ascontiguousarray(img, dtype=img.dtype.newbyteorder(">")).view(np.uint8).reshape(h, -1)
+    rows = np.empty((h, raw.shape[1] + 1), np.uint8)
+    rows[:, 0] = FILTER_UP
+    rows[0, 1:] = raw[0]
+    np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])
+    # 2. The zlib stream: blank rows on top, the rest deflated, blank rows at the bottom
+    used = np.flatnonzero(raw.any(1))  # rows with any non-zero sample
+    if len(used) == 0:
+        top, bottom = h, 0
+    else:
+        top = int(used[0])  # rows above the first used one filter to blanks
+        bottom = h - min(int(used[-1]) + 2, h)  # the row below the last used one does not
+    pieces = [_blank_rows(rows.shape[1], top, level)]
+    if top < h - bottom:
+        middle = rows[top : h - bottom]
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        pieces.append((c.compress(middle) + c.flush(zlib.Z_SYNC_FLUSH), zlib.adler32(middle), middle.size))
+    pieces.append(_blank_rows(rows.shape[1], bottom, level))
+    adler, length = 1, 0
+    for _, a, n in pieces:
+        adler, length = _adler32_combine(adler, a, n), length + n
+    idat = b"".join([_ZLIB_HEADER, *(d for d, _, _ in pieces), _FINAL_EMPTY_BLOCK, struct.pack(">I", adler)])
+    header = struct.pack(">IIBBBBB", w, h, bits, colour, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _blank_rows(row_bytes: int, count: int, level: int) -> tuple[bytes, int, int]:
+    """`count` blank filtered rows as spliceable deflate pieces: (deflated, Adler-32, length)."""
+    out, adler, length = [], 1, 0
+    for bit in range(count.bit_length()):  # powers of two, each cached
+        if count >> bit & 1:
+            data, a, n = _blank_rows_cached(row_bytes, 1 << bit, level)
+            out.append(data)
+            adler, length = _adler32_combine(adler, a, n), length + n
+    return b"".join(out), adler, length
+
+
+@functools.lru_cache(maxsize=256)
+def _blank_rows_cached(row_bytes: int, count: int, level: int) -> tuple[bytes, int, int]:
+    rows = np.zeros((count, row_bytes), np.uint8)
+    rows[:, 0] = FILTER_UP
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(rows) + c.flush(zlib.Z_SYNC_FLUSH), zlib.adler32(rows), rows.size
+
+
+def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """Adler-32 of data1 + data2 from the checksums of each (A = 1 + sum of bytes, B = sum of the A's)."""
+    a1, b1 = adler1 & 0xFFFF, adler1 >> 16
+    a2, b2 = adler2 & 0xFFFF, adler2 >> 16
+    a = (a1 + a2 - 1) % _ADLER_MOD
+    b = (b1 + b2 + len2 * (a1 - 1)) % _ADLER_MOD
+    return b << 16 | a
