@@ -49,5 +49,5 @@ def render_face_depth(landmarks: np.ndarray, size: int) -> FaceDepth:
     tris, n_skin = face_triangles()
     # project: (u, v) are the landmarks' own image positions, Z the camera depth
     raster = rasterize(np.column_stack([lm[:, :2], vertices[:, 2]]), tris, size, size, with_bary=False)
-    mask = (raster.face >= 0) & (raster.face < n_skin)
+    mask = raster.face.view(np.uint32) < n_skin  # 0 <= face < n_skin in one pass: empty (-1) reads as 2**32 - 1
     return FaceDepth(raster.depth, mask, vertices.astype(np.float32), camera)

@@ -134,7 +134,7 @@ def write_sample(root: Path, clip_dir: str, frame: int, rgb: np.ndarray, depth_m
     (root / clip_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / rel["rgb"], encode_jpeg(rgb, 95) if rgb_format == "jpg" else encode_png(rgb))
     atomic_write_bytes(root / rel["depth"], encode_png(depth_to_u16(depth_mm)))
-    atomic_write_bytes(root / rel["mask"], encode_png(np.where(mask, np.uint8(255), np.uint8(0))))
+    atomic_write_bytes(root / rel["mask"], encode_png(np.asarray(mask, bool).view(np.uint8) * np.uint8(255)))
     buf = io.BytesIO()
     np.save(buf, np.asarray(landmarks, np.float32), allow_pickle=False)
     atomic_write_bytes(root / rel["landmarks"], buf.getvalue())
