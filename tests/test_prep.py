@@ -208,6 +208,18 @@ def test_largest_face_by_default_all_faces_on_request(tmp_path, odd_inputs):
     assert len(samples) == 2 and len({s.identity for s in samples}) == 2
 
 
+def test_all_faces_detects_once(monkeypatch, tmp_path, odd_inputs):
+    from rgbdface.data import face, prep
+
+    calls, detect = [], face.detect_faces
+    counting = lambda image, *a, **k: calls.append(1) or detect(image, *a, **k)
+    monkeypatch.setattr(face, "detect_faces", counting)
+    monkeypatch.setattr(prep, "detect_faces", counting)
+    r = prep.prepare_input(odd_inputs / "twofaces.png", tmp_path, prep.PrepConfig(size=128, all_faces=True))
+    assert r.status == "done" and r.samples == 2
+    assert len(calls) == 1  # each face is cropped from the one detection
+
+
 def test_image_over_the_pixel_limit_is_refused(monkeypatch, tmp_path, examples_dir):
     from rgbdface.data import face
 

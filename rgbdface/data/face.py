@@ -368,17 +368,19 @@ def crop_face(
     which: str | int = "largest",
     name: str = "image",
     with_landmarks: bool = False,
+    faces: list[FaceBox] | None = None,
 ) -> FaceCrop:
     """Detect a face in a uint8 RGB image [H, W, 3] and crop a size x size square around it.
 
     which: "largest" (default) or the index of a face in `detect_faces` order (largest first).
     with_landmarks: also fit the face mesh on the crop (478 landmarks in crop pixels).
+    faces: `detect_faces(image)` when the caller already has it (no second detection).
     Raises NoFaceError (naming `name`) when there is no such face, InputError when it is too small.
     """
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     image = _check_image(image, name)
-    faces = detect_faces(image)
+    faces = detect_faces(image) if faces is None else faces
     if not faces:
         raise NoFaceError(f"{name}: no face found; pass a photo with a visible face")
     index = 0 if which == "largest" else int(which)

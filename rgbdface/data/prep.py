@@ -242,12 +242,12 @@ def _identity(path: Path, cfg: PrepConfig) -> str:
 def prepare_image(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWriter) -> tuple[list[Callable[[], dict]], int]:
     image = load_image(path)
     name = str(path)
-    n_faces = len(detect_faces(image)) if cfg.all_faces else 1
-    if n_faces == 0:
+    faces = detect_faces(image) if cfg.all_faces else None  # else crop_face finds the largest
+    if faces == []:
         raise NoFaceError(f"{name}: no face found; pass a photo with a visible face")
     key, rows = input_key(path), []
-    for i in range(n_faces):
-        crop = crop_face(image, cfg.size, cfg.margin, which=i, name=name, with_landmarks=True)
+    for i in range(len(faces) if cfg.all_faces else 1):
+        crop = crop_face(image, cfg.size, cfg.margin, which=i, name=name, with_landmarks=True, faces=faces)
         clip = key if not cfg.all_faces else f"{key}-f{i}"
         identity = _identity(path, cfg) + (f"-f{i}" if cfg.all_faces else "")
         f = writer.submit(fit_and_write, root, clip, 0, crop, cfg)
