@@ -220,6 +220,18 @@ def test_all_faces_detects_once(monkeypatch, tmp_path, odd_inputs):
     assert len(calls) == 1  # each face is cropped from the one detection
 
 
+def test_writer_threads_change_no_file(tmp_path, examples_dir, odd_inputs):
+    inputs = [str(examples_dir / "astronaut.jpg"), str(odd_inputs / "twofaces.png")]
+    files = {}
+    for n in (0, 3):
+        out = tmp_path / f"threads{n}"
+        r = run(*inputs, "-o", str(out), "--size", "128", "--all-faces", "--studio-views", "1", "--threads", str(n), "-q")
+        assert r.exit_code == 0, r.stderr
+        files[n] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".jpg", ".png", ".npy")}
+    assert len(files[0]) == 3 * 2 * 4 and files[0] == files[3]  # 3 faces x (wild + studio) x 4 files
+    assert run(inputs[0], "-o", str(tmp_path / "bad"), "--threads", "-1").exit_code == 2
+
+
 def test_image_over_the_pixel_limit_is_refused(monkeypatch, tmp_path, examples_dir):
     from rgbdface.data import face
 

@@ -22,6 +22,7 @@ def prep_depth(
     clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Every face of an image (default: the largest only).")] = False,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0 = in this process).")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Background threads (per worker) that rasterise, encode and write a frame while MediaPipe fits the next; 0 = all in one thread.")] = 2,
     shard: ShardOpt = None,
     export_mesh: Annotated[Optional[str], typer.Option("--export-mesh", help="Also write the fitted mesh with vertex colours: ply, obj or glb.")] = None,
     wav2vec: Annotated[Optional[Path], typer.Option("--wav2vec", help="Local wav2vec2 model folder (safetensors) for per-frame audio features of videos.")] = None,
@@ -44,7 +45,7 @@ def prep_depth(
 
     cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, talking_clips=talking_clips,
                      clip_seconds=clip_seconds, all_faces=all_faces,
-                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed)
+                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
     cfg.check()
     index, count = parse_shard(shard)
     paths = take_shard(expand_inputs(inputs, input_suffixes()), index, count)

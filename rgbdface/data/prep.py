@@ -70,7 +70,7 @@ class PrepConfig:
         if not 0 < self.clip_seconds <= 60:
             raise UsageError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
         if self.threads < 0:
-            raise UsageError(f"threads {self.threads}: must be >= 0")
+            raise UsageError(f"--threads {self.threads}: must be >= 0")
         if exists(self.export_mesh) and self.export_mesh not in MESH_FORMATS:
             raise UsageError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
         if self.fps <= 0:
