@@ -42,7 +42,8 @@ class Raster:
 def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with_bary: bool = True) -> Raster:
     """Rasterise triangles `tris` [F, 3] of vertices `verts` [N, 3] = (u, v, Z > 0) into an H x W z-buffer.
 
-    with_bary=False skips the barycentric weights (`bary` stays zero): depth and face ids only.
+    with_bary=False skips the barycentric weights (`bary` is then a read-only view of zeros): depth
+    and face ids only.
 
     Per-row arrays are edge-major ([3, R]: long loops, no reductions over a length-3 axis) and
     per-pixel arrays are computed in place: few passes over memory and few fresh pages per call.
@@ -51,7 +52,7 @@ def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with
     tris = np.asarray(tris, np.int64)
     depth = np.zeros((height, width), np.float32)
     face = np.full((height, width), -1, np.int32)
-    bary = np.zeros((height, width, 3), np.float32)
+    bary = np.zeros((height, width, 3), np.float32) if with_bary else np.broadcast_to(np.float32(0), (height, width, 3))
     if len(tris) == 0:
         return Raster(depth, face, bary)
 
