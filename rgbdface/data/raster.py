@@ -57,18 +57,19 @@ def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with
         return Raster(depth, face, bary)
 
     # 1. Each triangle's pixel bounding box (pixel centres inside it), clipped to the image.
-    p = v[tris]  # [F, 3 corners, 3]
-    x0 = np.clip(np.ceil(p[:, :, 0].min(1) - 0.5), 0, width).astype(np.int64)
-    x1 = np.clip(np.floor(p[:, :, 0].max(1) - 0.5) + 1, 0, width).astype(np.int64)
-    y0 = np.clip(np.ceil(p[:, :, 1].min(1) - 0.5), 0, height).astype(np.int64)
-    y1 = np.clip(np.floor(p[:, :, 1].max(1) - 0.5) + 1, 0, height).astype(np.int64)
+    p = np.ascontiguousarray(rearrange(v[tris], "f k c -> c k f"))  # [3 coords (u, v, Z), 3 corners, F]
+    lo, hi = p.min(1), p.max(1)  # [3, F]
+    x0 = np.clip(np.ceil(lo[0] - 0.5), 0, width).astype(np.int64)
+    x1 = np.clip(np.floor(hi[0] - 0.5) + 1, 0, width).astype(np.int64)
+    y0 = np.clip(np.ceil(lo[1] - 0.5), 0, height).astype(np.int64)
+    y1 = np.clip(np.floor(hi[1] - 0.5) + 1, 0, height).astype(np.int64)
     bw, bh = np.maximum(x1 - x0, 0), np.maximum(y1 - y0, 0)
-    keep = (bw * bh > 0) & (p[:, :, 2].min(1) > 0)
+    keep = (bw * bh > 0) & (lo[2] > 0)
     tri_id = np.nonzero(keep)[0]
 
     # 2. Per triangle, the edge functions normalised by its area: w_k(x, y) = A_k x + B_k y + C_k
     #    are the screen-space barycentrics; and 1/Z at its corners. Edge-major: [3, T].
-    t = rearrange(p[tri_id], "t k c -> c k t")  # [3 coords, 3 corners, T]
+    t = p[:, :, tri_id]  # [3 coords, 3 corners, T]
     area = (t[0, 1] - t[0, 0]) * (t[1, 2] - t[1, 0]) - (t[1, 1] - t[1, 0]) * (t[0, 2] - t[0, 0])
     ok = np.abs(area) > 1e-12
     tri_id, t, area = tri_id[ok], t[:, :, ok], area[ok]
@@ -95,10 +96,12 @@ def rasterize(verts: np.ndarray, tris: np.ndarray, height: int, width: int, with
     eps = 1e-6
     lo = functools.reduce(np.maximum, [np.where(ra[k] > 0, bound[k], -np.inf) for k in range(3)])  # [R]
     hi = functools.reduce(np.minimum, [np.where(ra[k] < 0, bound[k], np.inf) for k in range(3)])
-    flat_ok = functools.reduce(np.logical_and, [(ra[k] != 0) | (rc[k] >= -eps) for k in range(3)])
     j0 = np.maximum(np.ceil(lo - 0.5 - eps), x0[row_tri]).astype(np.int64)
     j1 = np.minimum(np.floor(hi - 0.5 + eps), x1[row_tri] - 1).astype(np.int64)
-    count = np.where(flat_ok, np.maximum(j1 - j0 + 1, 0), 0)
+    count = np.maximum(j1 - j0 + 1, 0)
+    if (coef_a == 0).any():  # a horizontal edge bounds rows, not x: rows on its outer side are empty
+        flat_ok = functools.reduce(np.logical_and, [(ra[k] != 0) | (rc[k] >= -eps) for k in range(3)])
+        count[~flat_ok] = 0
     # 1/Z is linear in screen space: along a row, 1/Z(x) = ia x + ic (perspective-correct depth)
     izc = inv_zc[:, row_tri]  # [3, R]
     ia, ic = _dot3(ra, izc), _dot3(rc, izc)  # [R]
