@@ -42,28 +42,28 @@ def encode_png(img: np.ndarray, level: int = 1) -> bytes:
     h, w = img.shape[:2]
     bits = img.dtype.itemsize * 8
     colour = 2 if img.ndim == 3 else 0  # PNG colour type: 2 = RGB, 0 = gray
-    # 1. Filtered rows: [H, 1 + row bytes], big-endian samples, filter byte first
-    raw = np.ascontiguousarray(img, dtype=img.dtype.newbyteorder(">")).view(np.uint8).reshape(h, -1)
-    rows = np.empty((h, raw.shape[1] + 1), np.uint8)
-    rows[:, 0] = FILTER_UP
-    rows[0, 1:] = raw[0]
-    np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])
-    # 2. The zlib stream: blank rows on top, the rest deflated, blank rows at the bottom
-    used = np.flatnonzero(raw.any(1))  # rows with any non-zero sample
-    if len(used) == 0:
-        top, bottom = h, 0
-    else:
-        top = int(used[0])  # rows above the first used one filter to blanks
-        bottom = h - min(int(used[-1]) + 2, h)  # the row below the last used one does not
-    pieces = [_blank_rows(rows.shape[1], top, level)]
-    if top < h - bottom:
-        middle = rows[top : h - bottom]
+    row_bytes = 1 + w * bits // 8 * (3 if colour == 2 else 1)  # filter byte, then big-endian samples
+    # 1. The band of rows that do not filter to blanks: from the first row with a non-zero
+    #    sample to the row below the last one (whose "Up" difference is not zero)
+    used = np.flatnonzero(img.reshape(h, -1).any(1))
+    top = int(used[0]) if len(used) else h
+    end = min(int(used[-1]) + 2, h) if len(used) else h
+    # 2. The band's filtered rows [end - top, row_bytes]; its first row has only zeros (or
+    #    nothing) above it, so it filters to itself
+    pieces = [_blank_rows(row_bytes, top, level)]
+    if top < end:
+        raw = np.ascontiguousarray(img[top:end], dtype=img.dtype.newbyteorder(">")).view(np.uint8).reshape(end - top, -1)
+        rows = np.empty((end - top, row_bytes), np.uint8)
+        rows[:, 0] = FILTER_UP
+        rows[0, 1:] = raw[0]
+        np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])
+        # 3. The zlib stream: cached blank rows on top, the band deflated, cached blank rows below
         c = zlib.compressobj(level, zlib.DEFLATED, -15)
-        pieces.append((c.compress(middle) + c.flush(zlib.Z_SYNC_FLUSH), zlib.adler32(middle), middle.size))
-    pieces.append(_blank_rows(rows.shape[1], bottom, level))
-    adler, length = 1, 0
+        pieces.append((c.compress(rows) + c.flush(zlib.Z_SYNC_FLUSH), zlib.adler32(rows), rows.size))
+    pieces.append(_blank_rows(row_bytes, h - end, level))
+    adler = 1  # of nothing
     for _, a, n in pieces:
-        adler, length = _adler32_combine(adler, a, n), length + n
+        adler = _adler32_combine(adler, a, n)
     idat = b"".join([_ZLIB_HEADER, *(d for d, _, _ in pieces), _FINAL_EMPTY_BLOCK, struct.pack(">I", adler)])
     header = struct.pack(">IIBBBBB", w, h, bits, colour, 0, 0, 0)
     return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
@@ -76,13 +76,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _blank_rows(row_bytes: int, count: int, level: int) -> tuple[bytes, int, int]:
     """`count` blank filtered rows as spliceable deflate pieces: (deflated, Adler-32, length)."""
-    out, adler, length = [], 1, 0
+    out, adler = [], 1
     for bit in range(count.bit_length()):  # powers of two, each cached
         if count >> bit & 1:
             data, a, n = _blank_rows_cached(row_bytes, 1 << bit, level)
             out.append(data)
-            adler, length = _adler32_combine(adler, a, n), length + n
-    return b"".join(out), adler, length
+            adler = _adler32_combine(adler, a, n)
+    return b"".join(out), adler, count * row_bytes
 
 
 @functools.lru_cache(maxsize=256)
