@@ -48,7 +48,7 @@ def main(out: Path) -> None:
     save_image(out / "depth_relight.png", np.concatenate(rows, axis=0))
 
     # 2. Talking head: 2 s of synthetic speech, every 5th frame, RGB over depth.
-    reference = crop_face(load_image(here / "astronaut.jpg"), size=model.meta.image_size).image
+    reference = crop_face(load_image(here / "astronaut.jpg"), size=model.meta.image_size, margin=model.meta.crop_margin).image
     wave = synthesize(2.0, np.random.default_rng(0)).audio
     frames = [f for f in talk_frames(model, reference, wave, steps=20, seed=0) if f.index % 5 == 0][:10]
     rgb = np.concatenate([panel(f.rgb) for f in frames], axis=1)

@@ -30,7 +30,7 @@ lit = relight(image, depth.to_u16(), [Light((1.0, 1.0, 1.0))], ambient=0.3)
 save_image(out / "relit.png", lit.image)
 
 # 3. Joint RGB + depth samples of the same person (stage 1).
-samples = generate(model, crop_face(image, size=model.meta.image_size).image, num_samples=2, steps=10, seed=0)
+samples = generate(model, crop_face(image, size=model.meta.image_size, margin=model.meta.crop_margin).image, num_samples=2, steps=10, seed=0)
 for i in range(2):
     save_image(out / f"sample{i}_rgb.png", samples.rgb[i])
     save_image(out / f"sample{i}_depth.png", colorize_depth(samples.depth[i], samples.valid[i]))

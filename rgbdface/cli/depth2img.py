@@ -43,6 +43,7 @@ def depth2img_command(
     --json adds: mode ('full' or 'region'), changed_pixels (region mode; null in full mode).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_depth, load_image, save_image
+    from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.depth2img import prepare_depth2img, run_depth2img
 
     # 1. Check options
@@ -59,7 +60,7 @@ def depth2img_command(
     img = load_image(image) if image is not None else None
     mask = load_image(region).max(axis=2) >= 128 if region is not None else None
     names = {"depth": str(depth), "reference": str(reference), "image": str(image), "region": str(region)}
-    task = prepare_depth2img(d, ref, img, mask, names=names)
+    task = prepare_depth2img(d, ref, img, mask, names=names, margin=model_crop_margin(model))  # the model's framing
 
     # 3. Generate
     m = load_for_command(model, device, dtype, quiet)

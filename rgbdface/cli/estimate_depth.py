@@ -192,8 +192,11 @@ class _Runner:
     """Loads the model when the first image needs it, then estimates a batch of jobs."""
 
     def __init__(self, model, device, dtype, quiet, options: dict):
+        from rgbdface.models.folder import model_crop_margin
+
         self.model_path, self.device, self.dtype, self.quiet, self.options = model, device, dtype, quiet, options
         self.model = None
+        self.margin = model_crop_margin(model)  # images are cropped the model's way before it is loaded
         self.images: dict[Path, object] = {}
 
     def default_batch_size(self) -> int:
@@ -218,7 +221,7 @@ class _Runner:
         for job in batch:
             try:
                 image = load_image(job.source)
-                prepared[job.source] = prepare_depth_input(image, name=str(job.source))
+                prepared[job.source] = prepare_depth_input(image, name=str(job.source), margin=self.margin)
                 self.images[job.source] = image
             except InputError as e:
                 outcome[job.source] = str(e)

@@ -42,10 +42,11 @@ def generate_command(
 
     from rgbdface.data.face import crop_face
     from rgbdface.data.io import colorize_depth, load_image, relative_depth_to_u16, save_depth16, save_image
+    from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.generate import generate
 
     # Everything that can fail on bad input happens before anything is written.
-    crop = crop_face(load_image(reference), size=CROP_SIZE, name=str(reference))
+    crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
     m = load_for_command(model, device, dtype, quiet)
     if 1 not in m.meta.stages:
         log("warning: this model has not been trained (stage 0); samples will be noise", quiet)

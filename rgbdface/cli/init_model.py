@@ -19,6 +19,7 @@ def init_model_command(
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny configuration (random weights, runs on a CPU in seconds).")] = False,
     vae: Annotated[Optional[Path], typer.Option("--vae", help="With --tiny: a trained AutoencoderKL folder (from `rgbdface train-vae`) instead of a random one.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Face-crop size in pixels (default 512 for --base, 64 for --tiny).")] = None,
+    prediction_type: Annotated[Optional[str], typer.Option("--prediction-type", help="What the denoiser outputs, for every stage: 'epsilon' (the paper's eq. 5; default for --tiny) or 'v_prediction' (supervises the clean latent at high noise too; the bundled tiny model uses it). Default: the base scheduler's.")] = None,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
     as_json: JsonOpt = False,
@@ -36,7 +37,10 @@ def init_model_command(
         raise InputError(f"{output}: already exists; pass --overwrite to replace it")
     if vae is not None and not tiny:
         raise UsageError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
-    model = build_tiny(image_size or 64, seed=seed, vae_dir=vae) if tiny else build_from_sd15(base, image_size or 512)
+    if prediction_type is not None and prediction_type not in ("epsilon", "v_prediction"):
+        raise UsageError(f"--prediction-type {prediction_type}: use epsilon or v_prediction")
+    model = (build_tiny(image_size or 64, seed=seed, vae_dir=vae, prediction_type=prediction_type) if tiny
+             else build_from_sd15(base, image_size or 512, prediction_type=prediction_type))
     model.save_pretrained(output)
     report().wrote(output)
     report().add(image_size=model.meta.image_size, stages=model.meta.stages)

@@ -15,8 +15,8 @@ from rgbdface.cli.options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt
 def prep_depth(
     inputs: Annotated[list[str], typer.Argument(help="Images, videos, folders (recursive), globs, or '-' for paths on stdin.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write (created if needed).")],
-    size: Annotated[int, typer.Option("--size", help="Side of the square face crop in pixels.")] = 512,
-    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin on each side, in face-box sizes (default 0.6).")] = None,
+    size: Annotated[int, typer.Option("--size", help="Side of the square face crop in pixels (an existing dataset keeps the size it was made with).")] = 512,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin on each side, in face-box sizes (default 0.6); recorded in dataset.json, and models trained on the dataset crop their inputs with it. An existing dataset keeps its margin.")] = None,
     studio_views: Annotated[int, typer.Option("--studio-views", help="Studio-like renders with exact depth per fitted portrait (new pose, jaw, light, background).")] = 0,
     talking_clips: Annotated[int, typer.Option("--talking-clips", help="Synthetic talking clips per fitted portrait: 25 fps renders whose jaw follows speech-like synthetic audio (audio.wav), exact depth.")] = 0,
     clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,

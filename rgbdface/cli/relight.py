@@ -121,12 +121,14 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
     import numpy as np
 
     from rgbdface.cli.loading import load_for_command
+    from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
 
     from rgbdface.data.face import NoFaceError
 
+    margin = model_crop_margin(model)  # the face is cropped the model's way, and first: no model is loaded for a bad image
     try:
-        task = prepare_depth_input(rgb, name=str(image_path))  # the face first: no model is loaded for a bad image
+        task = prepare_depth_input(rgb, name=str(image_path), margin=margin)
     except NoFaceError as e:
         raise NoFaceError(f"{e}; without --depth, relight estimates a face's depth (pass --depth d.png for any other image)") from None
     m = load_for_command(model, device, dtype, quiet)

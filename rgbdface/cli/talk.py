@@ -22,17 +22,13 @@ def _clock(seconds: float) -> str:
 
 def _require_motion_stage(model: Path | None) -> None:
     """Refuse a model without stage 3 from its metadata alone, before any weights are read."""
-    import json
+    from rgbdface.models.folder import STAGE_NAMES, read_meta
 
-    from rgbdface.models.model import BUNDLED_MODEL, META_FILE, STAGE_NAMES
-
-    meta = (model if model is not None else BUNDLED_MODEL) / META_FILE
-    if meta.is_file():
-        stages = json.loads(meta.read_text()).get("stages", [])
-        if 3 not in stages:
-            have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in stages)
-            raise InputError(f"talk needs a model that reached stage 3 ({STAGE_NAMES[3]}); this one has stages {have}; "
-                             "train one with `rgbdface train-motion`")
+    stages = read_meta(model).get("stages", [])
+    if 3 not in stages:
+        have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in stages)
+        raise InputError(f"talk needs a model that reached stage 3 ({STAGE_NAMES[3]}); this one has stages {have}; "
+                         "train one with `rgbdface train-motion`")
 
 
 @handle_errors
@@ -68,13 +64,14 @@ def talk_command(
     from rgbdface.data.face import crop_face
     from rgbdface.data.io import load_image
     from rgbdface.models.audio import load_audio
+    from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.talk import check_outputs, talk
 
     # Everything that can fail on bad input happens before the model is loaded.
     check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
     _require_motion_stage(model)
     wave = load_audio(audio, max_seconds=max_seconds)
-    crop = crop_face(load_image(reference), size=CROP_SIZE, name=str(reference))
+    crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
     m = load_for_command(model, device, dtype, quiet)
     m.require_stage(3, "talk")
     encoder = m.motion.audio_encoder(wav2vec, device=m.device)

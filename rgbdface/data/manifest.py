@@ -3,7 +3,7 @@
 A dataset is a folder::
 
     DATASET/
-      dataset.json              format name, version and conventions (below)
+      dataset.json              format name, version, conventions and the crop: {"crop": {"size": S, "margin": M}}
       manifest.jsonl            all rows, one JSON object per line (a snapshot, rebuilt after each run)
       rows/<key>.jsonl          the rows of one input; written last, so its presence means the input is done
       <key>/rgb_000000.jpg      the square RGB crop (uint8; .jpg or .png)
@@ -34,6 +34,12 @@ Each row (JSON object) has these fields; paths are relative to DATASET:
 | input | str | the input file the sample came from |
 | box | [4 floats] or null | crop box x0, y0, x1, y1 in the input's pixels (null for studio renders) |
 | view | object or null | studio renders: yaw, pitch, roll and jaw (degrees), blink (0-1), light direction, background colours |
+
+Every crop of a dataset has the same framing, recorded in dataset.json as `crop`: side S
+in pixels and margin M (face-box sizes on each side, see `rgbdface.data.face.square_box`).
+A model trained on the dataset takes M as its `crop_margin`. Datasets from before the
+record have the default margin (`DEFAULT_MARGIN`). prep-depth refuses to add crops of
+another size or margin to a dataset.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgbdface.utils import InputError, atomic_path
+from rgbdface.data.face import DEFAULT_MARGIN
+from rgbdface.utils import InputError, UsageError, atomic_path
 
 FORMAT = "rgbdface-dataset"
 VERSION = 1
@@ -91,7 +98,15 @@ def row_to_sample(row: dict[str, Any], root: Path) -> Sample:
     return Sample(**{k: v for k, v in values.items() if k in known})
 
 
-def dataset_info() -> dict:
+@dataclass
+class CropSpec:
+    """How a dataset's crops were framed: side in pixels and margin in face-box sizes on each side."""
+
+    size: int | None  # None: a dataset from before the record, with no rows yet
+    margin: float = DEFAULT_MARGIN
+
+
+def dataset_info(crop: CropSpec) -> dict:
     from rgbdface.data import camera
 
     return {
@@ -102,14 +117,50 @@ def dataset_info() -> dict:
         "camera": f"pinhole, principal point at the crop centre, focal length {camera.FOCAL_FACTOR} x crop size",
         "scale": f"eye-centre distance {camera.EYE_DISTANCE_MM} mm",
         "mask": "face skin, 255 = skin; eyes and mouth opening excluded",
+        "crop": {"size": crop.size, "margin": crop.margin},
     }
 
 
-def write_info(root: Path) -> None:
+def read_crop(root: Path) -> CropSpec:
+    """The crop framing of the dataset at `root` (older datasets: the default margin, the size of their rows)."""
+    root = Path(root)
+    path = root / INFO
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{root}: not an rgbdface dataset (no {INFO}); make one with `rgbdface prep-depth -o {root} ...`") from None
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: not valid JSON; restore it or prepare the dataset again") from None
+    crop = info.get("crop")
+    if crop is not None:
+        return CropSpec(size=int(crop["size"]), margin=float(crop["margin"]))
+    # An older dataset: the default margin, and the size of its first row (if it has rows yet)
+    first = next(iter(sorted((root / ROWS_DIR).glob("*.jsonl"))), root / MANIFEST)
+    line = next((x for x in first.read_text().splitlines() if x.strip()), None) if first.is_file() else None
+    size = json.loads(line).get("size") if line is not None else None
+    return CropSpec(size=int(size) if size is not None else None, margin=DEFAULT_MARGIN)
+
+
+def write_info(root: Path, crop: CropSpec) -> None:
+    """Write dataset.json for a new dataset; for an existing one, refuse crops of another framing.
+
+    Mixing framings would silently corrupt the dataset: a model trained on it could not
+    know how to crop. An older dataset's info gains the crop record here.
+    """
     path = Path(root) / INFO
-    if not path.exists():
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(dataset_info(), indent=2) + "\n")
+    info = dataset_info(crop)
+    if path.exists():
+        have = read_crop(root)
+        if have.size not in (None, crop.size) or abs(have.margin - crop.margin) > 1e-9:
+            got = (f"--size {have.size} " if have.size is not None else "") + f"--margin {have.margin:g}"
+            raise UsageError(f"-o {root}: the dataset's crops were made with {got}, not --size {crop.size} --margin {crop.margin:g}; "
+                             "pass the same values or prepare into another folder")
+        info = json.loads(path.read_text())
+        if "crop" in info:
+            return
+        info["crop"] = {"size": crop.size, "margin": crop.margin}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
 
 
 def rows_path(root: Path, key: str) -> Path:

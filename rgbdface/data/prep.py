@@ -352,7 +352,7 @@ def prepare_dataset(
     cfg.check()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    manifest.write_info(root)
+    manifest.write_info(root, manifest.CropSpec(cfg.size, cfg.margin))
     t0 = time.perf_counter()
     summary = Summary()
     jobs = [(Path(p), root, cfg, overwrite) for p in inputs]

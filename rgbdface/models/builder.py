@@ -18,6 +18,21 @@ SD_SCHEDULE = dict(
 )
 
 SD15_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def _schedule(config: dict, prediction_type: str | None) -> dict:
+    """The training schedule, with the denoiser's output type set (None keeps the base model's).
+
+    `epsilon` is the paper's eq. (5); `v_prediction` (the velocity sqrt(a)·eps − sqrt(1−a)·z0)
+    supervises the clean latent at high noise too, which small models trained briefly need
+    to read depth from the image rather than return an average face from pure noise.
+    """
+    if prediction_type is None:
+        return dict(config)
+    if prediction_type not in PREDICTION_TYPES:
+        raise InputError(f"--prediction-type {prediction_type}: use one of {', '.join(PREDICTION_TYPES)}")
+    return {**config, "prediction_type": prediction_type}
 
 
 def _joint_from_base(vae, base_unet, context, scheduler_config, image_size: int, base: str) -> RGBDFaceModel:
@@ -28,12 +43,14 @@ def _joint_from_base(vae, base_unet, context, scheduler_config, image_size: int,
     return RGBDFaceModel(vae, unet, reference_unet, context, meta, scheduler_config)
 
 
-def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None = None) -> RGBDFaceModel:
+def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None = None,
+               prediction_type: str | None = None) -> RGBDFaceModel:
     """A randomly initialised model of the SD-1.5 architecture, shrunk to run on a CPU in seconds.
 
     It has no text encoder: its cross-attention context is a fixed seeded Gaussian
     [1, 8, 32], stored like the empty-prompt embedding of a real base model. `vae_dir`
-    takes a trained codec (`rgbdface train-vae`) instead of a random one.
+    takes a trained codec (`rgbdface train-vae`) instead of a random one; `prediction_type`
+    defaults to `epsilon`, as Stable Diffusion 1.x.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -48,7 +65,7 @@ def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None =
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     base_unet = UNet2DConditionModel.from_config(tiny_unet_config(sample_size=image_size // factor))
     context = torch.randn(1, 8, base_unet.config.cross_attention_dim, generator=g)
-    return _joint_from_base(vae, base_unet, context, SD_SCHEDULE, image_size, base="tiny").eval()
+    return _joint_from_base(vae, base_unet, context, _schedule(SD_SCHEDULE, prediction_type), image_size, base="tiny").eval()
 
 
 @torch.no_grad()
@@ -58,11 +75,12 @@ def empty_prompt_embedding(tokenizer, text_encoder) -> torch.Tensor:
     return text_encoder(ids)[0].float()
 
 
-def build_from_sd15(base: str | Path, image_size: int = 512) -> RGBDFaceModel:
+def build_from_sd15(base: str | Path, image_size: int = 512, prediction_type: str | None = None) -> RGBDFaceModel:
     """Build the stage-0 joint model from a Stable-Diffusion-1.5-layout diffusers folder on disk.
 
     Reads unet/, vae/, text_encoder/, tokenizer/ and scheduler/; nothing is downloaded.
     The text encoder is used once, for the cached empty-prompt embedding, and not kept.
+    `prediction_type` overrides the base scheduler's (None keeps it: epsilon for SD 1.5).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -79,6 +97,6 @@ def build_from_sd15(base: str | Path, image_size: int = 512) -> RGBDFaceModel:
     vae = AutoencoderKL.from_pretrained(base / "vae", use_safetensors=True, **kw)
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer", **kw)
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", use_safetensors=True, **kw)
-    scheduler_config = dict(DDPMScheduler.from_pretrained(base / "scheduler", **kw).config)
+    scheduler_config = _schedule(dict(DDPMScheduler.from_pretrained(base / "scheduler", **kw).config), prediction_type)
     context = empty_prompt_embedding(tokenizer, text_encoder)
     return _joint_from_base(vae, unet, context, scheduler_config, image_size, base=str(base)).eval()

@@ -2,7 +2,10 @@
 
 A model folder holds everything needed to run it, weights as safetensors only:
 
-    rgbdface.json            stages reached, image size, latent channels, depth convention
+    rgbdface.json            stages reached, image size, latent channels, depth convention, and
+                             crop_margin: the face-crop margin (face-box sizes on each side, see
+                             rgbdface.data.face.square_box) of the data it was trained on; inputs
+                             are cropped with it (older folders without it: DEFAULT_MARGIN)
     vae/                     diffusers AutoencoderKL (the latent codec)
     scheduler/               the training noise schedule (DDPM, 1000 steps)
     context.safetensors      the cached empty-prompt text embedding [1, L, D]
@@ -24,15 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rgbdface.data.face import DEFAULT_MARGIN
 from rgbdface.models.codec import LatentCodec
 from rgbdface.models.denoiser import RGBDDenoiser
+from rgbdface.models.folder import BUNDLED_MODEL, META_FILE, STAGE_NAMES, model_folder, read_meta
 from rgbdface.utils import InputError, UsageError, atomic_dir
 
-META_FILE = "rgbdface.json"
 FORMAT_VERSION = 1
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "rgbdface-tiny"
-
-STAGE_NAMES = {0: "initialised (untrained)", 1: "joint RGB+depth", 2: "masked (image↔depth)", 3: "motion (audio+temporal)"}
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DepthConvention:
 class ModelMeta:
     stages: list[int] = field(default_factory=lambda: [0])  # stages reached (0 = built, untrained)
     image_size: int = 512  # pixels per side of the square face crop
+    crop_margin: float = DEFAULT_MARGIN  # face-crop margin of the training data (dataset.json); inputs are cropped with it
     latent_channels: int = 4
     depth: DepthConvention = field(default_factory=DepthConvention)
     base: str = ""  # what stage 0 was built from
@@ -203,9 +205,7 @@ class RGBDFaceModel(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
-        if not (path / META_FILE).is_file():
-            raise InputError(f"{path}: not an rgbdface model folder (no {META_FILE}); pass a folder made by `rgbdface init-model` or training")
-        meta = ModelMeta.from_dict(json.loads((path / META_FILE).read_text()))
+        meta = ModelMeta.from_dict(read_meta(path))
         if meta.format_version > FORMAT_VERSION:
             raise InputError(f"{path}: model format {meta.format_version} is newer than this rgbdface understands; upgrade rgbdface")
 
@@ -283,11 +283,4 @@ def _halve_weights(folder: Path) -> None:
 
 def load_model(path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RGBDFaceModel:
     """Load a model folder, or the bundled default when `path` is None."""
-    if path is None:
-        if not (BUNDLED_MODEL / META_FILE).is_file():
-            raise InputError("no --model given and the bundled model is not installed; pass --model DIR (e.g. one made by `rgbdface init-model --tiny -o DIR`)")
-        path = BUNDLED_MODEL
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"--model {path}: no such folder")
-    return RGBDFaceModel.from_pretrained(path, device=device, dtype=dtype)
+    return RGBDFaceModel.from_pretrained(model_folder(path), device=device, dtype=dtype)

@@ -1,6 +1,7 @@
 """Monocular facial depth estimation: image → depth with the masked (stage-2) model (paper §4.1, §5.2).
 
-The input is cropped to the face (the shared crop of `rgbdface.data.face`), encoded,
+The input is cropped to the face (the shared crop of `rgbdface.data.face`, with the
+margin the model was trained on: `model.meta.crop_margin`), encoded,
 and used twice: as the known RGB latent (m_rgb = 0, keep) and as the reference of the
 ReferenceNet (the identity is the image's own). The depth latent is generated
 (m_depth = 1), decoded, optionally ensembled over several seeds, and pasted back into
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from rgbdface.data.face import FaceCrop, crop_face, paste_back
+from rgbdface.data.face import DEFAULT_MARGIN, FaceCrop, crop_face, paste_back
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, resize_map
 from rgbdface.pipelines.ensemble import REFERENCES, ensemble_depth
@@ -34,12 +35,14 @@ class DepthInput:
 
     image: [H, W, 3] uint8, the full frame.  crop: its face crop (CROP_SIZE, with landmarks).
     mask:  [S, S] bool, the face region in the crop.  name: for messages.
+    margin: the crop margin it was cropped with (must be the model's `meta.crop_margin`).
     """
 
     image: np.ndarray
     crop: FaceCrop
     mask: np.ndarray
     name: str = "image"
+    margin: float = DEFAULT_MARGIN
 
 
 @dataclass
@@ -89,10 +92,14 @@ def face_region_mask(crop: FaceCrop) -> np.ndarray:
     return render_face_depth(crop.landmarks, crop.size).depth > 0
 
 
-def prepare_depth_input(image: np.ndarray, name: str = "image", crop_size: int = CROP_SIZE) -> DepthInput:
-    """Find the face and its region (no model needed). Raises NoFaceError / InputError naming `name`."""
-    crop = crop_face(image, size=crop_size, name=name, with_landmarks=True)
-    return DepthInput(image=image, crop=crop, mask=face_region_mask(crop), name=name)
+def prepare_depth_input(image: np.ndarray, name: str = "image", crop_size: int = CROP_SIZE, margin: float = DEFAULT_MARGIN) -> DepthInput:
+    """Find the face and its region (no model needed). Raises NoFaceError / InputError naming `name`.
+
+    margin: the crop margin of the model that will read it (`model.meta.crop_margin`, or
+    `rgbdface.models.folder.model_crop_margin(folder)` before the model is loaded).
+    """
+    crop = crop_face(image, size=crop_size, margin=margin, name=name, with_landmarks=True)
+    return DepthInput(image=image, crop=crop, mask=face_region_mask(crop), name=name, margin=margin)
 
 
 def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput] | None, steps: int, ensemble: int, guidance: float, reference: str) -> None:
@@ -102,6 +109,10 @@ def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput] | None, steps: i
         raise ValueError("the model lists stage 2 but has no masked denoiser (masked_unet/)")
     if inputs is not None and (not inputs or not all(isinstance(x, DepthInput) for x in inputs)):
         raise ValueError("inputs must be a non-empty list of DepthInput (see prepare_depth_input)")
+    for x in inputs or []:
+        if abs(x.margin - model.meta.crop_margin) > 1e-9:
+            raise ValueError(f"inputs: {x.name} was cropped with margin {x.margin:g} but the model was trained on margin "
+                             f"{model.meta.crop_margin:g}; prepare it with prepare_depth_input(..., margin=model.meta.crop_margin)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if ensemble < 1:
@@ -194,14 +205,15 @@ def estimate_depth(model: RGBDFaceModel, image: np.ndarray, name: str = "image",
 
     kwargs: steps, seed, scheduler, ensemble, guidance, reference, progress (see `estimate_depths`).
     """
-    return estimate_depths(model, [prepare_depth_input(image, name)], **kwargs)[0]
+    return estimate_depths(model, [prepare_depth_input(image, name, margin=model.meta.crop_margin)], **kwargs)[0]
 
 
 def estimate_depth_crop(model: RGBDFaceModel, crop: np.ndarray, steps: int = 25, seed: int = 0, scheduler: str = "ddim",
                         ensemble: int = 1, guidance: float = 1.0, reference: str = "median") -> np.ndarray:
     """Depth [S, S] float32 in [-1, 1] of an image that is already a face crop (uint8 RGB [S, S, 3]), over the whole crop.
 
-    No face detection and no mask: for crops made by prep-depth (evaluation) or `crop_face`.
+    No face detection and no mask: for crops made by prep-depth (evaluation) or `crop_face`,
+    framed with the model's `meta.crop_margin`.
     Ensemble members are aligned over the whole crop.
     """
     crop = np.asarray(crop)

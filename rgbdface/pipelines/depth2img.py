@@ -6,6 +6,8 @@ ReferenceNet carries the identity of the reference portrait.
 How a depth map is aligned with the images (depth: larger = farther, 0 = no depth,
 any units: it is normalised per image as in training):
 
+Face crops use the margin the model was trained on (`model.meta.crop_margin`).
+
 - **Full mode** (`depth`, `reference`). A depth map of the reference's size is a
   full-frame depth of the reference's framing: it is cropped with the reference's face
   box, and the result is that square face crop (CROP_SIZE px). A square depth map of
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgbdface.data.face import FaceCrop, crop_box_to, crop_face, paste_back
+from rgbdface.data.face import DEFAULT_MARGIN, FaceCrop, crop_box_to, crop_face, paste_back
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
 from rgbdface.pipelines.sampling import Known, sample_latents
@@ -46,6 +48,7 @@ class Depth2ImgInput:
     image:     region mode: the face crop of the image being edited (its box maps back to `full`).
     full:      region mode: [H, W, 3] uint8 the image being edited.
     region:    region mode: [S, S] bool, where to regenerate in the crop; `region_full` [H, W] bool in the full frame.
+    margin:    the crop margin of the face crops (must be the model's `meta.crop_margin`).
     """
 
     depth: np.ndarray
@@ -54,6 +57,7 @@ class Depth2ImgInput:
     full: np.ndarray | None = None
     region: np.ndarray | None = None
     region_full: np.ndarray | None = None
+    margin: float = DEFAULT_MARGIN
 
     @property
     def size(self) -> int:
@@ -101,9 +105,12 @@ def prepare_depth2img(
     image: np.ndarray | None = None,
     region: np.ndarray | None = None,
     names: dict[str, str] | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> Depth2ImgInput:
     """Align the depth (and region) with the face crops; see the module docstring. No model needed.
 
+    margin: the crop margin of the model that will run it (`model.meta.crop_margin`, or
+    `rgbdface.models.folder.model_crop_margin(folder)` before the model is loaded).
     Raises InputError (one line, naming the inputs via `names`: depth, reference, image, region) on bad input.
     """
     names = {"depth": "depth", "reference": "reference", "image": "image", "region": "region", **(names or {})}
@@ -121,10 +128,11 @@ def prepare_depth2img(
             raise ValueError("full mode needs a reference image")
         h, w = reference.shape[:2]
         if depth.shape == (h, w):
-            ref = crop_face(reference, size=CROP_SIZE, name=names["reference"])
-            return Depth2ImgInput(depth=crop_depth(depth, ref.box, CROP_SIZE), reference=ref)
+            ref = crop_face(reference, size=CROP_SIZE, margin=margin, name=names["reference"])
+            return Depth2ImgInput(depth=crop_depth(depth, ref.box, CROP_SIZE), reference=ref, margin=margin)
         if depth.shape[0] == depth.shape[1]:
-            return Depth2ImgInput(depth=depth, reference=crop_face(reference, size=depth.shape[0], name=names["reference"]))
+            ref = crop_face(reference, size=depth.shape[0], margin=margin, name=names["reference"])
+            return Depth2ImgInput(depth=depth, reference=ref, margin=margin)
         raise InputError(f"{names['depth']}: depth is {depth.shape[1]}x{depth.shape[0]}; pass a depth of the reference's size "
                          f"({w}x{h}, full frame) or a square face-crop depth")
 
@@ -136,13 +144,13 @@ def prepare_depth2img(
     region_full = np.asarray(region).astype(bool)
     if not region_full.any():
         raise InputError(f"{names['region']}: the region mask is empty; mark the pixels to regenerate (nonzero)")
-    crop = crop_face(image, size=CROP_SIZE, name=names["image"])
+    crop = crop_face(image, size=CROP_SIZE, margin=margin, name=names["image"])
     region_crop = crop_box_to(region_full.astype(np.float32), crop.box, CROP_SIZE, interpolation="linear", border="constant") > 0
     if not region_crop.any():
         raise InputError(f"{names['region']}: the region lies outside the face crop of {names['image']}; mark pixels on the face")
-    ref = crop if not exists(reference) else crop_face(reference, size=CROP_SIZE, name=names["reference"])
+    ref = crop if not exists(reference) else crop_face(reference, size=CROP_SIZE, margin=margin, name=names["reference"])
     return Depth2ImgInput(depth=crop_depth(depth, crop.box, CROP_SIZE), reference=ref, image=crop, full=image,
-                          region=region_crop, region_full=region_full)
+                          region=region_crop, region_full=region_full, margin=margin)
 
 
 def check_inputs(model: RGBDFaceModel, inp: Depth2ImgInput, steps: int, guidance: float) -> None:
@@ -151,6 +159,9 @@ def check_inputs(model: RGBDFaceModel, inp: Depth2ImgInput, steps: int, guidance
         raise ValueError("the model lists stage 2 but has no masked denoiser (masked_unet/)")
     if not isinstance(inp, Depth2ImgInput):
         raise ValueError("inp must be a Depth2ImgInput (see prepare_depth2img)")
+    if abs(inp.margin - model.meta.crop_margin) > 1e-9:
+        raise ValueError(f"inp was cropped with margin {inp.margin:g} but the model was trained on margin {model.meta.crop_margin:g}; "
+                         "prepare it with prepare_depth2img(..., margin=model.meta.crop_margin)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if guidance < 1.0:
@@ -220,4 +231,4 @@ def depth2img(
 
     kwargs: steps, seed, scheduler, guidance, progress (see `run_depth2img`).
     """
-    return run_depth2img(model, prepare_depth2img(depth, reference, image, region), **kwargs)
+    return run_depth2img(model, prepare_depth2img(depth, reference, image, region, margin=model.meta.crop_margin), **kwargs)

@@ -46,7 +46,8 @@ def generate(
     seed: int = 0,
     progress: bool = False,
 ) -> RGBDSamples:
-    """Sample `num_samples` RGB + depth pairs of the person in `reference` (a face crop, uint8 RGB)."""
+    """Sample `num_samples` RGB + depth pairs of the person in `reference` (a face crop, uint8 RGB, framed
+    with the model's margin: `crop_face(image, margin=model.meta.crop_margin)`)."""
     # 1. Check inputs
     check_inputs(reference, num_samples, steps, guidance)
     device, dtype = model.device, model.dtype

@@ -127,7 +127,8 @@ def talk_frames(
     audio_encoder=None,
     on_clip: Callable[[ClipProgress], None] | None = None,
 ) -> Iterator[TalkFrame]:
-    """Frames of the person in `reference` (a face crop, uint8 RGB) speaking `wave` (float32 [T], 16 kHz mono).
+    """Frames of the person in `reference` (a face crop, uint8 RGB, framed with `model.meta.crop_margin`)
+    speaking `wave` (float32 [T], 16 kHz mono).
 
     Yields ceil(duration × fps) frames in order, one clip at a time. `audio_encoder`
     defaults to the one the model was trained with (the mel encoder needs no folder).

@@ -7,7 +7,8 @@
 
 RUN_DIR holds config.json (the resolved config), log.jsonl (one JSON object per logged
 step), samples/step-*.png (sample grids), checkpoints/step-*/ (see state.py) and, at the
-end, model/ — the trained model folder with the stage appended to meta.stages.
+end, model/ — the trained model folder with the stage appended to meta.stages and
+meta.crop_margin set to the dataset's crop margin (the newest stage decides the framing).
 
 Everything that can be wrong with the request (config keys, dataset, model stage, run
 folder) is checked before any model weights are loaded.
@@ -107,10 +108,12 @@ class Plan:
     init: str  # description of the starting model
     model_dir: Path | None  # starting model folder (None: build from base/tiny)
     resume_from: Path | None  # checkpoint to continue from
+    crop_margin: float  # the dataset's face-crop margin (dataset.json), which the trained model takes
 
 
 def plan(req: TrainRequest) -> Plan:
     """Every check that needs no weights: flags, model stage, config, run folder, dataset, tracker."""
+    from rgbdface.data.manifest import read_crop
     from rgbdface.training.data import read_samples
     from rgbdface.training.state import latest_checkpoint, read_state
 
@@ -168,7 +171,7 @@ def plan(req: TrainRequest) -> Plan:
 
         check_audio_source(samples, cfg)
     check_tracker(req.tracker)
-    return Plan(req, cfg, samples, init, model_dir, ckpt)
+    return Plan(req, cfg, samples, init, model_dir, ckpt, read_crop(req.dataset).margin)
 
 
 def make_stream(samples: list, cfg: RunConfig, spec, audio_features=None):
@@ -250,6 +253,11 @@ def run(p: Plan) -> Path:
 
     # 2. Model and what trains (the stage's trainable set; the rest frozen)
     model = _load_model(p, accelerator)
+    # The model is cropped for as its data was: the newest stage decides (stage 0 learnt no framing)
+    if main and model.stage > 0 and abs(model.meta.crop_margin - p.crop_margin) > 1e-9:
+        log.warning("warning: the model's earlier stages were trained on face crops with margin %g, this dataset's have "
+                    "margin %g; the trained model takes %g", model.meta.crop_margin, p.crop_margin, p.crop_margin)
+    model.meta.crop_margin = p.crop_margin
     objective = make_objective(model, cfg)
     if cfg.precision.gradient_checkpointing:
         objective.enable_gradient_checkpointing()

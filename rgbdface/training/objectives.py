@@ -112,6 +112,16 @@ class Objective(nn.Module):
             out.append(self.cache[key])
         return torch.stack(out)
 
+    def _target(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to output: the noise (eq. 5, `epsilon`), or the velocity
+        sqrt(ᾱ)·ε − sqrt(1−ᾱ)·z₀ (`v_prediction`), as the model's noise schedule declares."""
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(z0, noise, t)
+        raise ValueError(f"prediction_type {kind!r} is not supported; use epsilon or v_prediction")
+
     def _depth_weights(self, depth: torch.Tensor) -> torch.Tensor:
         """[B, 1, h, w] per latent cell: 1 with any valid depth pixel, else loss.depth_background_weight."""
         f = self.model.codec.downsample
@@ -120,8 +130,8 @@ class Objective(nn.Module):
         return self.cfg.loss.depth_weight * torch.where(valid, 1.0, bg)
 
     @staticmethod
-    def _weighted_mse(eps: torch.Tensor, noise: torch.Tensor, w: torch.Tensor, c: int) -> tuple[torch.Tensor, dict]:
-        se = (eps.float() - noise.float()) ** 2  # [..., 2C, h, w]
+    def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor, c: int) -> tuple[torch.Tensor, dict]:
+        se = (pred.float() - target.float()) ** 2  # [..., 2C, h, w]
         loss = (w * se).sum() / w.sum().clamp_min(1e-8)
         parts = {"loss_rgb": se[..., :c, :, :].mean().detach(), "loss_depth": se[..., c:, :, :].mean().detach()}
         return loss, parts
@@ -171,7 +181,8 @@ class JointObjective(Objective):
         # 2. Forward diffusion of both latents with independent noise (eqs. 3–4)
         noise = batch["noise"].to(dev, z_rgb.dtype)  # [B, 2C, h, w]
         t = batch["timestep"].to(dev)  # [B]
-        z_t = self.noise_scheduler.add_noise(torch.cat([z_rgb, z_depth], dim=1), noise, t)  # [B, 2C, h, w]
+        z0 = torch.cat([z_rgb, z_depth], dim=1)  # [B, 2C, h, w]
+        z_t = self.noise_scheduler.add_noise(z0, noise, t)  # [B, 2C, h, w]
         cond, mask_w = self.conditioning(batch, z_rgb, z_depth)
         x = z_t if cond is None else torch.cat([z_t, cond], dim=1)  # [B, 2C (+2C+2), h, w]
 
@@ -181,14 +192,14 @@ class JointObjective(Objective):
         with torch.set_grad_enabled(self.reference_trains and torch.is_grad_enabled()):
             den.set_reference(z_ref, ctx)
         den.bank.keep = batch["keep"].to(dev)  # [B] reference dropout for CFG
-        eps = den.unet(x, t, encoder_hidden_states=ctx.expand(x.shape[0], -1, -1)).sample  # [B, 2C, h, w]
+        pred = den.unet(x, t, encoder_hidden_states=ctx.expand(x.shape[0], -1, -1)).sample  # [B, 2C, h, w]
 
         # 4. Eq. (5), with the depth half weighted by validity (and stage-2 masks)
         depth_w = self._depth_weights(batch["depth"].to(dev))  # [B, 1, h, w]
         w = torch.cat([torch.ones_like(z_rgb), depth_w.expand(-1, c, -1, -1)], dim=1)  # [B, 2C, h, w]
         if mask_w is not None:
             w = w * mask_w
-        loss, parts = self._weighted_mse(eps, noise, w, c)
+        loss, parts = self._weighted_mse(pred, self._target(z0, noise, t), w, c)
         if self.reference_trains:
             # Keeps every ReferenceNet parameter in the graph when a whole batch drops the reference (DDP).
             loss = loss + 0.0 * sum(f.float().sum() for f in den.bank.features.values())
@@ -271,7 +282,8 @@ class MotionObjective(Objective):
         # 2. Forward diffusion, one timestep per clip
         noise = rearrange(batch["noise"].to(dev, z_rgb.dtype), "b f c h w -> (b f) c h w")  # [(B F), 2C, h, w]
         t = repeat(batch["timestep"].to(dev), "b -> (b f)", f=f)  # [(B F)]
-        z_t = self.noise_scheduler.add_noise(torch.cat([z_rgb, z_depth], dim=1), noise, t)  # [(B F), 2C, h, w]
+        z0 = torch.cat([z_rgb, z_depth], dim=1)  # [(B F), 2C, h, w]
+        z_t = self.noise_scheduler.add_noise(z0, noise, t)  # [(B F), 2C, h, w]
 
         # 3. Frozen ReferenceNet on the reference and the motion frames (no gradient needed)
         ctx = model.context.to(z_t.dtype)
@@ -285,12 +297,12 @@ class MotionObjective(Objective):
         tokens = motion.audio_proj(rearrange(batch["audio"].to(dev, z_t.dtype), "b f k a -> (b f) k a"))  # [(B F), T, D]
         motion.state.frames, motion.state.audio_tokens = f, tokens
         den.bank.keep = repeat(batch["keep"].to(dev), "b -> (b f)", f=f)  # reference dropout per clip
-        eps = den.unet(z_t, t, encoder_hidden_states=ctx.expand(z_t.shape[0], -1, -1)).sample  # [(B F), 2C, h, w]
+        pred = den.unet(z_t, t, encoder_hidden_states=ctx.expand(z_t.shape[0], -1, -1)).sample  # [(B F), 2C, h, w]
 
         # 5. Eq. (5) over every frame
         depth_w = self._depth_weights(rearrange(batch["depth"].to(dev), "b f c h w -> (b f) c h w"))  # [(B F), 1, h, w]
         w = torch.cat([torch.ones_like(z_rgb), depth_w.expand(-1, c, -1, -1)], dim=1)
-        return self._weighted_mse(eps, noise, w, c)
+        return self._weighted_mse(pred, self._target(z0, noise, t), w, c)
 
 
 OBJECTIVES = {1: JointObjective, 2: MaskedObjective, 3: MotionObjective}
