@@ -415,3 +415,49 @@ def test_epsilon_target_is_the_noise(tiny_model):
     z0, eps = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8)
     assert torch.equal(obj._target(z0, eps, torch.tensor([3, 900])), eps)
     obj.finish()
+
+
+# ----------------------------------------------------------------------------- known latents
+def test_known_latents_clean_trains_and_samples_as_recorded(data, stage1_dir, tmp_path):
+    """masks.known_latents=clean: the model records it, training feeds kept cells their clean latent in the
+    noisy slots, and sampling does the same at every step (the noised default does not)."""
+    from rgbdface.models.model import RGBDFaceModel
+    from rgbdface.pipelines.sampling import Known, sample_latents
+
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["finetune-mask", str(data), "-o", str(run), "-m", str(stage1_dir), "--max-steps", "1",
+                            "--set", "optim.batch_size=2", "--set", "masks.known_latents=clean", *QUIET])
+    assert r.exit_code == 0, r.output
+    model = RGBDFaceModel.from_pretrained(run / "model")
+    assert model.meta.known_latents == "clean"
+    assert RGBDFaceModel.from_pretrained(stage1_dir).meta.known_latents == "noised"  # the default, also for old folders
+
+    seen = []
+    unet_forward = model.masked.unet.forward
+
+    def spy(x, *args, **kwargs):
+        seen.append(x[:, :8].clone())  # the noisy slots: [RGB | depth] latents
+        return unet_forward(x, *args, **kwargs)
+
+    model.masked.unet.forward = spy
+    z_ref = torch.randn(1, 4, 8, 8)
+    for clean in (True, False):
+        seen.clear()
+        sample_latents(model.masked, model.sampling_scheduler("ddim"), z_ref, model.context, steps=3,
+                       generator=torch.Generator().manual_seed(0), known=Known(rgb=z_ref, m_rgb=0.0, m_depth=1.0, clean=clean))
+        assert len(seen) == 3
+        kept_equal = [torch.allclose(x[:, :4], z_ref) for x in seen]
+        assert all(kept_equal) if clean else not any(kept_equal)
+
+    # Training: the kept RGB cells of an image→depth batch carry z0 in the noisy slots.
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.objectives import make_objective
+
+    for mode in ("clean", "noised"):
+        obj = make_objective(model, resolve_config(2, "tiny", [f"masks.known_latents={mode}"]))
+        z0, z_t = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8)
+        batch = {"m_rgb": torch.zeros(2, 1, 8, 8), "m_depth": torch.ones(2, 1, 8, 8)}
+        out = obj.known_in_noisy(batch, z0, z_t)
+        assert torch.equal(out[:, 4:], z_t[:, 4:])  # generated depth stays noisy
+        assert torch.equal(out[:, :4], z0[:, :4] if mode == "clean" else z_t[:, :4])
+        obj.finish()

@@ -51,6 +51,7 @@ class ModelMeta:
     stages: list[int] = field(default_factory=lambda: [0])  # stages reached (0 = built, untrained)
     image_size: int = 512  # pixels per side of the square face crop
     crop_margin: float = DEFAULT_MARGIN  # face-crop margin of the training data (dataset.json); inputs are cropped with it
+    known_latents: str = "noised"  # stage 2: kept cells enter the noisy slots forward-diffused ("noised") or as is ("clean")
     latent_channels: int = 4
     depth: DepthConvention = field(default_factory=DepthConvention)
     base: str = ""  # what stage 0 was built from

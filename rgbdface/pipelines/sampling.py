@@ -30,6 +30,7 @@ class Known:
     depth: torch.Tensor | None = None
     m_rgb: torch.Tensor | float | None = None
     m_depth: torch.Tensor | float | None = None
+    clean: bool = False  # kept cells enter the noisy slots as the clean latent (the model's meta.known_latents == "clean")
 
 
 def _per_sample(x: torch.Tensor, b: int, num_per_reference: int, name: str) -> torch.Tensor:
@@ -68,8 +69,8 @@ def sample_latents(
     """Denoise [z_rgb, z_depth] from Gaussian noise; returns (z_rgb, z_depth), each [B, C, h, w].
 
     With a masked (stage-2) denoiser, `known` gives the kept latents and masks; kept regions
-    are fed as the forward-diffused known latent at each step (as in training) and restored
-    exactly at the end.
+    are fed as the forward-diffused known latent at each step, or as the clean known latent
+    with `known.clean` (each as the model was trained), and restored exactly at the end.
 
     `generator` may be a list with one generator per reference: each reference's samples
     then draw all their noise from their own generator, so a reference gets the same
@@ -124,7 +125,8 @@ def sample_latents(
     try:
         for t in tqdm(scheduler.timesteps, disable=not progress, desc="denoising", leave=False):
             if masked:
-                noised_known = scheduler.add_noise(z_known, known_noise, t.reshape(1)) if hasattr(scheduler, "add_noise") else z_known
+                noised_known = (scheduler.add_noise(z_known, known_noise, t.reshape(1))
+                                if hasattr(scheduler, "add_noise") and not known.clean else z_known)
                 latents = m_full * latents + (1 - m_full) * noised_known
             x = scheduler.scale_model_input(latents, t)
             if masked:

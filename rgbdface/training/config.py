@@ -72,6 +72,10 @@ class MaskConfig:
     box_min: float = 0.25  # smallest box side, as a share of the latent side
     box_max: float = 0.75  # largest box side, as a share of the latent side
     known_weight: float = 0.0  # loss weight of kept (mask 0) latent cells; their noise is given away by the input
+    # How kept cells fill the denoiser's noisy-latent slots: "noised" = the forward-diffused known latent
+    # (inpainting style), "clean" = the known latent itself, so the pretrained input path sees the image
+    # at every noise level (conditioning style); recorded in the model, sampling follows it.
+    known_latents: str = "noised"
     own_reference: bool = False  # fine-tune a copy of the ReferenceNet too (else it stays frozen and shared)
 
 
@@ -288,6 +292,7 @@ def validate(cfg: RunConfig) -> None:
         checks += [
             (all(p >= 0 for p in ps) and sum(ps) > 0, "masks.p_* must be >= 0 and not all 0"),
             (m.known_weight >= 0, "masks.known_weight must be >= 0"),
+            (m.known_latents in ("noised", "clean"), "masks.known_latents must be 'noised' or 'clean'"),
             (0 < m.box_min <= m.box_max <= 1, f"masks.box_min/box_max must satisfy 0 < min <= max <= 1, got {m.box_min}/{m.box_max}"),
         ]
     if cfg.motion is not None:

@@ -258,6 +258,8 @@ def run(p: Plan) -> Path:
         log.warning("warning: the model's earlier stages were trained on face crops with margin %g, this dataset's have "
                     "margin %g; the trained model takes %g", model.meta.crop_margin, p.crop_margin, p.crop_margin)
     model.meta.crop_margin = p.crop_margin
+    if cfg.stage == 2:  # the masked denoiser's input convention travels with it (sampling follows it)
+        model.meta.known_latents = cfg.masks.known_latents
     objective = make_objective(model, cfg)
     if cfg.precision.gradient_checkpointing:
         objective.enable_gradient_checkpointing()

@@ -168,6 +168,10 @@ class JointObjective(Objective):
         """Extra input channels and loss weights per channel (none for the joint denoiser)."""
         return None, None
 
+    def known_in_noisy(self, batch: dict, z0: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """The noisy latents the denoiser reads (the joint denoiser: z_t as is)."""
+        return z_t
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         model, c = self.model, self.model.meta.latent_channels
         dev = model.device
@@ -184,6 +188,7 @@ class JointObjective(Objective):
         z0 = torch.cat([z_rgb, z_depth], dim=1)  # [B, 2C, h, w]
         z_t = self.noise_scheduler.add_noise(z0, noise, t)  # [B, 2C, h, w]
         cond, mask_w = self.conditioning(batch, z_rgb, z_depth)
+        z_t = self.known_in_noisy(batch, z0, z_t)
         x = z_t if cond is None else torch.cat([z_t, cond], dim=1)  # [B, 2C (+2C+2), h, w]
 
         # 3. ReferenceNet once, then the denoiser reads its features (mutual self-attention)
@@ -241,6 +246,16 @@ class MaskedObjective(JointObjective):
         m_full = torch.cat([m_rgb.expand(-1, c, -1, -1), m_depth.expand(-1, c, -1, -1)], dim=1)  # [B, 2C, h, w]
         kw = self.cfg.masks.known_weight
         return cond, m_full + kw * (1 - m_full)
+
+    def known_in_noisy(self, batch: dict, z0: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """masks.known_latents = "clean": kept cells carry the clean latent in the noisy slots too (as sampling does)."""
+        if self.cfg.masks.known_latents == "noised":
+            return z_t
+        c = z0.shape[1] // 2
+        m_rgb = batch["m_rgb"].to(z0.device, z0.dtype).expand(-1, c, -1, -1)  # [B, C, h, w], 1 = generate
+        m_depth = batch["m_depth"].to(z0.device, z0.dtype).expand(-1, c, -1, -1)
+        m_full = torch.cat([m_rgb, m_depth], dim=1)  # [B, 2C, h, w]
+        return m_full * z_t + (1 - m_full) * z0
 
 
 class MotionObjective(Objective):
