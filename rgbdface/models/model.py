@@ -62,6 +62,11 @@ class ModelMeta:
     def stage(self) -> int:
         return max(self.stages)
 
+    @property
+    def known_clean(self) -> bool:
+        """Stage 2 was trained with kept latents clean in the noisy slots (sampling must feed them so)."""
+        return self.known_latents == "clean"
+
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
         d = dict(d)

@@ -179,7 +179,7 @@ def sample_depth(
         _, z_depth = sample_latents(
             model.masked, model.sampling_scheduler(scheduler), z_rgb, model.context.to(dtype),
             num_per_reference=ensemble, steps=steps, guidance=guidance, generator=generators,
-            known=Known(rgb=z_rgb, m_rgb=0.0, m_depth=1.0, clean=model.meta.known_latents == "clean"), progress=progress,
+            known=Known(rgb=z_rgb, m_rgb=0.0, m_depth=1.0, clean=model.meta.known_clean), progress=progress,
         )  # [B·N, C, s, s]
 
         # 4. Decode depth (VAE: mean of the 3 channels)

@@ -30,7 +30,7 @@ class Known:
     depth: torch.Tensor | None = None
     m_rgb: torch.Tensor | float | None = None
     m_depth: torch.Tensor | float | None = None
-    clean: bool = False  # kept cells enter the noisy slots as the clean latent (the model's meta.known_latents == "clean")
+    clean: bool = False  # kept cells enter the noisy slots as the clean latent (the model's meta.known_clean)
 
 
 def _per_sample(x: torch.Tensor, b: int, num_per_reference: int, name: str) -> torch.Tensor:

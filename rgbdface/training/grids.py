@@ -34,7 +34,7 @@ def sample_grid(objective, batch: dict, steps: int, seed: int) -> np.ndarray:
             z_rgb = model.codec.encode_rgb(batch["rgb"].to(dev))
             k, h, w = z_rgb.shape[0], *z_rgb.shape[-2:]
             known = Known(rgb=z_rgb, m_rgb=torch.zeros(k, 1, h, w, device=dev), m_depth=torch.ones(k, 1, h, w, device=dev),
-                          clean=model.meta.known_latents == "clean")
+                          clean=model.meta.known_clean)
         # 2. Denoise (ReferenceNet once, the denoiser per step; DDIM)
         zr, zd = sample_latents(den, model.sampling_scheduler("ddim"), z_ref, model.context, steps=steps,
                                 generator=torch.Generator().manual_seed(seed), known=known)
