@@ -5,13 +5,13 @@ on a grey canvas). "MediaPipe alone" runs exactly the MediaPipe calls prep-depth
 makes per frame (face detection on the frame, face mesh on the crop). "prep-depth"
 runs the library's per-frame path: the same MediaPipe calls in this thread, then
 `fit_and_write` (depth and mask rasterisation, encoding, atomic writes) on the
-background writer, `threads` at a time (prep-depth --threads; 0 = all in this
-thread, no overlap).
+background writer: `threads` at a time (prep-depth --threads; 0 = all in this
+thread, no overlap), or in background processes (prep-depth --write-processes).
 
 All pipelines run side by side in one process, interleaved pass by pass (one pass =
 every frame once), so a busy machine slows them alike; the table gives the median
-pass. CPU ms/frame is this process's CPU time (all threads) per frame: the work done,
-whatever the overlap. The per-stage rows time each step alone, serially.
+pass. CPU ms/frame is the CPU time of this process (all threads) and of its writer
+processes, over all passes, per frame: the work done, whatever the overlap. The per-stage rows time each step alone, serially.
 
     python benchmarks/bench_prep_depth.py [--size 512] [--repeats 20] [--scratch DIR]
 
@@ -61,13 +61,23 @@ def mediapipe_pass(items: list[np.ndarray], size: int, margin: float) -> None:
 class PrepPass:
     """prep-depth's per-frame path over all frames, with its own writer and frame counter."""
 
-    def __init__(self, out: Path, size: int, margin: float, rgb_format: str, threads: int):
+    def __init__(self, out: Path, size: int, margin: float, rgb_format: str, threads: int, processes: int = 0):
         from rgbdface.data.prep import PrepConfig
         from rgbdface.data.writer import BackgroundWriter
 
-        self.cfg = PrepConfig(size=size, margin=margin, rgb_format=rgb_format, threads=threads)
-        self.writer = BackgroundWriter(threads)
+        self.cfg = PrepConfig(size=size, margin=margin, rgb_format=rgb_format, threads=threads, write_processes=processes)
+        self.writer = BackgroundWriter(threads, processes=processes)
         self.out, self.n = out, 0
+        self.name = f"{rgb_format}{threads}p{processes}"
+
+    def child_cpu(self) -> float:
+        """CPU seconds used so far by the writer's processes (Linux /proc; 0 without processes)."""
+        pool = self.writer.pool
+        total = 0.0
+        for pid in list(getattr(pool, "_processes", None) or {}):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return total
 
     def __call__(self, items: list[np.ndarray]) -> None:
         from rgbdface.data.face import crop_face
@@ -75,7 +85,7 @@ class PrepPass:
 
         for frame in items:
             crop = crop_face(frame, self.cfg.size, self.cfg.margin, with_landmarks=True)
-            self.writer.submit(fit_and_write, self.out, f"{self.cfg.rgb_format}{self.cfg.threads}", self.n, crop, self.cfg)
+            self.writer.submit(fit_and_write, self.out, self.name, self.n, crop, self.cfg)
             self.n += 1
         self.writer.results()  # the pass ends when its last file is written
 
@@ -144,19 +154,24 @@ def main() -> None:
         out = Path(tmp)
         create_ms = file_creation_ms(out)
         pipelines = {"MediaPipe alone (detect + mesh)": lambda it: mediapipe_pass(it, args.size, DEFAULT_MARGIN)}
-        for fmt, threads in (("jpg", 2), ("jpg", 1), ("jpg", 0), ("png", 2)):
-            overlap = f"{threads} writer thread{'s' * (threads > 1)}" if threads else "serial, no writer threads"
-            pipelines[f"prep-depth, RGB as {fmt}, {overlap}"] = PrepPass(out, args.size, DEFAULT_MARGIN, fmt, threads)
+        for fmt, threads, procs in (("jpg", 0, 1), ("jpg", 0, 2), ("jpg", 2, 0), ("jpg", 1, 0), ("jpg", 0, 0), ("png", 2, 0)):
+            if procs:
+                overlap = f"{procs} writer process{'es' * (procs > 1)}"
+            else:
+                overlap = f"{threads} writer thread{'s' * (threads > 1)}" if threads else "serial, no writer threads"
+            pipelines[f"prep-depth, RGB as {fmt}, {overlap}"] = PrepPass(out, args.size, DEFAULT_MARGIN, fmt, threads, procs)
         wall = {name: [] for name in pipelines}
-        cpu = {name: [] for name in pipelines}
+        cpu = {name: 0.0 for name in pipelines}
+        child = lambda fn: fn.child_cpu() if isinstance(fn, PrepPass) else 0.0
         for fn in pipelines.values():
-            fn(items[:1])  # warm up (graphs, caches, thread pools)
+            fn(items)  # warm up (graphs, caches, thread pools, every writer process started)
         for _ in range(args.repeats):
             for name, fn in pipelines.items():
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0, c0, k0 = time.perf_counter(), time.process_time(), child(fn)
                 fn(items)
                 wall[name].append((time.perf_counter() - t0) / len(items))
-                cpu[name].append((time.process_time() - c0) / len(items))
+                cpu[name] += time.process_time() - c0 + child(fn) - k0
+        cpu = {name: [c / (args.repeats * len(items))] for name, c in cpu.items()}
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         stages = stage_times(items, args.size, DEFAULT_MARGIN, out, max(args.repeats // 2, 1))
         for fn in pipelines.values():
@@ -165,7 +180,7 @@ def main() -> None:
     base = float(np.median(wall["MediaPipe alone (detect + mesh)"]))
     base_cpu = float(np.median(cpu["MediaPipe alone (detect + mesh)"]))
     lines = [
-        f"# prep-depth throughput ({len(items)} frames of 1280x720, crop {args.size}, {args.repeats} interleaved passes, one process)",
+        f"# prep-depth throughput ({len(items)} frames of 1280x720, crop {args.size}, {args.repeats} interleaved passes)",
         "",
         f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores, "
         f"1-minute load average {load:.1f} before the run and {load_end:.1f} after the timed passes (this run adds "

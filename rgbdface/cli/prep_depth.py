@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, expand_inputs, handle_errors, log, parse_shard, report, take_shard
+from rgbdface.utils import UsageError
 from rgbdface.cli.options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt
 
 
@@ -18,11 +19,13 @@ def prep_depth(
     size: Annotated[int, typer.Option("--size", help="Side of the square face crop in pixels (an existing dataset keeps the size it was made with).")] = 512,
     margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin on each side, in face-box sizes (default 0.6); recorded in dataset.json, and models trained on the dataset crop their inputs with it. An existing dataset keeps its margin.")] = None,
     studio_views: Annotated[int, typer.Option("--studio-views", help="Studio-like renders with exact depth per fitted portrait (new pose, jaw, light, background).")] = 0,
+    studio_mix: Annotated[int, typer.Option("--studio-mix", help="Studio-like renders of mixed identities: for each ordered pair of fitted portraits of different identities, the face shape of one under the skin of the other, with a skin tone of its own (and each portrait under a new skin tone); identity 'SHAPE+TEXTURE'. Mixes every portrait in the dataset; after sharded runs, run once more unsharded.")] = 0,
     talking_clips: Annotated[int, typer.Option("--talking-clips", help="Synthetic talking clips per fitted portrait: 25 fps renders whose jaw follows speech-like synthetic audio (audio.wav), exact depth.")] = 0,
     clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Every face of an image (default: the largest only).")] = False,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0 = in this process).")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Background threads (per worker) that rasterise, encode and write a frame while MediaPipe fits the next; 0 = all in one thread.")] = 2,
+    write_processes: Annotated[int, typer.Option("--write-processes", min=0, help="Rasterise, encode and write in this many background processes instead of threads: they overlap MediaPipe fully (no shared interpreter lock) but take about a second to start, so they pay off on videos and long batches. Not with --workers.")] = 0,
     shard: ShardOpt = None,
     export_mesh: Annotated[Optional[str], typer.Option("--export-mesh", help="Also write the fitted mesh with vertex colours: ply, obj or glb.")] = None,
     wav2vec: Annotated[Optional[Path], typer.Option("--wav2vec", help="Local wav2vec2 model folder (safetensors) for per-frame audio features of videos.")] = None,
@@ -43,10 +46,13 @@ def prep_depth(
     from rgbdface.data.face import DEFAULT_MARGIN
     from rgbdface.data.prep import PrepConfig, input_suffixes, prepare_dataset
 
-    cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, talking_clips=talking_clips,
+    cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, studio_mix=studio_mix, talking_clips=talking_clips,
                      clip_seconds=clip_seconds, all_faces=all_faces,
-                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
+                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads,
+                     write_processes=write_processes)
     cfg.check()
+    if workers and write_processes:
+        raise UsageError("--workers and --write-processes do not combine: worker processes write on threads of their own; pass one of them")
     index, count = parse_shard(shard)
     paths = take_shard(expand_inputs(inputs, input_suffixes()), index, count)
     if not paths:
@@ -78,7 +84,8 @@ class _Progress:
             print(f"rgbdface: error: {r.error}", file=sys.stderr)
         elif not self.quiet:
             what = f"{r.samples} samples, {r.seconds:.1f} s" if r.status == "done" else "already done"
-            print(f"[{self.n}/{self.total}] {r.path}: {what}", file=sys.stderr)
+            tag = f"{self.n}/{self.total}" if self.n <= self.total else "mix"  # mixed identities come after the inputs
+            print(f"[{tag}] {r.path}: {what}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from concurrent.futures import Future
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -47,6 +48,7 @@ class PrepConfig:
     size: int = DEFAULT_SIZE  # crop side in pixels
     margin: float = DEFAULT_MARGIN  # crop margin, in face sizes on each side
     studio_views: int = 0  # studio-like renders per fitted image (videos: per clip, from its first frame)
+    studio_mix: int = 0  # studio-like renders per ordered pair of fitted portraits: shape of one, texture of the other
     talking_clips: int = 0  # synthetic talking clips (25 fps frames + audio) per fitted image, as studio_views
     clip_seconds: float = 2.4  # length of each talking clip
     all_faces: bool = False  # every face of an image, not just the largest
@@ -57,6 +59,7 @@ class PrepConfig:
     identity_from: str = "stem"  # "stem": the file name; "parent": its folder's name
     seed: int = 0  # studio views are drawn from (seed, input)
     threads: int = 2  # background threads that rasterise, encode and write while MediaPipe runs
+    write_processes: int = 0  # > 0: background processes instead of threads (one pool for the whole run)
 
     def check(self) -> None:
         if self.size < 64:
@@ -65,12 +68,16 @@ class PrepConfig:
             raise UsageError(f"--margin {self.margin}: must be >= 0")
         if self.studio_views < 0:
             raise UsageError(f"--studio-views {self.studio_views}: must be >= 0")
+        if self.studio_mix < 0:
+            raise UsageError(f"--studio-mix {self.studio_mix}: must be >= 0")
         if self.talking_clips < 0:
             raise UsageError(f"--talking-clips {self.talking_clips}: must be >= 0")
         if not 0 < self.clip_seconds <= 60:
             raise UsageError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
         if self.threads < 0:
             raise UsageError(f"--threads {self.threads}: must be >= 0")
+        if self.write_processes < 0:
+            raise UsageError(f"--write-processes {self.write_processes}: must be >= 0")
         if exists(self.export_mesh) and self.export_mesh not in MESH_FORMATS:
             raise UsageError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
         if self.fps <= 0:
@@ -186,10 +193,11 @@ def fit_and_write(root: Path, clip: str, frame: int, crop: FaceCrop, cfg: PrepCo
     return rel
 
 
-def _render_and_write(root: Path, clip: str, frame: int, crop: FaceCrop, vertices: np.ndarray, view, rgb_format: str) -> dict:
+def _render_and_write(root: Path, clip: str, frame: int, image: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, view, rgb_format: str,
+                      shape_landmarks: np.ndarray | None = None) -> dict:
     from rgbdface.data.studio import render_view
 
-    r = render_view(crop.image, crop.landmarks, vertices, Camera.for_crop(crop.size), view)
+    r = render_view(image, landmarks, vertices, Camera.for_crop(image.shape[0]), view, shape_landmarks)
     return write_sample(root, clip, frame, r.rgb, r.depth, r.mask, r.landmarks, rgb_format)
 
 
@@ -212,7 +220,7 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
     clip = f"{key}-studio"
     for k in range(cfg.studio_views):
         view = random_view(rng)
-        f = writer.submit(_render_and_write, root, clip, k, crop, vertices, view, cfg.rgb_format)
+        f = writer.submit(_render_and_write, root, clip, k, crop.image, crop.landmarks, vertices, view, cfg.rgb_format)
         rows.append(_rows_of(f, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict()))
     for c in range(cfg.talking_clips):
         clip = f"{key}-talk{c}"
@@ -226,10 +234,74 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
             features_rel = f"{clip}/wav2vec.npy"
             save_npy(root / features_rel, wav2vec_features(Path(cfg.wav2vec), plan.audio, len(plan.views)))
         for i, view in enumerate(plan.views):
-            f = writer.submit(_render_and_write, root, clip, i, crop, vertices, view, cfg.rgb_format)
+            f = writer.submit(_render_and_write, root, clip, i, crop.image, crop.landmarks, vertices, view, cfg.rgb_format)
             rows.append(_rows_of(f, clip=clip, frame=i, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict(),
                                  audio=audio_rel, features=features_rel, fps=cfg.fps))
     return rows
+
+
+# --- mixed identities ------------------------------------------------------------------
+
+MIX_PREFIX = "mix-"
+
+
+def fitted_portraits(root: Path) -> dict[str, dict]:
+    """The first fitted wild sample of each clip in the dataset (mixed clips excluded): clip → row."""
+    out: dict[str, dict] = {}
+    for row in manifest.collect_rows(root):  # sorted by clip, then frame
+        if row["source"] == "wild" and not row["clip"].startswith(MIX_PREFIX):
+            out.setdefault(row["clip"], row)
+    return out
+
+
+def mix_pairs(portraits: dict[str, dict]) -> list[tuple[str, dict, dict]]:
+    """Every ordered pair (shape, texture) of portraits of different identities, and each portrait
+    with itself: its rows-file key, the shape's row and the texture's row."""
+    pairs = []
+    for a, shape in portraits.items():
+        for b, texture in portraits.items():
+            if a == b or shape["identity"] != texture["identity"]:
+                pairs.append((f"{MIX_PREFIX}{a}-{b}" if a != b else f"{MIX_PREFIX}{a}", shape, texture))
+    return pairs
+
+
+def prepare_mix(key: str, shape: dict, texture: dict, root: Path, cfg: PrepConfig, overwrite: bool = False, writer: BackgroundWriter | None = None) -> InputResult:
+    """`cfg.studio_mix` studio renders of a mixed identity: `shape`'s fitted mesh under `texture`'s
+    skin, with a skin tone of its own (the same in every view), as one clip and identity."""
+    from dataclasses import replace
+
+    from rgbdface.data.studio import random_albedo, random_view
+
+    t0 = time.perf_counter()
+    name = f"{shape['identity']} (shape) + {texture['identity']} (texture)"
+    if not overwrite and manifest.rows_path(root, key).exists():
+        return InputResult(name, "skipped")
+    try:
+        image = load_image(root / texture["rgb"])
+        tex_lm, shape_lm = (np.load(root / row["landmarks"], allow_pickle=False) for row in (texture, shape))
+        if image.shape[0] != cfg.size:
+            raise InputError(f"{name}: the fitted crop is {image.shape[0]} px, not {cfg.size}; mix within one dataset")
+        vertices = landmarks_to_camera(shape_lm, Camera.for_crop(cfg.size))
+        rng = _rng(cfg, key)
+        albedo = random_albedo(rng)
+        identity = f"{shape['identity']}+{texture['identity']}"
+        rows = []
+        with _writer_for_input(cfg, writer) as w:
+            for k in range(cfg.studio_mix):
+                view = replace(random_view(rng), albedo=albedo)
+                f = w.submit(_render_and_write, root, key, k, image, tex_lm, vertices, view, cfg.rgb_format, shape_lm)
+                rows.append(_rows_of(f, clip=key, frame=k, identity=identity, source="studio", cfg=cfg, input_path=f"{shape['input']} + {texture['input']}",
+                                     view={**view.to_dict(), "shape": shape["id"], "texture": texture["id"]}))
+            w.results()
+        manifest.write_rows(root, key, [make() for make in rows])
+        return InputResult(name, "done", samples=len(rows), seconds=time.perf_counter() - t0)
+    except OSError as e:
+        error = f"{name}: cannot read {e.filename or 'a fitted sample'} ({e.strerror or e}); re-run prep-depth on that portrait with --overwrite"
+        return InputResult(name, "failed", error=error, seconds=time.perf_counter() - t0)
+    except Exception as e:  # a broken sample file must not stop the other pairs
+        if os.environ.get("RGBDFACE_DEBUG"):
+            raise
+        return InputResult(name, "failed", error=str(e) if isinstance(e, InputError) else f"{name}: {type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
 
 
 # --- one input -------------------------------------------------------------------------
@@ -306,8 +378,24 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWri
     return rows, len(boxes)
 
 
-def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = False) -> InputResult:
-    """Process one image or video into `root`; never raises for a bad input (the result says why)."""
+@contextmanager
+def _writer_for_input(cfg: PrepConfig, shared: BackgroundWriter | None) -> Iterator[BackgroundWriter]:
+    """The run's shared writer (its queue emptied if the input fails), or a thread writer of the input's own."""
+    if shared is None:
+        with BackgroundWriter(cfg.threads) as writer:
+            yield writer
+        return
+    try:
+        yield shared
+    except BaseException:
+        shared.discard()
+        raise
+
+
+def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = False, writer: BackgroundWriter | None = None) -> InputResult:
+    """Process one image or video into `root`; never raises for a bad input (the result says why).
+
+    `writer` is a pool shared by the run's inputs (by default, each input starts its own threads)."""
     t0 = time.perf_counter()
     path = Path(path)
     key = input_key(path)
@@ -318,9 +406,9 @@ def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = Fal
             raise InputError(f"{path}: no such file; check the path")
         if path.is_dir():
             raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
-        with BackgroundWriter(cfg.threads) as writer:
-            makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, writer)
-            writer.results()  # every file is written (or the first error raised) ...
+        with _writer_for_input(cfg, writer) as w:
+            makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, w)
+            w.results()  # every file is written (or the first error raised) ...
         rows = [make() for make in makers]
         manifest.write_rows(root, key, rows)  # ... before the rows file that marks the input done
         return InputResult(str(path), "done", samples=len(rows), frames=frames, seconds=time.perf_counter() - t0)
@@ -356,18 +444,23 @@ def prepare_dataset(
     t0 = time.perf_counter()
     summary = Summary()
     jobs = [(Path(p), root, cfg, overwrite) for p in inputs]
-    if workers > 0 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    # one writer pool for the whole run (processes are worth starting once, not per input);
+    # worker processes (--workers) keep threads of their own
+    with BackgroundWriter(cfg.threads, processes=cfg.write_processes) as writer:
+        if workers > 0 and len(jobs) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-        # spawn, not fork: MediaPipe's native threads do not survive fork
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            results = pool.map(_prepare_input_star, jobs)
-            for r in results:
-                _account(summary, r, on_result)
-    else:
-        for job in jobs:
-            _account(summary, prepare_input(*job), on_result)
+            # spawn, not fork: MediaPipe's native threads do not survive fork
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                for r in pool.map(_prepare_input_star, jobs):
+                    _account(summary, r, on_result)
+        else:
+            for job in jobs:
+                _account(summary, prepare_input(*job, writer=writer), on_result)
+        if cfg.studio_mix:  # after every input, so that each pair can be made
+            for key, shape, texture in mix_pairs(fitted_portraits(root)):
+                _account(summary, prepare_mix(key, shape, texture, root, cfg, overwrite, writer), on_result)
     manifest.write_manifest(root)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -15,6 +15,11 @@ mesh), each view:
 Depth is exact for what is drawn: the rendered mesh's camera-space Z. The mask is the
 visible face skin (eyes and the mouth interior left out), as for fitted samples.
 
+Mixed identities: the mesh topology is MediaPipe's for every fit, so the shape of one
+portrait can wear the texture of another (`render_view(texture_crop, texture_landmarks,
+shape_vertices, ..., shape_landmarks=...)`); `View.albedo` changes the skin tone (a gain
+per channel on the texture, before shading). prep-depth --studio-mix uses both.
+
 Talking clips (`plan_talking_clip`) string views into a 25 fps sequence driven by
 speech-like synthetic audio (data/speech.py): the jaw follows the audio's syllable
 envelope, leading the sound by a frame as in real speech, the head drifts slowly and
@@ -47,9 +52,11 @@ class View:
     light: tuple[float, float, float]
     background: tuple[tuple[int, int, int], tuple[int, int, int]]
     blink: float = 0.0  # eyelid closure, 0 = open, 1 = shut
+    albedo: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel gain on the skin texture (RGB)
 
     def to_dict(self) -> dict:
-        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll, "jaw": self.jaw, "blink": self.blink, "light": list(self.light), "background": [list(c) for c in self.background]}
+        return {"yaw": self.yaw, "pitch": self.pitch, "roll": self.roll, "jaw": self.jaw, "blink": self.blink, "light": list(self.light),
+                "background": [list(c) for c in self.background], "albedo": [round(a, 4) for a in self.albedo]}
 
 
 @dataclass
@@ -63,8 +70,18 @@ class StudioRender:
     landmarks: np.ndarray
 
 
+ALBEDO_GAIN = (0.55, 1.3)  # overall skin-texture gain: darker to lighter skin than the source photo
+ALBEDO_TINT = 0.08  # per-channel spread about it: warmer, cooler, greener
+
+
+def random_albedo(rng: np.random.Generator) -> tuple[float, float, float]:
+    """A skin-tone change for a mixed identity: one gain for the texture, tinted a little per channel."""
+    gain = rng.uniform(*ALBEDO_GAIN)
+    return tuple(float(gain * (1.0 + t)) for t in rng.uniform(-ALBEDO_TINT, ALBEDO_TINT, 3))
+
+
 def random_view(rng: np.random.Generator) -> View:
-    """Head pose, jaw and light drawn from ranges a studio rig covers for a frontal camera."""
+    """Head pose, jaw and light drawn from ranges a studio rig covers for a frontal camera (skin tone kept)."""
     light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.3), -1.0])
     light /= np.linalg.norm(light)
     colours = rng.integers(20, 236, size=(2, 3))
@@ -141,8 +158,12 @@ def close_eyes(vertices: np.ndarray, amount: float) -> np.ndarray:
     return v
 
 
-def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, camera: Camera, view: View) -> StudioRender:
-    """Render the textured mesh of one fitted crop under `view` (see the module doc for the steps)."""
+def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, camera: Camera, view: View, shape_landmarks: np.ndarray | None = None) -> StudioRender:
+    """Render the textured mesh of one fitted crop under `view` (see the module doc for the steps).
+
+    `crop` and `landmarks` give the texture, `vertices` (camera-space mm, MediaPipe topology)
+    the shape. They usually come from the same fit; for a mixed identity the shape comes from
+    another portrait, whose landmarks (`shape_landmarks`) set the scale of the output landmarks."""
     import cv2
 
     size = crop.shape[0]
@@ -166,6 +187,7 @@ def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, c
     uv_src = np.vstack([landmarks[:, :2], landmarks[loop, :2].mean(0)])
     uv = r.interpolate(uv_src, tris)  # [S, S, 2]
     tex = cv2.remap(crop, uv[..., 0] - 0.5, uv[..., 1] - 0.5, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    tex *= np.asarray(view.albedo, np.float32)
     nrm = r.interpolate(np.vstack([mesh.vertex_normals(v, np.concatenate([skin, eyes])), -back]), tris)
     nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-6)
     light = -np.asarray(view.light)  # normals point at the camera (-Z); light given towards the light source
@@ -181,7 +203,7 @@ def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, c
     rgb = np.clip(rgb, 0, 255).round().astype(np.uint8)
     mask = (r.face >= 0) & (r.face < n_skin)
     # landmarks of the new view, MediaPipe-style: z in pixels relative to the head centre
-    mm_per_px = EYE_DISTANCE_MM / eye_distance_px(landmarks)
+    mm_per_px = EYE_DISTANCE_MM / eye_distance_px(landmarks if shape_landmarks is None else shape_landmarks)
     z0 = camera.fx * mm_per_px
     lm = np.column_stack([uvz[:n, :2], (uvz[:n, 2] - z0) / mm_per_px]).astype(np.float32)
     return StudioRender(rgb, r.depth, mask, lm)
