@@ -5,15 +5,20 @@ on a grey canvas). "MediaPipe alone" runs exactly the MediaPipe calls prep-depth
 makes per frame (face detection on the frame, face mesh on the crop). "prep-depth"
 runs the library's per-frame path: the same MediaPipe calls in this thread, then
 `fit_and_write` (depth and mask rasterisation, encoding, atomic writes) on the
-background writer: `threads` at a time (prep-depth --threads; 0 = all in this
-thread, no overlap), or in background processes (prep-depth --write-processes).
+background writer, `threads` at a time (prep-depth --threads; 0 = all in this
+thread, no overlap).
+
+One pass is one clip, as prep-depth sees a video: the portraits, `--clip-length`
+frames in turn (default 25, a second of video), then a wait for the last file, as
+at the end of an input. Shorter clips weigh that unoverlapped tail more (1 frame
+= an image input).
 
 All pipelines run side by side in one process, interleaved pass by pass (one pass =
 every frame once), so a busy machine slows them alike; the table gives the median
-pass. CPU ms/frame is the CPU time of this process (all threads) and of its writer
-processes, over all passes, per frame: the work done, whatever the overlap. The per-stage rows time each step alone, serially.
+pass. CPU ms/frame is the CPU time of this process (all threads) over all passes,
+per frame: the work done, whatever the overlap. The per-stage rows time each step alone, serially.
 
-    python benchmarks/bench_prep_depth.py [--size 512] [--repeats 20] [--scratch DIR]
+    python benchmarks/bench_prep_depth.py [--size 512] [--repeats 20] [--clip-length 25] [--scratch DIR]
 
 Prints a Markdown table on stdout and writes it to benchmarks/results/prep_depth.md.
 """
@@ -61,23 +66,14 @@ def mediapipe_pass(items: list[np.ndarray], size: int, margin: float) -> None:
 class PrepPass:
     """prep-depth's per-frame path over all frames, with its own writer and frame counter."""
 
-    def __init__(self, out: Path, size: int, margin: float, rgb_format: str, threads: int, processes: int = 0):
+    def __init__(self, out: Path, size: int, margin: float, rgb_format: str, threads: int):
         from rgbdface.data.prep import PrepConfig
         from rgbdface.data.writer import BackgroundWriter
 
-        self.cfg = PrepConfig(size=size, margin=margin, rgb_format=rgb_format, threads=threads, write_processes=processes)
-        self.writer = BackgroundWriter(threads, processes=processes)
+        self.cfg = PrepConfig(size=size, margin=margin, rgb_format=rgb_format, threads=threads)
+        self.writer = BackgroundWriter(threads)
         self.out, self.n = out, 0
-        self.name = f"{rgb_format}{threads}p{processes}"
-
-    def child_cpu(self) -> float:
-        """CPU seconds used so far by the writer's processes (Linux /proc; 0 without processes)."""
-        pool = self.writer.pool
-        total = 0.0
-        for pid in list(getattr(pool, "_processes", None) or {}):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-        return total
+        self.name = f"{rgb_format}{threads}"
 
     def __call__(self, items: list[np.ndarray]) -> None:
         from rgbdface.data.face import crop_face
@@ -141,6 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--clip-length", type=int, default=25, help="frames per pass (one input); 1 = an image input")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "prep_depth.md")
     ap.add_argument("--scratch", type=Path, default=None,
                     help="folder to write the samples in (a temporary folder inside it, removed afterwards); "
@@ -148,39 +145,36 @@ def main() -> None:
                          "filesystems: the table's header gives the cost measured there")
     args = ap.parse_args()
 
-    items = frames()
+    portraits = frames()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         out = Path(tmp)
         create_ms = file_creation_ms(out)
         pipelines = {"MediaPipe alone (detect + mesh)": lambda it: mediapipe_pass(it, args.size, DEFAULT_MARGIN)}
-        for fmt, threads, procs in (("jpg", 0, 1), ("jpg", 0, 2), ("jpg", 2, 0), ("jpg", 1, 0), ("jpg", 0, 0), ("png", 2, 0)):
-            if procs:
-                overlap = f"{procs} writer process{'es' * (procs > 1)}"
-            else:
-                overlap = f"{threads} writer thread{'s' * (threads > 1)}" if threads else "serial, no writer threads"
-            pipelines[f"prep-depth, RGB as {fmt}, {overlap}"] = PrepPass(out, args.size, DEFAULT_MARGIN, fmt, threads, procs)
+        for fmt, threads in (("jpg", 1), ("jpg", 2), ("jpg", 0), ("png", 1)):
+            overlap = f"{threads} writer thread{'s' * (threads > 1)}" if threads else "serial, no writer threads"
+            pipelines[f"prep-depth, RGB as {fmt}, {overlap}"] = PrepPass(out, args.size, DEFAULT_MARGIN, fmt, threads)
+        clip = [portraits[i % len(portraits)] for i in range(args.clip_length)]
         wall = {name: [] for name in pipelines}
         cpu = {name: 0.0 for name in pipelines}
-        child = lambda fn: fn.child_cpu() if isinstance(fn, PrepPass) else 0.0
         for fn in pipelines.values():
-            fn(items)  # warm up (graphs, caches, thread pools, every writer process started)
+            fn(portraits)  # warm up (graphs, caches, thread pools)
         for _ in range(args.repeats):
             for name, fn in pipelines.items():
-                t0, c0, k0 = time.perf_counter(), time.process_time(), child(fn)
-                fn(items)
-                wall[name].append((time.perf_counter() - t0) / len(items))
-                cpu[name] += time.process_time() - c0 + child(fn) - k0
-        cpu = {name: [c / (args.repeats * len(items))] for name, c in cpu.items()}
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(clip)
+                wall[name].append((time.perf_counter() - t0) / len(clip))
+                cpu[name] += time.process_time() - c0
+        cpu = {name: [c / (args.repeats * len(clip))] for name, c in cpu.items()}
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        stages = stage_times(items, args.size, DEFAULT_MARGIN, out, max(args.repeats // 2, 1))
+        stages = stage_times(portraits, args.size, DEFAULT_MARGIN, out, max(args.repeats // 2, 1))
         for fn in pipelines.values():
             if isinstance(fn, PrepPass):
                 fn.writer.close()
     base = float(np.median(wall["MediaPipe alone (detect + mesh)"]))
     base_cpu = float(np.median(cpu["MediaPipe alone (detect + mesh)"]))
     lines = [
-        f"# prep-depth throughput ({len(items)} frames of 1280x720, crop {args.size}, {args.repeats} interleaved passes)",
+        f"# prep-depth throughput (clips of {args.clip_length} frames of 1280x720 from {len(portraits)} portraits, crop {args.size}, {args.repeats} interleaved passes)",
         "",
         f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores, "
         f"1-minute load average {load:.1f} before the run and {load_end:.1f} after the timed passes (this run adds "

@@ -220,10 +220,10 @@ def test_all_faces_detects_once(monkeypatch, tmp_path, odd_inputs):
     assert len(calls) == 1  # each face is cropped from the one detection
 
 
-def test_writer_threads_or_processes_change_no_file(tmp_path, examples_dir, odd_inputs):
+def test_writer_threads_change_no_file(tmp_path, examples_dir, odd_inputs):
     inputs = [str(examples_dir / "astronaut.jpg"), str(odd_inputs / "twofaces.png"), str(odd_inputs / "noface.png")]
     files = {}
-    for how in (("--threads", "0"), ("--threads", "3"), ("--write-processes", "1")):
+    for how in (("--threads", "0"), ("--threads", "3")):
         out = tmp_path / "-".join(how)
         r = run(*inputs, "-o", str(out), "--size", "128", "--all-faces", "--studio-views", "1", *how, "-q")
         assert r.exit_code == 1 and r.stderr.count("error:") == 1, r.stderr  # the face-less image fails alone
@@ -231,8 +231,6 @@ def test_writer_threads_or_processes_change_no_file(tmp_path, examples_dir, odd_
     first, *others = files.values()
     assert len(first) == 3 * 2 * 4 and all(f == first for f in others)  # 3 faces x (wild + studio) x 4 files
     assert run(inputs[0], "-o", str(tmp_path / "bad"), "--threads", "-1").exit_code == 2
-    r = run(inputs[0], "-o", str(tmp_path / "bad"), "--write-processes", "1", "--workers", "2")
-    assert r.exit_code == 2 and "--write-processes" in r.stderr
 
 
 def test_image_over_the_pixel_limit_is_refused(monkeypatch, tmp_path, examples_dir):
@@ -280,10 +278,10 @@ def test_video_frames_audio_and_smooth_crop(tmp_path, examples_dir):
     r = run(str(video), "-o", str(tmp_path / "ds"), "--size", "128", "--json", "-q")
     assert r.exit_code == 0, r.stderr
     samples = load_manifest(tmp_path / "ds")
-    # background processes write the same files as threads, audio included
-    r = run(str(video), "-o", str(tmp_path / "ds-proc"), "--size", "128", "--write-processes", "2", "-q")
+    # without writer threads, the same files, audio included
+    r = run(str(video), "-o", str(tmp_path / "ds-serial"), "--size", "128", "--threads", "0", "-q")
     assert r.exit_code == 0, r.stderr
-    same = lambda p: p.read_bytes() == (tmp_path / "ds-proc" / p.relative_to(tmp_path / "ds")).read_bytes()
+    same = lambda p: p.read_bytes() == (tmp_path / "ds-serial" / p.relative_to(tmp_path / "ds")).read_bytes()
     written = [p for p in (tmp_path / "ds").rglob("*") if p.suffix in (".jpg", ".png", ".npy", ".wav")]
     assert len(written) == 4 * len(samples) + 1 and all(same(p) for p in written)
     n = round(20 / 30 * 25)  # 30 fps resampled to 25 fps

@@ -62,21 +62,6 @@ def test_writer_is_empty_after_an_error_and_can_discard():
         assert late.cancelled() and w.results() == []
 
 
-def test_writer_processes_run_tasks_elsewhere_in_order():
-    import math
-    import os
-
-    with BackgroundWriter(processes=1, max_pending=2) as w:
-        for _ in range(3):
-            w.submit(os.getpid)
-        w.submit(math.sqrt, 4.0)
-        pids = w.results()
-        assert pids[-1] == 2.0 and len(set(pids[:3])) == 1 and pids[0] != os.getpid()
-        w.submit(math.sqrt, -1.0)
-        with pytest.raises(ValueError, match="math domain"):
-            w.results()
-
-
 def test_depth_only_raster_matches_the_full_one():
     rng = np.random.default_rng(3)
     verts = np.column_stack([rng.uniform(0, 64, 40), rng.uniform(0, 64, 40), rng.uniform(400, 600, 40)])

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, expand_inputs, handle_errors, log, parse_shard, report, take_shard
-from rgbdface.utils import UsageError
 from rgbdface.cli.options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt
 
 
@@ -24,8 +23,7 @@ def prep_depth(
     clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Every face of an image (default: the largest only).")] = False,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0 = in this process).")] = 0,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="Background threads (per worker) that rasterise, encode and write a frame while MediaPipe fits the next; 0 = all in one thread.")] = 2,
-    write_processes: Annotated[int, typer.Option("--write-processes", min=0, help="Rasterise, encode and write in this many background processes instead of threads: they overlap MediaPipe fully (no shared interpreter lock) but take about a second to start, so they pay off on videos and long batches. Not with --workers.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Background threads (per worker) that rasterise, encode and write a frame while MediaPipe fits the next; 0 = all in one thread. More than one pays off only with cores to spare beside MediaPipe's.")] = 1,
     shard: ShardOpt = None,
     export_mesh: Annotated[Optional[str], typer.Option("--export-mesh", help="Also write the fitted mesh with vertex colours: ply, obj or glb.")] = None,
     wav2vec: Annotated[Optional[Path], typer.Option("--wav2vec", help="Local wav2vec2 model folder (safetensors) for per-frame audio features of videos.")] = None,
@@ -48,11 +46,8 @@ def prep_depth(
 
     cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, studio_mix=studio_mix, talking_clips=talking_clips,
                      clip_seconds=clip_seconds, all_faces=all_faces,
-                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads,
-                     write_processes=write_processes)
+                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
     cfg.check()
-    if workers and write_processes:
-        raise UsageError("--workers and --write-processes do not combine: worker processes write on threads of their own; pass one of them")
     index, count = parse_shard(shard)
     paths = take_shard(expand_inputs(inputs, input_suffixes()), index, count)
     if not paths:

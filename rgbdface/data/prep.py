@@ -58,8 +58,7 @@ class PrepConfig:
     rgb_format: str = "jpg"  # "jpg" (quality 95) or "png"
     identity_from: str = "stem"  # "stem": the file name; "parent": its folder's name
     seed: int = 0  # studio views are drawn from (seed, input)
-    threads: int = 2  # background threads that rasterise, encode and write while MediaPipe runs
-    write_processes: int = 0  # > 0: background processes instead of threads (one pool for the whole run)
+    threads: int = 1  # background threads that rasterise, encode and write while MediaPipe runs (1 beats 2 on 2 cores: benchmarks/)
 
     def check(self) -> None:
         if self.size < 64:
@@ -76,8 +75,6 @@ class PrepConfig:
             raise UsageError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
         if self.threads < 0:
             raise UsageError(f"--threads {self.threads}: must be >= 0")
-        if self.write_processes < 0:
-            raise UsageError(f"--write-processes {self.write_processes}: must be >= 0")
         if exists(self.export_mesh) and self.export_mesh not in MESH_FORMATS:
             raise UsageError(f"--export-mesh {self.export_mesh}: expected one of {', '.join(MESH_FORMATS)}")
         if self.fps <= 0:
@@ -444,9 +441,8 @@ def prepare_dataset(
     t0 = time.perf_counter()
     summary = Summary()
     jobs = [(Path(p), root, cfg, overwrite) for p in inputs]
-    # one writer pool for the whole run (processes are worth starting once, not per input);
-    # worker processes (--workers) keep threads of their own
-    with BackgroundWriter(cfg.threads, processes=cfg.write_processes) as writer:
+    # one writer for the whole run; worker processes (--workers) have their own per input
+    with BackgroundWriter(cfg.threads) as writer:
         if workers > 0 and len(jobs) > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor

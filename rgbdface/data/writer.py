@@ -1,40 +1,30 @@
-"""Background work for prep-depth: rasterising, rendering, encoding and writing on a pool.
+"""Background work for prep-depth: rasterising, rendering, encoding and writing on a thread pool.
 
-The caller runs MediaPipe on frame i + 1 while the pool turns frame i into files.
-On threads, NumPy, OpenCV and zlib release the GIL for their heavy parts, but the
-many small steps between them still take turns with the caller's Python; on
-processes (spawned, so MediaPipe's native threads are never forked) the two
-overlap fully, at the price of starting the processes (about a second) and of
-copying each frame to them. Each file is still written atomically by its task;
+The caller runs MediaPipe on frame i + 1 while threads turn frame i into files:
+NumPy, OpenCV and zlib release the GIL for their heavy parts, so on a multi-core
+machine the two overlap. Each file is still written atomically by its task;
 `results()` waits for every task and raises the first error in submission order,
-so an input's rows file (written after it) stays the last thing written.
+so an input's rows file (written after it) stays the last thing written. One
+writer serves a whole run, input after input.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 
 class BackgroundWriter:
-    """A small pool with a bound on queued work (so frames do not pile up in memory).
+    """A small thread pool with a bound on queued work (so frames do not pile up in memory).
 
     threads = 0 runs every task at once in the caller's thread (same results, no overlap).
-    processes > 0 uses that many worker processes instead of threads: tasks and their
-    arguments must then be picklable (module-level functions, arrays, dataclasses).
     """
 
-    def __init__(self, threads: int = 2, max_pending: int = 8, processes: int = 0):
-        if threads < 0 or processes < 0 or max_pending < 1:
-            raise ValueError(f"threads and processes must be >= 0 and max_pending >= 1, got {threads}, {processes}, {max_pending}")
-        self.pool: Executor | None = None
-        if processes:
-            import multiprocessing as mp
-
-            self.pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"))
-        elif threads:
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rgbdface-write")
+    def __init__(self, threads: int = 2, max_pending: int = 8):
+        if threads < 0 or max_pending < 1:
+            raise ValueError(f"threads must be >= 0 and max_pending >= 1, got {threads}, {max_pending}")
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rgbdface-write") if threads else None
         self.max_pending = max_pending
         self.futures: list[Future] = []
         self._pending: deque[Future] = deque()
