@@ -160,3 +160,29 @@ def test_eval_scores_the_model_on_a_dataset(tiny_masked_model_dir, portrait_data
     assert r.exit_code == 0, r.stderr
     row = json.loads(r.stdout)  # one method: its report
     assert row["n_images"] == 2 and 0 <= row["delta1"] <= 1 and row["abs_rel"] > 0
+
+
+def test_a_model_names_its_own_depth_steps(tiny_masked_model, prepared, monkeypatch):
+    from rgbdface.pipelines.depth import DEFAULT_DEPTH_STEPS, estimate_depth_crop
+
+    crop = prepared[0].crop.image[::4, ::4].copy()
+    seen, calls = [], []
+    original_step = tiny_masked_model.masked.forward
+
+    def counting(*a, **k):
+        calls.append(1)
+        return original_step(*a, **k)
+
+    monkeypatch.setattr(tiny_masked_model.masked, "forward", counting)
+    estimate_depth_crop(tiny_masked_model, crop)
+    seen.append(len(calls))
+    monkeypatch.setattr(tiny_masked_model.meta, "depth_steps", 2)
+    calls.clear()
+    default = estimate_depth_crop(tiny_masked_model, crop)
+    seen.append(len(calls))
+    calls.clear()
+    explicit = estimate_depth_crop(tiny_masked_model, crop, steps=3)
+    seen.append(len(calls))
+    assert seen == [DEFAULT_DEPTH_STEPS, 2, 3]  # one denoiser call per step (no guidance)
+    assert not np.array_equal(explicit, default)
+    np.testing.assert_array_equal(default, estimate_depth_crop(tiny_masked_model, crop, steps=2))

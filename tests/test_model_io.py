@@ -116,3 +116,20 @@ def test_half_weights_load_as_float32_of_the_half_values(tiny_model, tmp_path):
     for (k, v), (k2, v2) in zip(tiny_model.state_dict().items(), loaded.state_dict().items()):
         assert v2.dtype == v.dtype and torch.equal(v2, v.half().to(v.dtype) if v.is_floating_point() else v), k
     assert np.isfinite(generate(loaded, _ref(), steps=2).depth).all()
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "euler"])
+def test_sampling_starts_at_pure_noise_level(tiny_model, name):
+    """Trailing spacing: the first step is t = T - 1 (where training put pure noise), for any step count."""
+    T = tiny_model.scheduler_config["num_train_timesteps"]
+    for steps in (1, 4, 10):
+        s = tiny_model.sampling_scheduler(name)
+        s.set_timesteps(steps)
+        assert len(s.timesteps) == steps and int(s.timesteps[0]) == T - 1
+
+
+def test_a_schedule_that_names_its_spacing_keeps_it(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model, "scheduler_config", dict(tiny_model.scheduler_config, timestep_spacing="leading"))
+    s = tiny_model.sampling_scheduler("ddim")
+    s.set_timesteps(10)
+    assert int(s.timesteps[0]) == 901  # leading: 900 + steps_offset 1

@@ -13,7 +13,7 @@ import typer
 from rgbdface.cli.common import (ReportingCommand, error_line, expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, report,
                                  take_shard, write_all)
 from rgbdface.cli.options import (
-    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, StepsOpt,
+    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt,
 )
 from rgbdface.utils import InputError
 
@@ -49,7 +49,7 @@ def estimate_depth_command(
     uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Also write STEM_uncertainty.npy: the ensemble's spread (scaled MAD) in the PNG's units. Needs --ensemble N > 1.")] = False,
     mesh: Annotated[Optional[str], typer.Option("--mesh", metavar="PATH|FORMAT", help="Also write a coloured triangle mesh of the depth: a file (.ply, .obj, .glb; single input) or a format (ply, obj, glb) for STEM.FORMAT beside each depth. Orthographic camera in pixels: x right, y up, z toward the viewer (see `man rgbdface-estimate-depth`).")] = None,
     relief: Annotated[float, typer.Option("--relief", help="Mesh relief: the face's depth range spans this fraction of its width (as for relight).")] = 0.5,
-    steps: StepsOpt = 25,
+    steps: DepthStepsOpt = None,
     seed: SeedOpt = 0,
     scheduler: SchedulerOpt = "ddim",
     guidance: GuidanceOpt = 1.0,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
-from rgbdface.cli.options import DeviceOpt, FormatOpt, JsonOpt, QuietOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import DepthStepsOpt, DeviceOpt, FormatOpt, JsonOpt, QuietOpt, SeedOpt
 
 if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
@@ -38,7 +38,7 @@ def eval_command(
     data: DataOpt = None,
     method: MethodOpt = None,
     source: SourceOpt = "studio",
-    steps: StepsOpt = 10,
+    steps: DepthStepsOpt = None,
     ensemble: Annotated[int, typer.Option("--ensemble", min=1, help="With --method model: ensemble size.")] = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",

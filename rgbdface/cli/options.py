@@ -15,6 +15,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA if availa
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="'auto' (fp16 autocast on CUDA, float32 on CPU), 'fp32', 'fp16' or 'bf16'.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Number of denoising steps.")]
+DepthStepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, show_default=False,
+                                                      help="Denoising steps of the depth estimate [default: the model's own (its depth_steps; the bundled model: 1), else 25].")]
 SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: 'ddim' or any diffusers scheduler class name (e.g. DPMSolverMultistepScheduler).")]
 GuidanceOpt = Annotated[float, typer.Option("--guidance", min=1.0, help="Classifier-free guidance scale on the reference (1 = off).")]
 OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]

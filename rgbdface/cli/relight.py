@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report, write_all
 from rgbdface.cli.estimate_depth import EnsembleOpt
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import DepthStepsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +35,7 @@ def relight_command(
     normals: NormalsOpt = None,
     shading: ShadingOpt = None,
     model: ModelOpt = None,
-    steps: StepsOpt = 25,
+    steps: DepthStepsOpt = None,
     seed: SeedOpt = 0,
     scheduler: SchedulerOpt = "ddim",
     ensemble: EnsembleOpt = 1,
@@ -113,7 +113,7 @@ def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | N
     return d
 
 
-def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int = 25, seed: int = 0,
+def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int | None = None, seed: int = 0,
                            scheduler: str = "ddim", ensemble: int = 1, device: str = "auto", dtype: str = "auto",
                            quiet: bool = False) -> "np.ndarray":
     """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size,

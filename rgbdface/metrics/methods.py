@@ -104,7 +104,7 @@ def mean_face_method(reference_samples, label: str = "mean-face", exclude_identi
     return Method(label, predict)
 
 
-def model_method(model_dir: str | None, device: str = "cpu", steps: int = 10, ensemble: int = 1, seed: int = 0) -> Method:
+def model_method(model_dir: str | None, device: str = "cpu", steps: int | None = None, ensemble: int = 1, seed: int = 0) -> Method:
     """The model's image → depth on the crop, unmasked so that it covers every evaluated pixel."""
     from rgbdface.models.model import load_model
     from rgbdface.pipelines.depth import estimate_depth_crop
@@ -119,7 +119,7 @@ def model_method(model_dir: str | None, device: str = "cpu", steps: int = 10, en
     return Method(f"model:{model_dir}" if model_dir else "model (bundled)", predict)
 
 
-def build_methods(specs: list[str], samples, device: str = "cpu", steps: int = 10, ensemble: int = 1, seed: int = 0) -> list[Method]:
+def build_methods(specs: list[str], samples, device: str = "cpu", steps: int | None = None, ensemble: int = 1, seed: int = 0) -> list[Method]:
     methods = []
     for spec in specs:
         name, arg = parse_method(spec)

@@ -23,6 +23,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -52,6 +53,7 @@ class ModelMeta:
     image_size: int = 512  # pixels per side of the square face crop
     crop_margin: float = DEFAULT_MARGIN  # face-crop margin of the training data (dataset.json); inputs are cropped with it
     known_latents: str = "noised"  # stage 2: kept cells enter the noisy slots forward-diffused ("noised") or as is ("clean")
+    depth_steps: Optional[int] = None  # image → depth denoising steps when the caller names none (None: 25)
     latent_channels: int = 4
     depth: DepthConvention = field(default_factory=DepthConvention)
     base: str = ""  # what stage 0 was built from
@@ -166,7 +168,12 @@ class RGBDFaceModel(nn.Module):
         return DDPMScheduler.from_config(self.scheduler_config)
 
     def sampling_scheduler(self, name: str = "ddim"):
-        """'ddim', 'ddpm', or any diffusers scheduler class name, configured from the training schedule."""
+        """'ddim', 'ddpm', or any diffusers scheduler class name, configured from the training schedule.
+
+        Sampling steps are spaced "trailing" (the first step at t = T - 1, where training put pure
+        noise; as Marigold samples) unless the model's schedule names a spacing: diffusers'
+        default "leading" spacing starts at T - T/steps, a noise level the model never saw for
+        pure noise, and with one step it would start at t = 1."""
         import diffusers
 
         aliases = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm": "DPMSolverMultistepScheduler",
@@ -175,7 +182,7 @@ class RGBDFaceModel(nn.Module):
         cls = getattr(diffusers, cls_name, None)
         if cls is None or not hasattr(cls, "from_config") or not cls_name.endswith("Scheduler"):
             raise UsageError(f"--scheduler {name}: unknown scheduler; use ddim, ddpm, dpm, euler, unipc or a diffusers scheduler class name")
-        return cls.from_config(self.scheduler_config)
+        return cls.from_config({"timestep_spacing": "trailing", **self.scheduler_config})
 
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | Path, half: bool = False) -> Path:

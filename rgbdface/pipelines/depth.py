@@ -102,6 +102,16 @@ def prepare_depth_input(image: np.ndarray, name: str = "image", crop_size: int =
     return DepthInput(image=image, crop=crop, mask=face_region_mask(crop), name=name, margin=margin)
 
 
+DEFAULT_DEPTH_STEPS = 25
+
+
+def depth_steps(model: RGBDFaceModel, steps: int | None) -> int:
+    """The steps asked for, else the model's own choice (`meta.depth_steps`), else DEFAULT_DEPTH_STEPS."""
+    if steps is not None:
+        return steps
+    return model.meta.depth_steps or DEFAULT_DEPTH_STEPS
+
+
 def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput] | None, steps: int, ensemble: int, guidance: float, reference: str) -> None:
     """Raise on a model without stage 2 (InputError) or a bad argument (ValueError naming it); inputs=None skips them."""
     model.require_stage(2, "depth estimation")
@@ -127,7 +137,7 @@ def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput] | None, steps: i
 def estimate_depths(
     model: RGBDFaceModel,
     inputs: list[DepthInput],
-    steps: int = 25,
+    steps: int | None = None,
     seed: int = 0,
     scheduler: str = "ddim",
     ensemble: int = 1,
@@ -137,9 +147,11 @@ def estimate_depths(
 ) -> list[DepthResult]:
     """Estimate the depth of several prepared images in one batch (B images × `ensemble` members).
 
-    An image's depth does not depend on the batch it is in (see `sample_depth`).
+    An image's depth does not depend on the batch it is in (see `sample_depth`). steps=None: the
+    model's `meta.depth_steps`, else 25.
     """
     # 1. Check inputs
+    steps = depth_steps(model, steps)
     check_inputs(model, inputs, steps, ensemble, guidance, reference)
 
     # 2.–4. Sample the ensemble members in the crop frame
@@ -208,7 +220,7 @@ def estimate_depth(model: RGBDFaceModel, image: np.ndarray, name: str = "image",
     return estimate_depths(model, [prepare_depth_input(image, name, margin=model.meta.crop_margin)], **kwargs)[0]
 
 
-def estimate_depth_crop(model: RGBDFaceModel, crop: np.ndarray, steps: int = 25, seed: int = 0, scheduler: str = "ddim",
+def estimate_depth_crop(model: RGBDFaceModel, crop: np.ndarray, steps: int | None = None, seed: int = 0, scheduler: str = "ddim",
                         ensemble: int = 1, guidance: float = 1.0, reference: str = "median") -> np.ndarray:
     """Depth [S, S] float32 in [-1, 1] of an image that is already a face crop (uint8 RGB [S, S, 3]), over the whole crop.
 
@@ -219,6 +231,7 @@ def estimate_depth_crop(model: RGBDFaceModel, crop: np.ndarray, steps: int = 25,
     crop = np.asarray(crop)
     if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1]:
         raise ValueError(f"crop must be a square uint8 RGB array [S, S, 3], got {crop.dtype} {crop.shape}")
+    steps = depth_steps(model, steps)
     check_inputs(model, None, steps, ensemble, guidance, reference)
     members = sample_depth(model, [crop], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)[0]
     depth = ensemble_depth(members, reference=reference).depth  # [s, s]
