@@ -307,6 +307,60 @@ def test_single_sample_identities(tmp_path):
     assert item["mirrored"] and torch.equal(item["reference"], item["rgb"].flip(-1))
 
 
+def test_hflip_mirrors_target_depth_and_reference_together(tmp_path):
+    from rgbdface.training.data import ImageStream, LatentSpec, read_samples
+
+    samples = read_samples(make_dataset(tmp_path / "d", identities=2, frames=3, single=["person1"]))
+    spec = LatentSpec(32, 4, 8, 1000)
+    plain, half = ImageStream(samples, spec, 0, None, "mirror"), ImageStream(samples, spec, 0, None, "mirror", hflip=0.5)
+    flips = [half[n]["flipped"] for n in range(40)]
+    assert 8 < sum(flips) < 32  # about half
+    for n in range(12):
+        a, b = plain[n], half[n]
+        assert a["index"] == b["index"] and a["ref_index"] == b["ref_index"] and not a["flipped"]
+        f = (lambda x: x.flip(-1)) if b["flipped"] else (lambda x: x)
+        assert torch.equal(b["rgb"], f(a["rgb"])) and torch.equal(b["depth"], f(a["depth"]))
+        assert torch.equal(b["reference"], f(a["reference"]))  # a lone identity's mirrored reference flips back
+        assert torch.equal(b["noise"], a["noise"])
+
+
+def test_flipped_samples_have_cached_latents_of_their_own(tiny_model, tmp_path):
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import ImageStream, LatentSpec, collate, read_samples
+    from rgbdface.training.objectives import make_objective
+
+    samples = read_samples(make_dataset(tmp_path / "d", identities=1, frames=2))
+    cfg = resolve_config(1, "tiny", ["data.cache_latents=true", "data.hflip=1.0"])
+    stream = ImageStream(samples, LatentSpec(32, 4, 8, 1000), 0, None, hflip=1.0)
+    plain = ImageStream(samples, LatentSpec(32, 4, 8, 1000), 0, None)
+    obj = make_objective(tiny_model, cfg)
+    with torch.no_grad():
+        obj(collate([stream[0]]))
+        obj(collate([plain[0]]))
+    i = stream[0]["index"]
+    flipped, unflipped = obj.cache[("rgb", (i, True))], obj.cache[("rgb", (i, False))]
+    assert not torch.allclose(flipped, unflipped)
+    np.testing.assert_allclose(flipped.numpy(), tiny_model.codec.encode_rgb(stream[0]["rgb"][None])[0].numpy(), atol=1e-5)
+
+
+def test_self_reference_only_where_the_rgb_is_kept(tmp_path):
+    from rgbdface.training.data import ImageStream, LatentSpec, read_samples
+    from rgbdface.training.masks import MaskSampler
+
+    samples = read_samples(make_dataset(tmp_path / "d", identities=2, frames=3))
+    spec = LatentSpec(32, 4, 8, 1000)
+    i2d = ImageStream(samples, spec, 0, None, mask_sampler=MaskSampler(0.0, 1.0, 0.0, 0.0), hflip=0.5, self_reference=1.0)
+    for n in range(10):
+        item = i2d[n]
+        assert item["ref_index"] == item["index"] and not item["mirrored"] and not item["m_rgb"].any()
+        assert torch.equal(item["reference"], item["rgb"])  # flipped with it when the sample is flipped
+    joint = ImageStream(samples, spec, 0, None, mask_sampler=MaskSampler(1.0, 0.0, 0.0, 0.0), self_reference=1.0)
+    assert all(joint[n]["ref_index"] != joint[n]["index"] for n in range(10))  # the RGB is generated: never its own image
+    half = ImageStream(samples, spec, 0, None, mask_sampler=MaskSampler(0.0, 1.0, 0.0, 0.0), self_reference=0.5)
+    own = sum(half[n]["ref_index"] == half[n]["index"] for n in range(40))
+    assert 8 < own < 32
+
+
 def test_mask_kinds_follow_their_probabilities():
     from rgbdface.training.masks import MaskSampler
 

@@ -46,6 +46,7 @@ class DataConfig:
     studio_fraction: Optional[float] = None  # share of samples drawn from studio data (None = as in the dataset)
     single_sample: str = "skip"  # identity with one sample (no other view for the reference): skip | error | mirror
     cache_latents: bool = False  # keep each sample's VAE latents in memory after first use (small datasets)
+    hflip: float = 0.0  # stages 1-2: per-sample probability of mirroring target, depth and reference together
     num_workers: int = 0  # data-loading worker processes per training process
 
 
@@ -77,6 +78,7 @@ class MaskConfig:
     # at every noise level (conditioning style); recorded in the model, sampling follows it.
     known_latents: str = "noised"
     own_reference: bool = False  # fine-tune a copy of the ReferenceNet too (else it stays frozen and shared)
+    self_reference: float = 0.0  # image -> depth samples: probability that the reference is the sample's own image
 
 
 @dataclass
@@ -279,6 +281,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (cfg.precision.mixed_precision in ("auto", "no", "fp16", "bf16"),
          f"precision.mixed_precision must be auto, no, fp16 or bf16, got {cfg.precision.mixed_precision!r}"),
+        (0 <= cfg.data.hflip <= 1, f"data.hflip must be in [0, 1], got {cfg.data.hflip}"),
         (0 <= cfg.loss.reference_dropout <= 1, f"loss.reference_dropout must be in [0, 1], got {cfg.loss.reference_dropout}"),
         (cfg.loss.depth_weight >= 0 and cfg.loss.depth_background_weight >= 0, "loss weights must be >= 0"),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),
@@ -292,6 +295,7 @@ def validate(cfg: RunConfig) -> None:
         checks += [
             (all(p >= 0 for p in ps) and sum(ps) > 0, "masks.p_* must be >= 0 and not all 0"),
             (m.known_weight >= 0, "masks.known_weight must be >= 0"),
+        (0 <= m.self_reference <= 1, f"masks.self_reference must be in [0, 1], got {m.self_reference}"),
             (m.known_latents in ("noised", "clean"), "masks.known_latents must be 'noised' or 'clean'"),
             (0 < m.box_min <= m.box_max <= 1, f"masks.box_min/box_max must satisfy 0 < min <= max <= 1, got {m.box_min}/{m.box_max}"),
         ]

@@ -27,7 +27,7 @@ from rgbdface.utils import InputError
 log = logging.getLogger("rgbdface.training")
 
 # Salts keep the independent draws for one sample apart.
-SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP = range(6)
+SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF = range(8)
 
 
 def read_samples(dataset: str | Path) -> list:
@@ -141,12 +141,20 @@ class ImageStream(torch.utils.data.Dataset):
 
     The reference is another sample of the same identity (never the target itself). An identity
     with one sample only is skipped with a warning (`data.single_sample=skip`), rejected
-    (`error`), or uses its mirrored image as the other view (`mirror`).
+    (`error`), or uses its mirrored image as the other view (`mirror`). With probability
+    `hflip` a sample is mirrored left-right as a whole (target RGB, depth and reference): the
+    mirror image of a face is another plausible face with its mirrored depth (the crop's
+    principal point is its centre), and it balances head turns to either side. With
+    probability `self_reference`, a stage-2 sample whose RGB is wholly kept (image → depth)
+    takes its own image as the reference, as depth estimation does at inference: the
+    reference then tells nothing the kept RGB does not.
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
-                 single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None):
-        self.samples, self.spec, self.seed = samples, spec, seed
+                 single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None, hflip: float = 0.0,
+                 self_reference: float = 0.0):
+        self.samples, self.spec, self.seed, self.hflip = samples, spec, seed, hflip
+        self.self_reference = self_reference
         self.reference_dropout, self.mask_sampler = reference_dropout, mask_sampler
         by_id: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
@@ -184,21 +192,28 @@ class ImageStream(torch.utils.data.Dataset):
         i = self.order(n)
         j, mirrored = self.reference_of(n, i)
         s, r = self.samples[i], self.samples[j]
-        ref = load_rgb(r.rgb, spec.image_size)
-        if mirrored:  # the other "view" of a single image: its mirror image, never the target pixels
+        flip = self.hflip > 0 and bool(rng_for(self.seed, SALT_FLIP, n).random() < self.hflip)
+        rgb, depth, ref = load_rgb(s.rgb, spec.image_size), load_depth_map(s.depth, spec.image_size), load_rgb(r.rgb, spec.image_size)
+        if flip:
+            rgb, depth = rgb.flip(-1), depth.flip(-1)
+        if mirrored != flip:  # a single image's other "view" is its mirror image (never the target pixels); a flip mirrors it too
             ref = ref.flip(-1)
+        masks = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size) if self.mask_sampler is not None else None
+        if (masks is not None and self.self_reference > 0 and not masks[0].any()
+                and rng_for(self.seed, SALT_SELF, n).random() < self.self_reference):
+            j, mirrored, ref = i, False, rgb  # image → depth: its own (possibly flipped) image, as at inference
         keep = bool(rng_for(self.seed, SALT_KEEP, n).random() >= self.reference_dropout)
         noise, t = noise_and_timestep(self.seed, n, (2 * spec.latent_channels, spec.latent_size, spec.latent_size),
                                       spec.num_train_timesteps)
         item = {
-            "n": n, "index": i, "ref_index": j, "mirrored": mirrored,
-            "rgb": load_rgb(s.rgb, spec.image_size),  # [3, S, S] in [-1, 1]
-            "depth": load_depth_map(s.depth, spec.image_size),  # [1, S, S], 0 = invalid
+            "n": n, "index": i, "ref_index": j, "mirrored": mirrored, "flipped": flip,
+            "rgb": rgb,  # [3, S, S] in [-1, 1]
+            "depth": depth,  # [1, S, S], 0 = invalid
             "reference": ref,  # [3, S, S]
             "keep": keep, "noise": noise, "timestep": t,
         }
-        if self.mask_sampler is not None:
-            item["m_rgb"], item["m_depth"] = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size)
+        if masks is not None:
+            item["m_rgb"], item["m_depth"] = masks
         return item
 
 
