@@ -26,17 +26,28 @@ def default(x: Any, d: Any) -> Any:
     return x if x is not None else d
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file here (mkstemp gives 0600)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`.
 
     Readers never see a half-written file: on any exception the temporary file
-    is removed and `path` is left as it was.
+    is removed and `path` is left as it was. The file gets the permissions a plain
+    open() would give it (the umask's), not the temporary file's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = default(suffix, path.suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(tmp)
     try:

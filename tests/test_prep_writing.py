@@ -147,3 +147,18 @@ def test_raster_matches_a_triangle_by_triangle_reference(seed):
     # perspective-correct barycentrics interpolate the corners' Z back to the pixel's depth
     z = np.einsum("pk,pk->p", r.bary[r.covered], verts[tris[r.face[r.covered]], 2])
     np.testing.assert_allclose(z, r.depth[r.covered], rtol=1e-5)
+
+
+def test_atomic_files_get_the_umask_permissions_not_the_temporary_ones(tmp_path):
+    import os
+    import stat
+
+    from rgbdface.utils import atomic_path, atomic_write_bytes
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")  # what open() gives a new file under this process's umask
+    with atomic_path(tmp_path / "a.png") as tmp:
+        tmp.write_bytes(b"y")
+    atomic_write_bytes(tmp_path / "b.png", b"z")
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (plain, tmp_path / "a.png", tmp_path / "b.png")}
+    assert len(modes) == 1 and modes != {0o600} or os.umask(os.umask(0)) == 0o177
