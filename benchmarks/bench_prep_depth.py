@@ -165,14 +165,14 @@ def main() -> None:
                 fn(clip)
                 wall[name].append((time.perf_counter() - t0) / len(clip))
                 cpu[name] += time.process_time() - c0
-        cpu = {name: [c / (args.repeats * len(clip))] for name, c in cpu.items()}
+        cpu = {name: c / (args.repeats * len(clip)) for name, c in cpu.items()}  # seconds per frame, all passes
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         stages = stage_times(portraits, args.size, DEFAULT_MARGIN, out, max(args.repeats // 2, 1))
         for fn in pipelines.values():
             if isinstance(fn, PrepPass):
                 fn.writer.close()
     base = float(np.median(wall["MediaPipe alone (detect + mesh)"]))
-    base_cpu = float(np.median(cpu["MediaPipe alone (detect + mesh)"]))
+    base_cpu = cpu["MediaPipe alone (detect + mesh)"]
     lines = [
         f"# prep-depth throughput (clips of {args.clip_length} frames of 1280x720 from {len(portraits)} portraits, crop {args.size}, {args.repeats} interleaved passes)",
         "",
@@ -188,7 +188,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in pipelines:
-        ms, c = 1000 * float(np.median(wall[name])), 1000 * float(np.median(cpu[name]))
+        ms, c = 1000 * float(np.median(wall[name])), 1000 * cpu[name]
         over = "-" if name.startswith("MediaPipe") else f"{(ms / 1000 / base - 1) * 100:+.0f}%"
         cover = "-" if name.startswith("MediaPipe") else f"{(c / 1000 / base_cpu - 1) * 100:+.0f}%"
         lines.append(f"| {name} | {1000 / ms:.1f} | {ms:.1f} | {over} | {c:.1f} | {cover} |")
@@ -196,7 +196,7 @@ def main() -> None:
     lines += [f"| {name} | {ms:.2f} |" for name, ms in stages]
     best = min(float(np.median(wall[n])) for n in pipelines if not n.startswith("MediaPipe"))
     verdict = "met" if (best / base - 1) * 100 <= GOAL else "not met"
-    best_cpu = min(float(np.median(cpu[n])) for n in pipelines if not n.startswith("MediaPipe"))
+    best_cpu = min(cpu[n] for n in pipelines if not n.startswith("MediaPipe"))
     lines += ["", f"Goal: cropping, rasterising and writing add at most {GOAL:.0f}% on top of MediaPipe (wall clock): "
               f"{verdict} in this run (best {(best / base - 1) * 100:+.0f}% wall, {(best_cpu / base_cpu - 1) * 100:+.0f}% CPU)."]
     text = "\n".join(lines) + "\n"

@@ -296,9 +296,7 @@ def prepare_mix(key: str, shape: dict, texture: dict, root: Path, cfg: PrepConfi
         error = f"{name}: cannot read {e.filename or 'a fitted sample'} ({e.strerror or e}); re-run prep-depth on that portrait with --overwrite"
         return InputResult(name, "failed", error=error, seconds=time.perf_counter() - t0)
     except Exception as e:  # a broken sample file must not stop the other pairs
-        if os.environ.get("RGBDFACE_DEBUG"):
-            raise
-        return InputResult(name, "failed", error=str(e) if isinstance(e, InputError) else f"{name}: {type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+        return _failed(name, e, t0)
 
 
 # --- one input -------------------------------------------------------------------------
@@ -409,12 +407,16 @@ def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = Fal
         rows = [make() for make in makers]
         manifest.write_rows(root, key, rows)  # ... before the rows file that marks the input done
         return InputResult(str(path), "done", samples=len(rows), frames=frames, seconds=time.perf_counter() - t0)
-    except InputError as e:
-        return InputResult(str(path), "failed", error=str(e), seconds=time.perf_counter() - t0)
-    except Exception as e:  # one bad file must not stop the batch; RGBDFACE_DEBUG shows the traceback
-        if os.environ.get("RGBDFACE_DEBUG"):
-            raise
-        return InputResult(str(path), "failed", error=f"{path}: {type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+    except Exception as e:  # one bad file must not stop the batch
+        return _failed(str(path), e, t0)
+
+
+def _failed(name: str, e: Exception, t0: float) -> InputResult:
+    """A failed input's result: an InputError's own message, else the error named (RGBDFACE_DEBUG re-raises it)."""
+    if not isinstance(e, InputError) and os.environ.get("RGBDFACE_DEBUG"):
+        raise e
+    error = str(e) if isinstance(e, InputError) else f"{name}: {type(e).__name__}: {e}"
+    return InputResult(name, "failed", error=error, seconds=time.perf_counter() - t0)
 
 
 def _prepare_input_star(args) -> InputResult:

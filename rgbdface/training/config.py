@@ -295,7 +295,7 @@ def validate(cfg: RunConfig) -> None:
         checks += [
             (all(p >= 0 for p in ps) and sum(ps) > 0, "masks.p_* must be >= 0 and not all 0"),
             (m.known_weight >= 0, "masks.known_weight must be >= 0"),
-        (0 <= m.self_reference <= 1, f"masks.self_reference must be in [0, 1], got {m.self_reference}"),
+            (0 <= m.self_reference <= 1, f"masks.self_reference must be in [0, 1], got {m.self_reference}"),
             (m.known_latents in ("noised", "clean"), "masks.known_latents must be 'noised' or 'clean'"),
             (0 < m.box_min <= m.box_max <= 1, f"masks.box_min/box_max must satisfy 0 < min <= max <= 1, got {m.box_min}/{m.box_max}"),
         ]

@@ -191,17 +191,19 @@ class ImageStream(torch.utils.data.Dataset):
         spec = self.spec
         i = self.order(n)
         j, mirrored = self.reference_of(n, i)
-        s, r = self.samples[i], self.samples[j]
+        s = self.samples[i]
         flip = self.hflip > 0 and bool(rng_for(self.seed, SALT_FLIP, n).random() < self.hflip)
-        rgb, depth, ref = load_rgb(s.rgb, spec.image_size), load_depth_map(s.depth, spec.image_size), load_rgb(r.rgb, spec.image_size)
+        rgb, depth = load_rgb(s.rgb, spec.image_size), load_depth_map(s.depth, spec.image_size)
         if flip:
             rgb, depth = rgb.flip(-1), depth.flip(-1)
-        if mirrored != flip:  # a single image's other "view" is its mirror image (never the target pixels); a flip mirrors it too
-            ref = ref.flip(-1)
         masks = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size) if self.mask_sampler is not None else None
         if (masks is not None and self.self_reference > 0 and not masks[0].any()
                 and rng_for(self.seed, SALT_SELF, n).random() < self.self_reference):
             j, mirrored, ref = i, False, rgb  # image → depth: its own (possibly flipped) image, as at inference
+        else:
+            ref = load_rgb(self.samples[j].rgb, spec.image_size)
+            if mirrored != flip:  # a single image's other "view" is its mirror image (never the target pixels); a flip mirrors it too
+                ref = ref.flip(-1)
         keep = bool(rng_for(self.seed, SALT_KEEP, n).random() >= self.reference_dropout)
         noise, t = noise_and_timestep(self.seed, n, (2 * spec.latent_channels, spec.latent_size, spec.latent_size),
                                       spec.num_train_timesteps)

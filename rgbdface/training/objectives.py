@@ -176,9 +176,8 @@ class JointObjective(Objective):
         model, c = self.model, self.model.meta.latent_channels
         dev = model.device
         # 1. Latents of target RGB, target depth and reference (VAE, frozen)
-        flipped = [bool(f) for f in batch["flipped"]] if "flipped" in batch else [False] * len(batch["index"])
-        keys = [(int(i), f) for i, f in zip(batch["index"], flipped)]  # a mirrored sample has latents of its own
-        ref_keys = [(int(j), bool(m) != f) for j, m, f in zip(batch["ref_index"], batch["mirrored"], flipped)]
+        keys = [(int(i), bool(f)) for i, f in zip(batch["index"], batch["flipped"])]  # a mirrored sample has latents of its own
+        ref_keys = [(int(j), bool(m) != bool(f)) for j, m, f in zip(batch["ref_index"], batch["mirrored"], batch["flipped"])]
         z_rgb = self._encode("rgb", batch["rgb"], keys)  # [B, C, h, w]
         z_depth = self._encode("depth", batch["depth"], keys)  # [B, C, h, w]
         z_ref = self._encode("reference", batch["reference"], ref_keys)  # [B, C, h, w]
