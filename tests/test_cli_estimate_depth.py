@@ -137,3 +137,20 @@ def test_usage_errors(tiny_masked_model_dir, many, tmp_path):
     assert r.exit_code == 2
     r = run([many[0], many[0].with_name("p0.png"), "-o", tmp_path / "o"], tiny_masked_model_dir)
     assert r.exit_code == 2 and "both write" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_flip_option_matches_the_library(tiny_masked_model_dir, portrait_path, tmp_path):
+    from rgbdface.data.io import load_image
+    from rgbdface.models.model import load_model
+    from rgbdface.pipelines.depth import estimate_depth
+
+    model = load_model(tiny_masked_model_dir)
+    image = load_image(portrait_path)
+    outs = {}
+    for opt in ("--flip", "--no-flip"):
+        r = run([portrait_path, "-o", tmp_path / f"{opt}.png", opt], tiny_masked_model_dir)
+        assert r.exit_code == 0, r.output
+        outs[opt] = iio.imread(tmp_path / f"{opt}.png")
+        want = estimate_depth(model, image, steps=1, flip=opt == "--flip").to_u16()
+        assert np.abs(outs[opt].astype(int) - want.astype(int)).max() <= 1
+    assert np.abs(outs["--flip"].astype(int) - outs["--no-flip"].astype(int)).max() > 100

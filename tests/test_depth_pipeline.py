@@ -186,3 +186,27 @@ def test_a_model_names_its_own_depth_steps(tiny_masked_model, prepared, monkeypa
     assert seen == [DEFAULT_DEPTH_STEPS, 2, 3]  # one denoiser call per step (no guidance)
     assert not np.array_equal(explicit, default)
     np.testing.assert_array_equal(default, estimate_depth_crop(tiny_masked_model, crop, steps=2))
+
+
+def test_flip_adds_the_mirrored_crops_estimate_mirrored_back(tiny_masked_model, prepared, monkeypatch):
+    from rgbdface.pipelines.depth import estimate_depth_crop, sample_depth
+
+    crops = [x.crop.image[::8, ::8].copy() for x in prepared]  # 64 px crops, two faces
+    plain = sample_depth(tiny_masked_model, crops, steps=2, seed=5, ensemble=2)
+    mirrored = sample_depth(tiny_masked_model, [c[:, ::-1].copy() for c in crops], steps=2, seed=5, ensemble=2)
+    both = sample_depth(tiny_masked_model, crops, steps=2, seed=5, ensemble=2, flip=True)
+    assert both.shape == (2, 4, 32, 32)
+    np.testing.assert_allclose(both[:, :2], plain, atol=1e-5)  # its own members first, unchanged
+    np.testing.assert_allclose(both[:, 2:], mirrored[:, :, :, ::-1], atol=1e-5)  # then the mirror's, mirrored back
+    assert not np.allclose(both[:, 2:], plain, atol=1e-3)  # the untrained model is not symmetric: a real second opinion
+
+    # estimates ensemble both; the model's depth_flip is the default, an explicit flip wins
+    r = estimate_depths(tiny_masked_model, prepared[:1], steps=2, seed=5, flip=True)[0]
+    assert r.members.shape == (2, 32, 32) and r.uncertainty is not None
+    crop = crops[0]
+    off = estimate_depth_crop(tiny_masked_model, crop, steps=2, seed=5)
+    on = estimate_depth_crop(tiny_masked_model, crop, steps=2, seed=5, flip=True)
+    assert not np.allclose(on, off, atol=1e-3)
+    monkeypatch.setattr(tiny_masked_model.meta, "depth_flip", True)
+    np.testing.assert_array_equal(estimate_depth_crop(tiny_masked_model, crop, steps=2, seed=5), on)
+    np.testing.assert_array_equal(estimate_depth_crop(tiny_masked_model, crop, steps=2, seed=5, flip=False), off)

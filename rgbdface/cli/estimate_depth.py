@@ -13,7 +13,7 @@ import typer
 from rgbdface.cli.common import (ReportingCommand, error_line, expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, report,
                                  take_shard, write_all)
 from rgbdface.cli.options import (
-    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt,
+    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt, DepthFlipOpt,
 )
 from rgbdface.utils import InputError
 
@@ -50,6 +50,7 @@ def estimate_depth_command(
     mesh: Annotated[Optional[str], typer.Option("--mesh", metavar="PATH|FORMAT", help="Also write a coloured triangle mesh of the depth: a file (.ply, .obj, .glb; single input) or a format (ply, obj, glb) for STEM.FORMAT beside each depth. Orthographic camera in pixels: x right, y up, z toward the viewer (see `man rgbdface-estimate-depth`).")] = None,
     relief: Annotated[float, typer.Option("--relief", help="Mesh relief: the face's depth range spans this fraction of its width (as for relight).")] = 0.5,
     steps: DepthStepsOpt = None,
+    flip: DepthFlipOpt = None,
     seed: SeedOpt = 0,
     scheduler: SchedulerOpt = "ddim",
     guidance: GuidanceOpt = 1.0,
@@ -101,7 +102,7 @@ def estimate_depth_command(
         return
 
     # 2. Estimate batch by batch; a bad input is reported and skipped
-    runner = _Runner(model, device, dtype, quiet, dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance))
+    runner = _Runner(model, device, dtype, quiet, dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance, flip=flip))
     failed: list[tuple[Path, str]] = []
     estimate_seconds = 0.0
     with progress_bar(len(todo), quiet) as bar:

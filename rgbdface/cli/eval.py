@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
-from rgbdface.cli.options import DepthStepsOpt, DeviceOpt, FormatOpt, JsonOpt, QuietOpt, SeedOpt
+from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, FormatOpt, JsonOpt, QuietOpt, SeedOpt
 
 if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
@@ -39,6 +39,7 @@ def eval_command(
     method: MethodOpt = None,
     source: SourceOpt = "studio",
     steps: DepthStepsOpt = None,
+    flip: DepthFlipOpt = None,
     ensemble: Annotated[int, typer.Option("--ensemble", min=1, help="With --method model: ensemble size.")] = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -69,7 +70,7 @@ def eval_command(
         if source not in ("studio", "wild", "all"):
             raise fail(f"--source {source!r}: expected studio, wild or all", 2)
         return _compare(data, method or ["model", "mesh", "plane", "mean-face"], source, alignment, fmt, error_maps,
-                        steps, ensemble, seed, device, quiet)
+                        steps, flip, ensemble, seed, device, quiet)
     if method:
         raise fail("--method needs --data DATASET", 2)
     if pred is None or gt is None:
@@ -83,7 +84,7 @@ def eval_command(
             "check that --pred and --gt hold depth files of the same names")
 
 
-def _compare(data, specs, source, alignment, fmt, error_maps, steps, ensemble, seed, device, quiet) -> None:
+def _compare(data, specs, source, alignment, fmt, error_maps, steps, flip, ensemble, seed, device, quiet) -> None:
     """Table-1-style comparison: every method on the same samples and pixels of a dataset."""
     from rgbdface.cli.common import resolve_device
     from rgbdface.data.manifest import load_manifest
@@ -95,7 +96,7 @@ def _compare(data, specs, source, alignment, fmt, error_maps, steps, ensemble, s
     samples = [s for s in load_manifest(data) if source == "all" or s.source == source]
     if not samples:
         raise fail(f"{data}: no {source} samples to evaluate; run `rgbdface prep-depth` (with --studio-views for exact depth)", 1)
-    methods = build_methods(specs, samples, device=resolve_device(device), steps=steps, ensemble=ensemble, seed=seed)
+    methods = build_methods(specs, samples, device=resolve_device(device), steps=steps, flip=flip, ensemble=ensemble, seed=seed)
     reports, maps_dirs = {}, {}
     for m in methods:
         log(f"evaluating {m.label} on {len(samples)} {source} samples", quiet)

@@ -17,6 +17,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Number of denoising steps.")]
 DepthStepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, show_default=False,
                                                       help="Denoising steps of the depth estimate [default: the model's own (its depth_steps; the bundled model: 1), else 25].")]
+DepthFlipOpt = Annotated[Optional[bool], typer.Option("--flip/--no-flip", show_default=False,
+                                                      help="Also estimate the mirrored image and ensemble the two (test-time mirroring; twice the compute) [default: the model's own choice (its depth_flip), else off].")]
 SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: 'ddim' or any diffusers scheduler class name (e.g. DPMSolverMultistepScheduler).")]
 GuidanceOpt = Annotated[float, typer.Option("--guidance", min=1.0, help="Classifier-free guidance scale on the reference (1 = off).")]
 OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]

@@ -9,12 +9,12 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report, write_all
 from rgbdface.cli.estimate_depth import EnsembleOpt
-from rgbdface.cli.options import DepthStepsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt
+from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt
 
 if TYPE_CHECKING:
     import numpy as np
 
-DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG or .npy; larger = farther, 0 = no depth). The image is relit where depth > 0. Without it, the face's depth is estimated first (as estimate-depth does; --model, --steps, --seed, --scheduler, --ensemble).")]
+DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG or .npy; larger = farther, 0 = no depth). The image is relit where depth > 0. Without it, the face's depth is estimated first (as estimate-depth does; --model, --steps, --flip, --seed, --scheduler, --ensemble).")]
 LightOpt = Annotated[Optional[list[str]], typer.Option("--light", "-l", metavar="X,Y,Z[,I]", help="A directional light 'X,Y,Z' or 'X,Y,Z,INTENSITY' toward the light: x to the image's right, y up, z toward the viewer (1,0,0 = from the right; 0,0,1 = frontal). Repeat for more lights.")]
 AmbientOpt = Annotated[float, typer.Option("--ambient", "-a", help="Ambient light added to the shading everywhere on the surface.")]
 ReliefOpt = Annotated[float, typer.Option("--relief", help="Assumed relief for relative depth: the valid region's depth range spans this fraction of its width (0.5 = a hemisphere). Ignored with --depth-scale.")]
@@ -36,6 +36,7 @@ def relight_command(
     shading: ShadingOpt = None,
     model: ModelOpt = None,
     steps: DepthStepsOpt = None,
+    flip: DepthFlipOpt = None,
     seed: SeedOpt = 0,
     scheduler: SchedulerOpt = "ddim",
     ensemble: EnsembleOpt = 1,
@@ -76,7 +77,7 @@ def relight_command(
 
     # 2. Read the image and its depth
     rgb = load_image(image)  # [H, W, 3] uint8
-    estimate = dict(model=model, steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, device=device, dtype=dtype, quiet=quiet)
+    estimate = dict(model=model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, device=device, dtype=dtype, quiet=quiet)
     d = load_relight_depth(rgb, image, depth, estimate)  # [H, W] float32
 
     # 3. Relight
@@ -113,7 +114,7 @@ def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | N
     return d
 
 
-def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int | None = None, seed: int = 0,
+def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int | None = None, flip: bool | None = None, seed: int = 0,
                            scheduler: str = "ddim", ensemble: int = 1, device: str = "auto", dtype: str = "auto",
                            quiet: bool = False) -> "np.ndarray":
     """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size,
@@ -134,7 +135,7 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
     m = load_for_command(model, device, dtype, quiet)
     m.require_stage(2, "relight without --depth (depth estimation)")
     log(f"no --depth: estimating the depth of {image_path}", quiet)
-    result = estimate_depths(m, [task], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, progress=not quiet)[0]
+    result = estimate_depths(m, [task], steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, progress=not quiet)[0]
     # The model's depth is upsampled from its resolution: smooth away the facets that would show as blocks.
     from rgbdface.pipelines.relight import smooth_depth
 

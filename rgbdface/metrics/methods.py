@@ -104,7 +104,8 @@ def mean_face_method(reference_samples, label: str = "mean-face", exclude_identi
     return Method(label, predict)
 
 
-def model_method(model_dir: str | None, device: str = "cpu", steps: int | None = None, ensemble: int = 1, seed: int = 0) -> Method:
+def model_method(model_dir: str | None, device: str = "cpu", steps: int | None = None, ensemble: int = 1, seed: int = 0,
+                 flip: bool | None = None) -> Method:
     """The model's image → depth on the crop, unmasked so that it covers every evaluated pixel."""
     from rgbdface.models.model import load_model
     from rgbdface.pipelines.depth import estimate_depth_crop
@@ -113,18 +114,19 @@ def model_method(model_dir: str | None, device: str = "cpu", steps: int | None =
     model.require_stage(2, "eval --method model")
 
     def predict(sample, rgb):
-        out = estimate_depth_crop(model, rgb, steps=steps, ensemble=ensemble, seed=seed)
+        out = estimate_depth_crop(model, rgb, steps=steps, ensemble=ensemble, seed=seed, flip=flip)
         return out + 2.0  # relative depth in [-1, 1] → positive
 
     return Method(f"model:{model_dir}" if model_dir else "model (bundled)", predict)
 
 
-def build_methods(specs: list[str], samples, device: str = "cpu", steps: int | None = None, ensemble: int = 1, seed: int = 0) -> list[Method]:
+def build_methods(specs: list[str], samples, device: str = "cpu", steps: int | None = None, ensemble: int = 1, seed: int = 0,
+                  flip: bool | None = None) -> list[Method]:
     methods = []
     for spec in specs:
         name, arg = parse_method(spec)
         if name == "model":
-            methods.append(model_method(arg, device=device, steps=steps, ensemble=ensemble, seed=seed))
+            methods.append(model_method(arg, device=device, steps=steps, ensemble=ensemble, seed=seed, flip=flip))
         elif name == "mesh":
             methods.append(mesh_method())
         elif name == "plane":

@@ -54,6 +54,7 @@ class ModelMeta:
     crop_margin: float = DEFAULT_MARGIN  # face-crop margin of the training data (dataset.json); inputs are cropped with it
     known_latents: str = "noised"  # stage 2: kept cells enter the noisy slots forward-diffused ("noised") or as is ("clean")
     depth_steps: Optional[int] = None  # image → depth denoising steps when the caller names none (None: 25)
+    depth_flip: bool = False  # image → depth also reads the mirrored image and ensembles both, when the caller names nothing
     latent_channels: int = 4
     depth: DepthConvention = field(default_factory=DepthConvention)
     base: str = ""  # what stage 0 was built from

@@ -56,7 +56,7 @@ class DepthResult:
     crop:        the face crop the model saw (box, landmarks).
     crop_depth:  [s, s] float32 the depth in the crop frame at the model's resolution, over the whole crop.
     crop_valid:  [s, s] bool the face region there.
-    members:     [N, s, s] float32 the ensemble members after alignment (N = 1 without ensembling).
+    members:     [N, s, s] float32 the ensemble members after alignment (N = ensemble, twice that with flip).
     """
 
     depth: np.ndarray
@@ -112,6 +112,11 @@ def depth_steps(model: RGBDFaceModel, steps: int | None) -> int:
     return model.meta.depth_steps or DEFAULT_DEPTH_STEPS
 
 
+def depth_flip(model: RGBDFaceModel, flip: bool | None) -> bool:
+    """Whether to average in the mirrored image's estimate: as asked, else the model's own choice (`meta.depth_flip`)."""
+    return bool(model.meta.depth_flip) if flip is None else bool(flip)
+
+
 def check_inputs(model: RGBDFaceModel, inputs: list[DepthInput] | None, steps: int, ensemble: int, guidance: float, reference: str) -> None:
     """Raise on a model without stage 2 (InputError) or a bad argument (ValueError naming it); inputs=None skips them."""
     model.require_stage(2, "depth estimation")
@@ -144,19 +149,21 @@ def estimate_depths(
     guidance: float = 1.0,
     reference: str = "median",
     progress: bool = False,
+    flip: bool | None = None,
 ) -> list[DepthResult]:
     """Estimate the depth of several prepared images in one batch (B images × `ensemble` members).
 
     An image's depth does not depend on the batch it is in (see `sample_depth`). steps=None: the
-    model's `meta.depth_steps`, else 25.
+    model's `meta.depth_steps`, else 25. flip: also estimate the mirrored crop and ensemble its
+    (mirrored back) members with the others; None: the model's `meta.depth_flip`.
     """
     # 1. Check inputs
-    steps = depth_steps(model, steps)
+    steps, flip = depth_steps(model, steps), depth_flip(model, flip)
     check_inputs(model, inputs, steps, ensemble, guidance, reference)
 
     # 2.–4. Sample the ensemble members in the crop frame
     members = sample_depth(model, [x.crop.image for x in inputs], steps=steps, seed=seed, scheduler=scheduler,
-                           ensemble=ensemble, guidance=guidance, progress=progress)  # [B, N, s, s]
+                           ensemble=ensemble, guidance=guidance, progress=progress, flip=flip)  # [B, N, s, s]
 
     # 5. Per image: ensemble in the crop frame, then paste into the full frame
     return [_finish(x, m, reference) for x, m in zip(inputs, members)]
@@ -172,12 +179,22 @@ def sample_depth(
     ensemble: int = 1,
     guidance: float = 1.0,
     progress: bool = False,
+    flip: bool = False,
 ) -> np.ndarray:
     """Depth samples [B, N, s, s] (float32, [-1, 1], model resolution) of face crops (uint8 RGB [S, S, 3] each).
 
     Every crop draws its noise from its own generator seeded with `seed`, so a crop's depth
     does not depend on the batch it is in.
+
+    flip: test-time mirroring. Each crop is also estimated mirrored left-right (same seed) and
+    those members, mirrored back, follow its own: [B, 2N, s, s]. A face is nearly symmetric
+    but a model's errors need not be, so the two estimates' mean is steadier (twice the compute).
     """
+    if flip:
+        both = sample_depth(model, [*crops, *(np.ascontiguousarray(c[:, ::-1]) for c in crops)], steps=steps, seed=seed,
+                            scheduler=scheduler, ensemble=ensemble, guidance=guidance, progress=progress)
+        b = len(crops)
+        return np.concatenate([both[:b], both[b:, :, :, ::-1]], axis=1)
     device, dtype = model.device, model.dtype
     size = model.meta.image_size
     generators = [torch.Generator().manual_seed(seed) for _ in crops]
@@ -215,25 +232,25 @@ def _finish(x: DepthInput, members: np.ndarray, reference: str) -> DepthResult:
 def estimate_depth(model: RGBDFaceModel, image: np.ndarray, name: str = "image", **kwargs) -> DepthResult:
     """Estimate the relative depth of the face in `image` (uint8 RGB [H, W, 3]) at the image's size.
 
-    kwargs: steps, seed, scheduler, ensemble, guidance, reference, progress (see `estimate_depths`).
+    kwargs: steps, seed, scheduler, ensemble, guidance, reference, progress, flip (see `estimate_depths`).
     """
     return estimate_depths(model, [prepare_depth_input(image, name, margin=model.meta.crop_margin)], **kwargs)[0]
 
 
 def estimate_depth_crop(model: RGBDFaceModel, crop: np.ndarray, steps: int | None = None, seed: int = 0, scheduler: str = "ddim",
-                        ensemble: int = 1, guidance: float = 1.0, reference: str = "median") -> np.ndarray:
+                        ensemble: int = 1, guidance: float = 1.0, reference: str = "median", flip: bool | None = None) -> np.ndarray:
     """Depth [S, S] float32 in [-1, 1] of an image that is already a face crop (uint8 RGB [S, S, 3]), over the whole crop.
 
     No face detection and no mask: for crops made by prep-depth (evaluation) or `crop_face`,
     framed with the model's `meta.crop_margin`.
-    Ensemble members are aligned over the whole crop.
+    Ensemble members are aligned over the whole crop. flip: as in `estimate_depths`.
     """
     crop = np.asarray(crop)
     if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1]:
         raise ValueError(f"crop must be a square uint8 RGB array [S, S, 3], got {crop.dtype} {crop.shape}")
-    steps = depth_steps(model, steps)
+    steps, flip = depth_steps(model, steps), depth_flip(model, flip)
     check_inputs(model, None, steps, ensemble, guidance, reference)
-    members = sample_depth(model, [crop], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)[0]
+    members = sample_depth(model, [crop], steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance, flip=flip)[0]
     depth = ensemble_depth(members, reference=reference).depth  # [s, s]
     size = crop.shape[0]
     return depth if depth.shape[0] == size else resize_map(depth, (size, size))
