@@ -35,6 +35,20 @@ def test_model_folder_contents(tiny_model_dir):
     assert not [p for p in tiny_model_dir.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
 
 
+def test_a_saved_model_does_not_record_where_it_was_loaded_from(tiny_model_dir, tmp_path):
+    loaded = load_model(tiny_model_dir)  # diffusers remembers each part's source folder
+    assert str(loaded.joint.unet.config._name_or_path) == str(tiny_model_dir / "unet")
+    loaded.save_pretrained(tmp_path / "again")
+    configs = list((tmp_path / "again").glob("*/config.json"))
+    assert len(configs) >= 3
+    for f in configs:
+        text = f.read_text()
+        assert "_name_or_path" not in text and str(tiny_model_dir) not in text, f
+    resaved = load_model(tmp_path / "again")
+    for (k, v), (k2, v2) in zip(loaded.state_dict().items(), resaved.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
 def test_seed_controls_samples(tiny_model):
     a = generate(tiny_model, _ref(), steps=2, seed=1)
     b = generate(tiny_model, _ref(), steps=2, seed=1)

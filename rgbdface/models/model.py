@@ -209,6 +209,7 @@ class RGBDFaceModel(nn.Module):
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(self.scheduler_config, indent=2))
             save_file({"context": self.context.detach().float().cpu().contiguous()}, str(tmp / "context.safetensors"))
             (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
+            _drop_source_paths(tmp)
             if half:
                 _halve_weights(tmp)
         return path
@@ -278,6 +279,15 @@ def _own_storage(module: nn.Module, dtype: torch.dtype = torch.float32) -> None:
     """
     for t in list(module.parameters()) + list(module.buffers()):
         t.data = t.data.to(dtype).clone() if t.is_floating_point() else t.data.clone()
+
+
+def _drop_source_paths(folder: Path) -> None:
+    """Remove diffusers' `_name_or_path` (the folder a part was loaded from) from the saved configs: a
+    model folder does not record where it was built."""
+    for f in folder.glob("*/config.json"):
+        config = json.loads(f.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            f.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _halve_weights(folder: Path) -> None:
