@@ -515,3 +515,30 @@ def test_known_latents_clean_trains_and_samples_as_recorded(data, stage1_dir, tm
         assert torch.equal(out[:, 4:], z_t[:, 4:])  # generated depth stays noisy
         assert torch.equal(out[:, :4], z0[:, :4] if mode == "clean" else z_t[:, :4])
         obj.finish()
+
+
+def test_exclude_identities_holds_identities_out_of_training(data, tiny_model_dir, tmp_path):
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import exclude_identities, read_samples
+    from rgbdface.utils import InputError
+
+    assert resolve_config(1, "tiny", ["data.exclude_identities=person1, person0"]).data.exclude_identities == ["person1", "person0"]
+    assert resolve_config(1, "tiny", ["data.exclude_identities=[]"]).data.exclude_identities == []
+    assert resolve_config(1, "tiny").data.exclude_identities == []
+    samples = read_samples(data)
+    kept = exclude_identities(samples, ["person1"])
+    assert kept == [s for s in samples if s.identity == "person0"] and 0 < len(kept) < len(samples)
+    with pytest.raises(InputError, match="no identity 'nobody'.*it has: person0, person1"):
+        exclude_identities(samples, ["nobody"])
+    with pytest.raises(InputError, match="every identity"):
+        exclude_identities(samples, ["person0", "person1"])
+
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "-m", str(tiny_model_dir), "--max-steps", "1",
+                            "--set", "optim.batch_size=2", "--set", "data.exclude_identities=person1", *QUIET])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["data"]["exclude_identities"] == ["person1"]
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "bad"), "-m", str(tiny_model_dir), "--max-steps", "1",
+                            "--set", "data.exclude_identities=nobody", *QUIET])
+    assert r.exit_code == 1 and "no identity 'nobody'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad" / "model").exists()

@@ -22,7 +22,8 @@ GtOpt = Annotated[Optional[Path], typer.Option("--gt", metavar="DIR", help="Fold
 MaskOpt = Annotated[Optional[Path], typer.Option("--mask", metavar="DIR", help="Folder of masks matched by name (nonzero = evaluate), e.g. the face-skin region.")]
 AlignmentOpt = Annotated[str, typer.Option("--alignment", help="Per-image least-squares scale and shift: 'least_square' (depth space) or 'least_square_disparity' (the prediction is affine-invariant disparity, fitted onto 1/gt).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", metavar="DATASET", help="A prep-depth dataset: run each --method on its RGB crops and score against its depth inside its face-skin masks.")]
-MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="With --data, repeatable: model[:DIR] (default DIR: the bundled model), mesh, plane, mean-face[:TRAIN_DATASET].")]
+MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="With --data, repeatable: model[:DIR] (default DIR: the bundled model), mesh, plane, mean-face[:TRAIN_DATASET] (the average normalised depth map of the other identities, those of the evaluated dataset or of TRAIN_DATASET; never the scored identity's own).")]
+IdentityOpt = Annotated[Optional[list[str]], typer.Option("--identity", help="With --data, repeatable: evaluate only the samples of this identity (as in the manifest).")]
 SourceOpt = Annotated[str, typer.Option("--source", help="With --data: evaluate 'studio' samples (exact depth), 'wild' ones (mesh-fit depth) or 'all'.")]
 ErrorMapsOpt = Annotated[Optional[Path], typer.Option("--error-maps", metavar="DIR", help="Also write one signed-error PNG per image here (aligned pred - gt over the valid pixels; blue -0.1 .. white 0 .. red +0.1 of the gt depth range; black = not evaluated).")]
 
@@ -38,6 +39,7 @@ def eval_command(
     data: DataOpt = None,
     method: MethodOpt = None,
     source: SourceOpt = "studio",
+    identity: IdentityOpt = None,
     steps: DepthStepsOpt = None,
     flip: DepthFlipOpt = None,
     ensemble: Annotated[int, typer.Option("--ensemble", min=1, help="With --method model: ensemble size.")] = 1,
@@ -69,10 +71,10 @@ def eval_command(
             raise fail("--data compares methods on a dataset; it does not go with --pred/--gt/--mask", 2)
         if source not in ("studio", "wild", "all"):
             raise fail(f"--source {source!r}: expected studio, wild or all", 2)
-        return _compare(data, method or ["model", "mesh", "plane", "mean-face"], source, alignment, fmt, error_maps,
+        return _compare(data, method or ["model", "mesh", "plane", "mean-face"], source, identity, alignment, fmt, error_maps,
                         steps, flip, ensemble, seed, device, quiet)
-    if method:
-        raise fail("--method needs --data DATASET", 2)
+    if method or identity:
+        raise fail(f"{'--method' if method else '--identity'} needs --data DATASET", 2)
     if pred is None or gt is None:
         raise fail("--pred DIR and --gt DIR are both needed (folders of depth files matched by name), or --data DATASET", 2)
 
@@ -84,7 +86,7 @@ def eval_command(
             "check that --pred and --gt hold depth files of the same names")
 
 
-def _compare(data, specs, source, alignment, fmt, error_maps, steps, flip, ensemble, seed, device, quiet) -> None:
+def _compare(data, specs, source, identities, alignment, fmt, error_maps, steps, flip, ensemble, seed, device, quiet) -> None:
     """Table-1-style comparison: every method on the same samples and pixels of a dataset."""
     from rgbdface.cli.common import resolve_device
     from rgbdface.data.manifest import load_manifest
@@ -94,6 +96,12 @@ def _compare(data, specs, source, alignment, fmt, error_maps, steps, flip, ensem
     for spec in specs:
         parse_method(spec)  # unknown names fail before any work
     samples = [s for s in load_manifest(data) if source == "all" or s.source == source]
+    if identities:
+        known = sorted({s.identity for s in samples})
+        unknown = [n for n in identities if n not in known]
+        if unknown:
+            raise fail(f"--identity {', '.join(unknown)}: no {source} samples of it in {data}; it has: {', '.join(known) or 'none'}", 1)
+        samples = [s for s in samples if s.identity in identities]
     if not samples:
         raise fail(f"{data}: no {source} samples to evaluate; run `rgbdface prep-depth` (with --studio-views for exact depth)", 1)
     methods = build_methods(specs, samples, device=resolve_device(device), steps=steps, flip=flip, ensemble=ensemble, seed=seed)

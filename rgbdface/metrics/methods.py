@@ -137,7 +137,7 @@ def build_methods(specs: list[str], samples, device: str = "cpu", steps: int | N
             else:
                 from rgbdface.data.manifest import load_manifest
 
-                methods.append(mean_face_method(load_manifest(Path(arg)), label=f"mean-face:{Path(arg).name}"))
+                methods.append(mean_face_method(load_manifest(Path(arg)), label=f"mean-face:{Path(arg).name}", exclude_identity=True))
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise InputError("--method: the same method is given twice")

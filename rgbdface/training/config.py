@@ -48,6 +48,7 @@ class DataConfig:
     cache_latents: bool = False  # keep each sample's VAE latents in memory after first use (small datasets)
     hflip: float = 0.0  # stages 1-2: per-sample probability of mirroring target, depth and reference together
     num_workers: int = 0  # data-loading worker processes per training process
+    exclude_identities: list[str] = field(default_factory=list)  # train without these identities (e.g. one held out for evaluation)
 
 
 @dataclass
@@ -141,6 +142,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(value, inner, key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config {key}: expected a list (comma-separated on the command line), got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]

@@ -45,6 +45,22 @@ def read_samples(dataset: str | Path) -> list:
     return samples
 
 
+def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:
+    """`samples` without those of the identities `names` (order kept); a one-line error for a name the
+    dataset does not have, or when nothing is left."""
+    if not names:
+        return samples
+    known = sorted({s.identity for s in samples})
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InputError(f"{where}: no identity {', '.join(map(repr, unknown))} in the dataset; it has: {', '.join(known)}")
+    kept = [s for s in samples if s.identity not in set(names)]
+    if not kept:
+        raise InputError(f"{where}: every identity of the dataset is excluded; leave at least one to train on")
+    log.info("excluding %d samples of %s; training on %d", len(samples) - len(kept), ", ".join(names), len(kept))
+    return kept
+
+
 def draw_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys (stable across processes, platforms and Python versions)."""
     h = hashlib.blake2b(np.asarray(keys, dtype=np.int64).tobytes(), digest_size=8).digest()

@@ -114,7 +114,7 @@ class Plan:
 def plan(req: TrainRequest) -> Plan:
     """Every check that needs no weights: flags, model stage, config, run folder, dataset, tracker."""
     from rgbdface.data.manifest import read_crop
-    from rgbdface.training.data import read_samples
+    from rgbdface.training.data import exclude_identities, read_samples
     from rgbdface.training.state import latest_checkpoint, read_state
 
     stage = req.stage
@@ -164,7 +164,7 @@ def plan(req: TrainRequest) -> Plan:
         raise InputError(f"{run_dir}/model: a finished run is there; pass --overwrite to replace it or choose another -o")
 
     # 3. The dataset: present, non-empty, of the right kind for the stage
-    samples = read_samples(req.dataset)
+    samples = exclude_identities(read_samples(req.dataset), cfg.data.exclude_identities)
     make_stream(samples, cfg, spec=None)  # raises the dataset's one-line errors (identities, audio, clip length)
     if stage == 3:
         from rgbdface.training.motion_setup import check_audio_source
