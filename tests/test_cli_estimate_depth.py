@@ -148,9 +148,12 @@ def test_flip_option_matches_the_library(tiny_masked_model_dir, portrait_path, t
     image = load_image(portrait_path)
     outs = {}
     for opt in ("--flip", "--no-flip"):
-        r = run([portrait_path, "-o", tmp_path / f"{opt}.png", opt], tiny_masked_model_dir)
+        extra = ["--uncertainty"] if opt == "--flip" else []  # two estimates: a spread without --ensemble
+        r = run([portrait_path, "-o", tmp_path / f"{opt[2:]}.png", opt, *extra], tiny_masked_model_dir)
         assert r.exit_code == 0, r.output
-        outs[opt] = iio.imread(tmp_path / f"{opt}.png")
+        outs[opt] = iio.imread(tmp_path / f"{opt[2:]}.png")
         want = estimate_depth(model, image, steps=1, flip=opt == "--flip").to_u16()
         assert np.abs(outs[opt].astype(int) - want.astype(int)).max() <= 1
     assert np.abs(outs["--flip"].astype(int) - outs["--no-flip"].astype(int)).max() > 100
+    spread = np.load(tmp_path / "flip_uncertainty.npy")
+    assert spread.shape == outs["--flip"].shape and spread.max() > 0 and np.all(spread[outs["--flip"] == 0] == 0)

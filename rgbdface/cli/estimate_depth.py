@@ -46,7 +46,7 @@ def estimate_depth_command(
     ensemble: EnsembleOpt = 1,
     npy: Annotated[bool, typer.Option("--npy", help="Also write STEM.npy: float32 depth in the PNG's units (1..65535), unrounded; 0 = no depth.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Also write STEM_preview.png: the depth colourised (near = bright, black = no depth).")] = False,
-    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Also write STEM_uncertainty.npy: the ensemble's spread (scaled MAD) in the PNG's units. Needs --ensemble N > 1.")] = False,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Also write STEM_uncertainty.npy: the ensemble's spread (scaled MAD) in the PNG's units. Needs --ensemble N > 1 or --flip.")] = False,
     mesh: Annotated[Optional[str], typer.Option("--mesh", metavar="PATH|FORMAT", help="Also write a coloured triangle mesh of the depth: a file (.ply, .obj, .glb; single input) or a format (ply, obj, glb) for STEM.FORMAT beside each depth. Orthographic camera in pixels: x right, y up, z toward the viewer (see `man rgbdface-estimate-depth`).")] = None,
     relief: Annotated[float, typer.Option("--relief", help="Mesh relief: the face's depth range spans this fraction of its width (as for relight).")] = 0.5,
     steps: DepthStepsOpt = None,
@@ -69,7 +69,7 @@ def estimate_depth_command(
 
     Inputs: files, folders (searched recursively), globs, and '-' for paths on stdin, one per line (ls *.jpg | rgbdface estimate-depth - -o depth/). With one input file, -o may name the depth file (.png or .npy); otherwise -o is a folder that gets STEM.png per input, with --npy, --preview, --uncertainty and --mesh outputs beside it (STEM.npy, STEM_preview.png, STEM_uncertainty.npy, STEM.ply|obj|glb). Every output of an input is written atomically, all or none.
 
-    --ensemble N: N samples per image from the image's own seeded generator. The member closest to the pixelwise median (after standardising each) sets the frame, every member is fitted onto it by least-squares scale and shift over the face region, and the result is the pixelwise median of the aligned members; the uncertainty is their scaled median absolute deviation (1.4826 MAD) in the PNG's units.
+    --ensemble N: N samples per image from the image's own seeded generator. The member closest to the pixelwise median (after standardising each) sets the frame, every member is fitted onto it by least-squares scale and shift over the face region, and the result is the pixelwise median of the aligned members; the uncertainty is their scaled median absolute deviation (1.4826 MAD) in the PNG's units. --flip adds the mirrored image's N estimates, mirrored back, to the ensemble (2N members).
 
     --mesh: the relight camera, orthographic in pixels, x right, y up, z toward the viewer: pixel (row v, column u) becomes the vertex (u + 0.5, -(v + 0.5), -s (d - d_min)), s chosen so that the face's depth range spans --relief times its width; two triangles per 2 x 2 block of face pixels, counter-clockwise seen from the viewer, coloured by the image.
 
@@ -82,8 +82,8 @@ def estimate_depth_command(
     # 1. Inputs, outputs and options, before any work
     if not relief > 0:
         raise fail(f"--relief {relief}: expected a number > 0", 2)
-    if uncertainty and ensemble < 2:
-        raise fail("--uncertainty needs --ensemble N with N > 1", 2)
+    if uncertainty and ensemble < 2 and not flip:
+        raise fail("--uncertainty needs several estimates: --ensemble N with N > 1, or --flip", 2)
     sources = expand_inputs(inputs, IMAGE_SUFFIXES, stdin=sys.stdin)
     if not sources:
         raise fail(f"no input images in {' '.join(inputs)}", 1)
