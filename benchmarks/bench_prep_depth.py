@@ -228,9 +228,8 @@ def main() -> None:
         ms, c = 1000 * float(np.median(wall[name])), 1000 * cpu[name]
         over = "-" if name.startswith("MediaPipe") else f"{(ms / 1000 / base - 1) * 100:+.0f}%"
         cover = "-" if name.startswith("MediaPipe") else f"{(c / 1000 / base_cpu - 1) * 100:+.0f}%"
-        if name == BUSY:
-            c, cover = float("nan"), "n/a"
-        lines.append(f"| {name} | {1000 / ms:.1f} | {ms:.1f} | {over} | {c:.1f} | {cover} |".replace("| nan |", "| n/a |"))
+        cpu_cells = "n/a | n/a" if name == BUSY else f"{c:.1f} | {cover}"  # the busy thread's CPU is not the pipeline's
+        lines.append(f"| {name} | {1000 / ms:.1f} | {ms:.1f} | {over} | {cpu_cells} |")
     lines += ["", "Per step, alone and serial (CPU ms per frame, median):", "", "| step | CPU ms/frame |", "|---|---:|"]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in stages]
     prep = [n for n in pipelines if n.startswith("prep-depth")]
