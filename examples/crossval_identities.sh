@@ -20,7 +20,7 @@ for id in grace_hopper astronaut cameraman biden; do
   out="$C/$id"
   rgbdface train "$W/data" -o "$out/run1" -m "$W/stage0" --config tiny --set data.exclude_identities="$id" --overwrite
   rgbdface finetune-mask "$W/data" -o "$out/run2" -m "$out/run1/model" --config tiny --max-steps 2000 \
-      --set data.exclude_identities="$id" --overwrite
+      --set optim.ema=true --set optim.ema_decay=0.998 --set data.exclude_identities="$id" --overwrite
   # score every studio render of the held-out identity (its 200 views and the frames of its talking clips)
   for flip in --no-flip --flip; do
     rgbdface eval --data "$W/data" --identity "$id" --method "model:$out/run2/model" --method "mean-face:$W/data" --method plane \

@@ -24,10 +24,12 @@ rgbdface train-vae "$W/data" -o "$W/vae" --image-size 64 --crop 32 --steps 1500 
 #    The tiny model learns the velocity (v-prediction) rather than the noise, and its stage-2 recipe
 #    (configs/tiny.json) gives kept latents clean, favours image -> depth masks, mirrors half the
 #    samples and gives image -> depth samples their own image as the reference: see "Where this
-#    differs from the paper" in the README.
+#    differs from the paper" in the README. Stage 2 ships the moving average of its weights (decay
+#    0.998, about the last 500 steps), chosen on the identity folds of examples/crossval_identities.sh.
 rgbdface init-model --tiny --vae "$W/vae" --prediction-type v_prediction -o "$W/stage0" --overwrite
 rgbdface train "$W/data" -o "$W/run1" -m "$W/stage0" --config tiny --overwrite
-rgbdface finetune-mask "$W/data" -o "$W/run2" -m "$W/run1/model" --config tiny --max-steps 2000 --overwrite
+rgbdface finetune-mask "$W/data" -o "$W/run2" -m "$W/run1/model" --config tiny --max-steps 2000 \
+    --set optim.ema=true --set optim.ema_decay=0.998 --overwrite
 rgbdface train-motion "$W/data" -o "$W/run3" -m "$W/run2/model" --config tiny --overwrite
 
 # 4. Ship it with float16 weights, and evaluate on the held-out identity (Table 1 style). Image -> depth
