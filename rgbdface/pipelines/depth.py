@@ -163,7 +163,7 @@ def estimate_depths(
 
     # 2.–4. Sample the ensemble members in the crop frame
     members = sample_depth(model, [x.crop.image for x in inputs], steps=steps, seed=seed, scheduler=scheduler,
-                           ensemble=ensemble, guidance=guidance, progress=progress, flip=flip)  # [B, N, s, s]
+                           ensemble=ensemble, guidance=guidance, progress=progress, flip=flip)  # [B, N, s, s], N = 2 x ensemble with flip
 
     # 5. Per image: ensemble in the crop frame, then paste into the full frame
     return [_finish(x, m, reference) for x, m in zip(inputs, members)]

@@ -54,7 +54,8 @@ def exclude_identities(samples: list, names: list[str], where: str = "data.exclu
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InputError(f"{where}: no identity {', '.join(map(repr, unknown))} in the dataset; it has: {', '.join(known)}")
-    kept = [s for s in samples if s.identity not in set(names)]
+    excluded = set(names)
+    kept = [s for s in samples if s.identity not in excluded]
     if not kept:
         raise InputError(f"{where}: every identity of the dataset is excluded; leave at least one to train on")
     log.info("excluding %d samples of %s; training on %d", len(samples) - len(kept), ", ".join(names), len(kept))
