@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from motion_helpers import SR, speech_like, write_video_with_audio, write_wav
-from rgbdface.models.audio import (MelAudioEncoder, Wav2VecAudioEncoder, audio_windows, load_audio, make_audio_encoder,
-                                   num_video_frames)
+from rgbdface.data.audio import audio_windows, load_audio, num_video_frames
+from rgbdface.models.audio import MelAudioEncoder, Wav2VecAudioEncoder, make_audio_encoder
 from rgbdface.utils import InputError
 
 
@@ -133,7 +133,7 @@ def test_wav2vec_folder_errors(tmp_path, wav2vec_dir):
 
 
 def test_wav2vec_features_match_the_training_features_of_prep_depth(wav2vec_dir):
-    from rgbdface.data.video import wav2vec_features
+    from rgbdface.models.audio import wav2vec_features
 
     x = speech_like(1.3)
     ours = Wav2VecAudioEncoder(wav2vec_dir).video_features(x)

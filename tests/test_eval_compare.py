@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from rgbdface.cli.app import app
 from rgbdface.data.manifest import load_manifest
-from rgbdface.metrics.methods import mean_face_template, parse_method
+from rgbdface.pipelines.depth_methods import mean_face_template, parse_method
 from rgbdface.utils import InputError
 
 runner = CliRunner()
@@ -43,7 +43,7 @@ def test_baselines_on_studio_renders(two_people):
 
 def test_mean_face_never_includes_the_scored_identity(two_people):
     from rgbdface.data.io import load_image
-    from rgbdface.metrics.methods import build_methods
+    from rgbdface.pipelines.depth_methods import build_methods
 
     samples = load_manifest(two_people)
     (method,) = build_methods([f"mean-face:{two_people}"], samples)  # from a "training" dataset holding both

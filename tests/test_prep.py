@@ -16,7 +16,7 @@ from rgbdface.data import mesh
 from rgbdface.data.camera import DEPTH_UNIT_MM
 from rgbdface.data.io import load_depth, load_image
 from rgbdface.data.manifest import load_manifest
-from rgbdface.data.video import read_wav
+from rgbdface.data.audio import read_wav
 
 SIZE = 256
 

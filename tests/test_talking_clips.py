@@ -12,7 +12,7 @@ from rgbdface.data.camera import DEPTH_UNIT_MM
 from rgbdface.data.io import load_depth, load_image
 from rgbdface.data.manifest import load_manifest
 from rgbdface.data.speech import synthesize
-from rgbdface.data.video import read_wav
+from rgbdface.data.audio import read_wav
 
 SIZE = 128
 SECONDS = 1.6  # 40 frames at 25 fps

@@ -91,7 +91,7 @@ def _compare(data, specs, source, identities, alignment, fmt, error_maps, steps,
     from rgbdface.cli.common import resolve_device
     from rgbdface.data.manifest import load_manifest
     from rgbdface.metrics.depth import evaluate_samples
-    from rgbdface.metrics.methods import build_methods, dataset_samples, parse_method
+    from rgbdface.pipelines.depth_methods import build_methods, dataset_samples, parse_method
 
     for spec in specs:
         parse_method(spec)  # unknown names fail before any work

@@ -44,9 +44,16 @@ def prep_depth(
     from rgbdface.data.face import DEFAULT_MARGIN
     from rgbdface.data.prep import PrepConfig, input_suffixes, prepare_dataset
 
+    features = None
+    if wav2vec is not None and wav2vec.is_dir():  # the encoder lives with the models; prep-depth stores its features
+        from functools import partial
+
+        from rgbdface.models.audio import wav2vec_features
+
+        features = partial(wav2vec_features, wav2vec)
     cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, studio_mix=studio_mix, talking_clips=talking_clips,
                      clip_seconds=clip_seconds, all_faces=all_faces,
-                     export_mesh=export_mesh, wav2vec=wav2vec, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
+                     export_mesh=export_mesh, wav2vec=wav2vec, audio_features=features, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
     cfg.check()
     index, count = parse_shard(shard)
     paths = take_shard(expand_inputs(inputs, input_suffixes()), index, count)

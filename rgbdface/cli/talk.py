@@ -63,7 +63,7 @@ def talk_command(
     """
     from rgbdface.data.face import crop_face
     from rgbdface.data.io import load_image
-    from rgbdface.models.audio import load_audio
+    from rgbdface.data.audio import SAMPLE_RATE, load_audio
     from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.talk import check_outputs, talk
 
@@ -81,7 +81,7 @@ def talk_command(
         log(f"clip {p.clip}/{p.clips}: {p.frames_done}/{p.frames} frames, {rate:.2f} s/frame, "
             f"elapsed {_clock(p.elapsed)}, ETA {_clock(p.eta)}", quiet)
 
-    log(f"{audio}: {wave.size / 16000:.2f} s of audio", quiet)
+    log(f"{audio}: {wave.size / SAMPLE_RATE:.2f} s of audio", quiet)
     result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
                   rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames, steps=steps, guidance=guidance,
                   scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress)

@@ -53,7 +53,10 @@ class PrepConfig:
     clip_seconds: float = 2.4  # length of each talking clip
     all_faces: bool = False  # every face of an image, not just the largest
     export_mesh: str | None = None  # "ply" | "obj" | "glb": the fitted mesh with vertex colours
-    wav2vec: Path | None = None  # local wav2vec2 folder for per-frame audio features
+    wav2vec: Path | None = None  # local wav2vec2 folder for per-frame audio features (computed by audio_features)
+    # (audio [T] at 16 kHz, frames) → features [frames, A]; with wav2vec set, pass
+    # functools.partial(rgbdface.models.audio.wav2vec_features, wav2vec) (the encoders live in models/)
+    audio_features: Callable[[np.ndarray, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
     fps: float = 25.0  # video frame rate
     rgb_format: str = "jpg"  # "jpg" (quality 95) or "png"
     identity_from: str = "stem"  # "stem": the file name; "parent": its folder's name
@@ -85,6 +88,8 @@ class PrepConfig:
             raise UsageError(f"--identity-from {self.identity_from}: expected stem or parent")
         if exists(self.wav2vec) and not Path(self.wav2vec).is_dir():
             raise InputError(f"--wav2vec {self.wav2vec}: not a folder; pass a local wav2vec2 model folder")
+        if exists(self.wav2vec) and not callable(self.audio_features):
+            raise ValueError("PrepConfig.wav2vec needs audio_features: functools.partial(rgbdface.models.audio.wav2vec_features, wav2vec)")
 
 
 @dataclass
@@ -209,7 +214,7 @@ def _rng(cfg: PrepConfig, *parts) -> np.random.Generator:
 def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str, crop: FaceCrop, cfg: PrepConfig, input_path: Path) -> list[Callable[[], dict]]:
     """Studio views and talking clips of one fitted crop, queued on `writer`; returns row makers."""
     from rgbdface.data.studio import plan_talking_clip, random_view
-    from rgbdface.data.video import write_wav
+    from rgbdface.data.audio import write_wav
 
     rows = []
     vertices = landmarks_to_camera(crop.landmarks, Camera.for_crop(cfg.size))
@@ -226,10 +231,9 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
         writer.submit(write_wav, root / audio_rel, plan.audio, plan.sample_rate)
         if exists(cfg.wav2vec):
             from rgbdface.data.io import save_npy
-            from rgbdface.data.video import wav2vec_features
 
             features_rel = f"{clip}/wav2vec.npy"
-            save_npy(root / features_rel, wav2vec_features(Path(cfg.wav2vec), plan.audio, len(plan.views)))
+            save_npy(root / features_rel, cfg.audio_features(plan.audio, len(plan.views)))
         for i, view in enumerate(plan.views):
             f = writer.submit(_render_and_write, root, clip, i, crop.image, crop.landmarks, vertices, view, cfg.rgb_format)
             rows.append(_rows_of(f, clip=clip, frame=i, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict(),
@@ -324,7 +328,7 @@ def prepare_image(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWri
 
 
 def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWriter) -> tuple[list[Callable[[], dict]], int]:
-    from rgbdface.data import video
+    from rgbdface.data import audio as audio_io, video
 
     name = str(path)
     w, _ = video.video_size(path)
@@ -343,16 +347,16 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWri
     # 2. Audio, aligned to the frames.
     key, identity = input_key(path), _identity(path, cfg)
     audio_rel = features_rel = None
-    audio = video.read_audio(path)
+    audio = audio_io.read_audio(path)
     if exists(audio):
-        audio = video.align_audio(audio, len(boxes), cfg.fps)
+        audio = audio_io.align_audio(audio, len(boxes), cfg.fps)
         audio_rel = f"{key}/audio.wav"
-        writer.submit(video.write_wav, root / audio_rel, audio)
+        writer.submit(audio_io.write_wav, root / audio_rel, audio)
         if exists(cfg.wav2vec):
             from rgbdface.data.io import save_npy
 
             features_rel = f"{key}/wav2vec.npy"
-            save_npy(root / features_rel, video.wav2vec_features(Path(cfg.wav2vec), audio, len(boxes)))
+            save_npy(root / features_rel, cfg.audio_features(audio, len(boxes)))
     # 3. Per frame: crop with the smoothed box and fit the mesh here (MediaPipe); depth, mask
     #    and files on the writer's threads, overlapping the next frame's MediaPipe.
     rows, first = [], None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from rgbdface.data.audio import SAMPLE_RATE
 # first three formants (Hz) of five vowels, adult averages (Peterson & Barney style)
 VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]], np.float64)
 FORMANT_WIDTHS = np.array([90.0, 120.0, 180.0])  # Hz, the width of each band's emphasis

@@ -1,6 +1,7 @@
 """Depth map + colours → a triangle mesh (trimesh), written as .ply, .obj or .glb.
 
-The camera is the one relighting uses (`rgbdface.pipelines.relight`): orthographic,
+The camera is the one relighting uses (`rgbdface.pipelines.relight`, which takes
+`relief_depth_scale` from here): orthographic,
 x to the image's right, y up, z toward the viewer, in pixel units. The pixel in row v,
 column u becomes the vertex
 
@@ -24,14 +25,37 @@ from pathlib import Path
 import numpy as np
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb")
+DEFAULT_RELIEF = 0.5  # a hemisphere: a sphere's visible depth range is half its width
+
+
+def to_numpy(x) -> np.ndarray:
+    """A numpy array of `x`, which may be a torch tensor on any device."""
+    if hasattr(x, "detach"):  # a torch tensor, on any device
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def relief_depth_scale(depth: np.ndarray, valid: np.ndarray, relief: float = DEFAULT_RELIEF) -> float:
+    """Pixels per depth unit such that the valid region's depth range spans `relief` × its width.
+
+    A flat region (no depth range) gets 0: its normals all face the viewer.
+    """
+    if not relief > 0:
+        raise ValueError(f"relief={relief!r}: expected a number > 0")
+    depth, valid = to_numpy(depth), to_numpy(valid).astype(bool)
+    if not valid.any():
+        return 0.0
+    d = depth[valid].astype(np.float64)
+    span = float(d.max() - d.min())
+    cols = np.flatnonzero(valid.any(axis=0))
+    width = float(cols[-1] - cols[0] + 1)
+    return relief * width / span if span > 0 else 0.0
 
 
 def depth_to_mesh(depth: np.ndarray, valid: np.ndarray | None = None, colors: np.ndarray | None = None,
                   depth_scale: float | None = None, relief: float | None = None):
     """A `trimesh.Trimesh` of the valid pixels of `depth` [H, W] (larger = farther), coloured by `colors` [H, W, 3] uint8."""
     import trimesh
-
-    from rgbdface.pipelines.relight import DEFAULT_RELIEF, relief_depth_scale
 
     d = np.asarray(depth, np.float64)
     if d.ndim != 2:

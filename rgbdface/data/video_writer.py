@@ -12,13 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rgbdface.data.video import ffmpeg_exe
 from rgbdface.utils import InputError, exists
-
-
-def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 class VideoWriter:

@@ -1,22 +1,22 @@
-"""Audio in (paper §4.2, supp. §7.1): 16 kHz mono waveforms → per-video-frame features → windows.
+"""Audio encoders (paper §4.2, supp. §7.1): 16 kHz mono waveforms → per-video-frame features.
 
-    load_audio(path)                   any file ffmpeg reads → float32 [T] at 16 kHz, mono
     encoder.video_features(wave, fps)  → [F, A], F = ceil(duration × fps), features interpolated to the video rate
-    audio_windows(features, k)         → [F, k, A], frames f-2..f+2 for k = 5 (clamped at the ends)
+
+Waveforms come from `rgbdface.data.audio` (load_audio), and the features are cut into
+windows there too (audio_windows).
 
 Two encoders share one interface:
 - `MelAudioEncoder`: log-mel spectrogram from `torch.stft`; needs no weights, deterministic.
   It serves the tiny models and the tests.
 - `Wav2VecAudioEncoder`: wav2vec 2.0 (`transformers.Wav2Vec2Model`) from a local folder,
   safetensors only; the hidden states of all layers (the input embedding included) are
-  concatenated per frame, layer-major: [(L + 1) · H]. The same features, computed the same
-  way, as `rgbdface.data.video.wav2vec_features` stores for training (prep-depth).
+  concatenated per frame, layer-major: [(L + 1) · H]. `wav2vec_features` computes the same
+  features for prep-depth to store for training.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,56 +25,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from rgbdface.data.audio import SAMPLE_RATE, VIDEO_FPS, num_video_frames, to_video_rate
 from rgbdface.utils import InputError
-
-SAMPLE_RATE = 16000
-VIDEO_FPS = 25
-SILENCE_PEAK = 1e-4  # a waveform whose peak stays below this is silent (-80 dBFS)
-
-
-# --------------------------------------------------------------------------------- loading
-def load_audio(path: str | Path, max_seconds: float | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The first audio track of any file ffmpeg reads, as float32 mono [T] at `sample_rate`.
-
-    Raises InputError (one line) when the file is missing or unreadable, has no audio,
-    is empty, or is silent.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected an audio file")
-    from rgbdface.data.video import decode_audio
-
-    wave = decode_audio(path, sample_rate, max_seconds)
-    if wave.size == 0:
-        raise InputError(f"{path}: no audio samples (empty file or no audio track); pass a file with speech")
-    if float(np.abs(wave).max()) < SILENCE_PEAK:
-        raise InputError(f"{path}: the audio is silent; pass a file with speech")
-    return wave
-
-
-def num_video_frames(num_samples: int, fps: int = VIDEO_FPS, sample_rate: int = SAMPLE_RATE) -> int:
-    """ceil(duration × fps): the video covers the whole audio and ends with it."""
-    return max(1, math.ceil(num_samples * fps / sample_rate - 1e-9))
-
-
-def audio_windows(features: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """Per-frame features [F, A] → windows [F, k, A] of frames f - k//2 .. f + k//2, clamped at the ends."""
-    if k < 1 or k % 2 == 0:
-        raise ValueError(f"k must be odd and >= 1, got {k}")
-    n = features.shape[0]
-    offsets = torch.arange(k, device=features.device) - k // 2  # [k]
-    index = (torch.arange(n, device=features.device)[:, None] + offsets[None]).clamp(0, n - 1)  # [F, k]
-    return features[index]  # [F, k, A]
-
-
-def to_video_rate(native: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Encoder-rate features [T, A] → [F, A] by linear interpolation over time."""
-    x = rearrange(native, "t a -> 1 a t")
-    x = F.interpolate(x, size=num_frames, mode="linear", align_corners=False)
-    return rearrange(x, "1 a f -> f a")
-
 
 # --------------------------------------------------------------------------------- encoders
 class AudioEncoder:
@@ -187,7 +139,7 @@ class Wav2VecAudioEncoder(AudioEncoder):
     def native(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.numel() < self.RECEPTIVE:  # shorter than one wav2vec frame: pad with silence
             wave = F.pad(wave, (0, self.RECEPTIVE - wave.numel()))
-        if self.normalize:  # over the whole waveform, exactly as data/video.py's training features
+        if self.normalize:  # over the whole waveform (wav2vec2-base-960h's feature extractor does the same)
             wave = (wave - wave.mean()) / torch.sqrt(wave.var() + 1e-7)
         if wave.numel() <= self.chunk + 2 * self.margin:
             return self._encode(wave)
@@ -220,3 +172,28 @@ def make_audio_encoder(kind: str, dim: int | None = None, folder: str | Path | N
             raise InputError(f"--wav2vec {folder}: gives {enc.dim}-dim features but the model expects {dim}; pass the folder it was trained with")
         return enc
     raise ValueError(f"unknown audio encoder kind {kind!r}; expected 'mel' or 'wav2vec2'")
+
+
+def wav2vec_features(model_dir: str | Path, audio: np.ndarray, n_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Per-frame wav2vec 2.0 features [n_frames, (layers + 1) * dim] float16 from a local model folder.
+
+    The same encoder as inference (`Wav2VecAudioEncoder`): hidden states of all layers (the
+    input embedding included), linearly interpolated to the frame rate and concatenated per
+    frame (paper supp. §7.1). What prep-depth stores beside each clip (wav2vec.npy).
+    """
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"wav2vec 2.0 expects {SAMPLE_RATE} Hz audio, got {sample_rate}")
+    encoder = _wav2vec(str(model_dir))
+    with torch.inference_mode():
+        feats = encoder.native(torch.from_numpy(np.asarray(audio, np.float32)).flatten())  # [T', A]
+    return to_video_rate(feats.float().cpu(), n_frames).numpy().astype(np.float16)
+
+
+_WAV2VEC: dict[str, Wav2VecAudioEncoder] = {}
+
+
+def _wav2vec(model_dir: str) -> Wav2VecAudioEncoder:
+    """One encoder per folder and process (loading is slow)."""
+    if model_dir not in _WAV2VEC:
+        _WAV2VEC[model_dir] = Wav2VecAudioEncoder(model_dir)
+    return _WAV2VEC[model_dir]

@@ -25,9 +25,9 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from rgbdface.data.surface import DEFAULT_RELIEF, relief_depth_scale, to_numpy
 from rgbdface.utils import exists
 
-DEFAULT_RELIEF = 0.5
 DEFAULT_AMBIENT = 0.25
 
 
@@ -104,29 +104,6 @@ class RelightResult:
     depth_scale: float
 
 
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor, on any device
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def relief_depth_scale(depth: np.ndarray, valid: np.ndarray, relief: float = DEFAULT_RELIEF) -> float:
-    """Pixels per depth unit such that the valid region's depth range spans `relief` × its width.
-
-    A flat region (no depth range) gets 0: its normals all face the viewer.
-    """
-    if not relief > 0:
-        raise ValueError(f"relief={relief!r}: expected a number > 0")
-    depth, valid = _numpy(depth), _numpy(valid).astype(bool)
-    if not valid.any():
-        return 0.0
-    d = depth[valid].astype(np.float64)
-    span = float(d.max() - d.min())
-    cols = np.flatnonzero(valid.any(axis=0))
-    width = float(cols[-1] - cols[0] + 1)
-    return relief * width / span if span > 0 else 0.0
-
-
 def _derivative(d: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
     """d(depth)/d(index) along `axis`: central where both neighbours are valid, one-sided where one is, else 0.
 
@@ -166,10 +143,10 @@ def normals_from_depth(
     Derivatives are central differences, one-sided at the valid region's border, and use
     valid neighbours only. With z = -depth · s toward the viewer, n ∝ (s ∂d/∂u, -s ∂d/∂v, 1).
     """
-    d = _numpy(depth).astype(np.float64)
+    d = to_numpy(depth).astype(np.float64)
     if d.ndim != 2:
         raise ValueError(f"depth must be [H, W], got shape {d.shape}")
-    valid = (d > 0) & np.isfinite(d) if valid is None else _numpy(valid).astype(bool)
+    valid = (d > 0) & np.isfinite(d) if valid is None else to_numpy(valid).astype(bool)
     if valid.shape != d.shape:
         raise ValueError(f"valid {valid.shape} and depth {d.shape} must have the same shape")
     s = relief_depth_scale(d, valid, relief) if depth_scale is None else float(depth_scale)
@@ -196,7 +173,7 @@ def shade(
     normals: [H, W, 3] unit normals; lights: Light, (x, y, z) or (x, y, z, intensity) each;
     valid: optional [H, W] bool, shading is 0 outside it.
     """
-    n = _numpy(normals).astype(np.float64)
+    n = to_numpy(normals).astype(np.float64)
     if n.ndim != 3 or n.shape[-1] != 3:
         raise ValueError(f"normals must be [H, W, 3], got shape {n.shape}")
     if not (math.isfinite(ambient) and ambient >= 0):
@@ -205,7 +182,7 @@ def shade(
     for light in map(as_light, lights):
         shading += light.intensity * np.maximum(0.0, n @ light.unit)
     if exists(valid):
-        shading[~_numpy(valid).astype(bool)] = 0.0
+        shading[~to_numpy(valid).astype(bool)] = 0.0
     return shading.astype(np.float32)
 
 
@@ -228,7 +205,7 @@ def smooth_depth(depth, sigma: float) -> np.ndarray:
     """
     import cv2
 
-    d = _numpy(depth).astype(np.float64)
+    d = to_numpy(depth).astype(np.float64)
     if sigma <= 0:
         return d
     valid = (d > 0) & np.isfinite(d)
@@ -254,7 +231,7 @@ def relight(
     Inside it, image × shading (clipped to the input's range); outside, the image is unchanged.
     """
     # 1. Check inputs
-    image, depth = _numpy(image), _numpy(depth)
+    image, depth = to_numpy(image), to_numpy(depth)
     check_inputs(image, depth)
     if smooth > 0:
         depth = smooth_depth(depth, smooth)
@@ -279,13 +256,13 @@ def relight(
 
 def normals_to_rgb(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """The usual normal-map encoding, uint8 RGB = (n + 1) / 2 · 255; black outside `valid`."""
-    n = _numpy(normals).astype(np.float64)
+    n = to_numpy(normals).astype(np.float64)
     rgb = ((n + 1.0) / 2.0 * 255.0).round().clip(0, 255).astype(np.uint8)
     if exists(valid):
-        rgb[~_numpy(valid).astype(bool)] = 0
+        rgb[~to_numpy(valid).astype(bool)] = 0
     return rgb
 
 
 def shading_to_gray(shading: np.ndarray) -> np.ndarray:
     """The shading layer as uint8 gray, clipped to 0..1 (1 = the image's own brightness)."""
-    return (np.clip(_numpy(shading), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return (np.clip(to_numpy(shading), 0.0, 1.0) * 255.0).round().astype(np.uint8)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from einops import repeat
 
-from rgbdface.models.audio import SAMPLE_RATE, audio_windows, num_video_frames
+from rgbdface.data.audio import SAMPLE_RATE, audio_windows, num_video_frames
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
 from rgbdface.utils import InputError, UsageError, atomic_dir, atomic_path, exists

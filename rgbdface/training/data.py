@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rgbdface.data.audio import audio_windows
 from rgbdface.utils import InputError
 
 log = logging.getLogger("rgbdface.training")
@@ -311,7 +312,7 @@ class ClipStream(torch.utils.data.Dataset):
                 if M else torch.zeros(0, 3, spec.image_size, spec.image_size)
         feats = self.audio_features(self.samples[target[0]])  # [T_clip, A], row f = frame f
         frame_ids = [self.samples[j].frame for j in target]
-        audio = window_features(feats, frame_ids, self.window)  # [F, k, A]
+        audio = audio_windows(feats, self.window, frames=frame_ids)  # [F, k, A]
         keep = bool(rng.random() >= self.reference_dropout)
         noise, t = noise_and_timestep(self.seed, n, (F_, 2 * spec.latent_channels, spec.latent_size, spec.latent_size),
                                       spec.num_train_timesteps)
@@ -324,14 +325,6 @@ class ClipStream(torch.utils.data.Dataset):
             "audio": audio,  # [F, k, A]
             "keep": keep, "noise": noise, "timestep": t,
         }
-
-
-def window_features(features: torch.Tensor, frames: list[int], k: int) -> torch.Tensor:
-    """Rows frames[i] - k//2 .. frames[i] + k//2 of the clip's per-frame features (clamped at the clip ends): [F, k, A]."""
-    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    last = feats.shape[0] - 1
-    idx = torch.tensor([[min(max(f + o, 0), last) for o in range(-(k // 2), k // 2 + 1)] for f in frames])
-    return feats[idx]
 
 
 # ----------------------------------------------------------------------------- batching

@@ -69,7 +69,7 @@ def add_motion(model, cfg: RunConfig, samples: list | None = None, audio_dim: in
 
 def clip_audio_features(model, cfg: RunConfig):
     """A function sample → the per-frame audio features [T_clip, A] of its clip (float32, cached)."""
-    from rgbdface.models.audio import load_audio
+    from rgbdface.data.audio import load_audio
 
     motion = model.motion
     want = int(motion.config.audio_dim)
