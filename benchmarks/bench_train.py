@@ -58,7 +58,7 @@ def synthetic_batch(stage: int, b: int, s: int, c: int, h: int, frames: int = 0,
     g = torch.Generator().manual_seed(0)
     depth = torch.where(torch.rand(b, 1, s, s, generator=g) > 0.3, 5000 + 500 * torch.rand(b, 1, s, s, generator=g), torch.zeros(1))
     if stage in (1, 2):
-        batch = {"index": torch.arange(b), "ref_index": torch.arange(b), "mirrored": [False] * b,
+        batch = {"index": torch.arange(b), "ref_index": torch.arange(b), "mirrored": [False] * b, "flipped": [False] * b,
                  "rgb": torch.rand(b, 3, s, s, generator=g) * 2 - 1, "depth": depth,
                  "reference": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
                  "keep": torch.ones(b, dtype=torch.bool), "noise": torch.randn(b, 2 * c, h, h, generator=g),
@@ -84,7 +84,6 @@ def run_one(stage: int, size: str, image_size: int, steps: int) -> dict:
     from rgbdface.training.motion_setup import add_motion
     from rgbdface.training.objectives import make_objective
 
-    torch.set_num_threads(os.cpu_count() or 1)
     recipe = "tiny" if size == "tiny" else "sd15"
     cfg = resolve_config(stage, recipe, ["data.cache_latents=false"])
     model = build(size, image_size)
@@ -166,6 +165,9 @@ def main() -> None:
     ap.add_argument("--one", nargs=3, metavar=("STAGE", "SIZE", "IMAGE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
         stage, size, image = int(args.one[0]), args.one[1], int(args.one[2])
         print(json.dumps(run_one(stage, size, image, args.steps if size == "tiny" else args.sd_steps)))
         return
