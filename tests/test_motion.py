@@ -8,7 +8,9 @@ from einops import rearrange
 
 from motion_helpers import perturb, tiny_motion_model
 from rgbdface.models.model import RGBDFaceModel
-from rgbdface.models.motion import MotionConfig, original_to_diffusers_names, temporal_positions
+from rgbdface.models.motion import MotionConfig
+from rgbdface.models.motion_adapter import original_to_diffusers_names
+from rgbdface.models.temporal import temporal_positions
 from rgbdface.utils import InputError
 
 F, N, K, A = 4, 4, 5, 80

@@ -231,7 +231,6 @@ MOUTH_LEAD_FRAMES = 1  # the jaw moves ~40 ms before the sound it shapes
 
 def plan_talking_clip(n_frames: int, fps: float, rng: np.random.Generator, max_jaw: tuple[float, float] = (12.0, 18.0)) -> TalkingPlan:
     """Audio and per-frame views of a synthetic talking clip (see the module doc)."""
-    from rgbdface.data.audio import SAMPLE_RATE
     from rgbdface.data.speech import synthesize
 
     if n_frames < 1:

@@ -148,7 +148,8 @@ class RGBDFaceModel(nn.Module):
         (as the paper initialises them), else they are new with a zero output projection.
         Audio attention always starts at zero output, so the model first computes stage 1 per frame.
         """
-        from rgbdface.models.motion import MotionConfig, MotionDenoiser, load_motion_adapter
+        from rgbdface.models.motion import MotionConfig, MotionDenoiser
+        from rgbdface.models.motion_adapter import load_motion_adapter
 
         config = config if config is not None else MotionConfig()
         if self.motion is not None:

@@ -1,22 +1,12 @@
-"""Stage 3: audio and temporal attention around the joint denoiser (paper §4.2, Fig. 2; supp. §7.1, Fig. 9).
+"""Stage 3: the joint denoiser for clips, with audio and temporal attention (paper §4.2, Fig. 2; supp. §7.1, Fig. 9).
 
 Every building block of the joint denoiser gains two modules; the UNet code is untouched.
+This file wires them in, runs a clip and saves/loads the stage-3 weights:
 
-- Audio attention. Each transformer block's cross-attention (`attn2`) gets an
-  `AudioAttnProcessor`: it computes the block's usual cross-attention over the cached
-  context and adds a cross-attention of the same normalised hidden states over the frame's
-  audio tokens (a decoupled cross-attention, as IP-Adapter adds image tokens). The added
-  attention's output projection is zero-initialised, so at the start of stage 3 the joint
-  denoiser computes exactly what it did after stage 1.
-- Temporal attention. AnimateDiff motion modules (diffusers' `MotionAdapter`, so its
-  weights load by name) sit where `UNetMotionModel` puts them: after each layer
-  (resnet, + transformer in cross-attention blocks) of every down, mid and up block.
-  They are forward hooks on those UNet modules and attend over the frame axis.
-  Without AnimateDiff weights their `proj_out` is zero-initialised: identity at start.
-- Motion frames. The last n generated frames of the previous clip go through the
-  ReferenceNet (timestep 0); forward hooks on the ReferenceNet's modules at the same
-  positions record their features, and each temporal module attends over
-  [n motion frames | F clip frames], keeping only the clip's F frames after it.
+- audio attention on each transformer block's `attn2`: `rgbdface.models.audio_attention`
+- temporal attention after every layer, and the motion frames through the ReferenceNet:
+  `rgbdface.models.temporal`
+- AnimateDiff weights for the temporal modules: `rgbdface.models.motion_adapter`
 
 The ReferenceNet's mutual self-attention (reference.py, on `attn1`) is unchanged.
 """
@@ -31,7 +21,9 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from rgbdface.models.audio_attention import AudioAttnProcessor, AudioProjection
 from rgbdface.models.denoiser import RGBDDenoiser, _batch
+from rgbdface.models.temporal import MotionRecordHook, TemporalHook, default_motion_adapter, out_channels, temporal_positions
 from rgbdface.utils import InputError, exists
 
 MOTION_DIR = "motion"
@@ -87,148 +79,6 @@ class MotionState:
     recording: bool = False  # the ReferenceNet's hooks store features while True
 
 
-# ------------------------------------------------------------------------------------ audio
-class AudioProjection(nn.Module):
-    """Audio windows [N, k, A] → tokens [N, T, D]: an MLP over the flattened window, then LayerNorm."""
-
-    def __init__(self, window: int, dim: int, tokens: int, out_dim: int, hidden: int):
-        super().__init__()
-        self.tokens = tokens
-        self.net = nn.Sequential(
-            nn.Linear(window * dim, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, tokens * out_dim),
-        )
-        self.norm = nn.LayerNorm(out_dim)
-
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        x = self.net(rearrange(windows, "n k a -> n (k a)"))  # [N, T·D]
-        return self.norm(rearrange(x, "n (t d) -> n t d", t=self.tokens))  # [N, T, D]
-
-
-class AudioAttnProcessor:
-    """`attn2` of a denoiser transformer block: its own cross-attention + attention over the audio tokens.
-
-    `inner` is the processor that was there (the block's usual cross-attention); `audio` is
-    a separate `Attention` owned by the MotionDenoiser, its output projection zero at start.
-    Without audio tokens in the state the block behaves exactly as before.
-    """
-
-    def __init__(self, state: MotionState, audio: nn.Module, inner):
-        self.state, self.audio, self.inner = state, audio, inner
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)  # [B, N, C]
-        tokens = self.state.audio_tokens
-        if tokens is None:
-            return out
-        b = hidden_states.shape[0]
-        if b != tokens.shape[0]:  # CFG halves share one set of audio tokens
-            tokens = tokens.repeat(b // tokens.shape[0], 1, 1)
-        return out + self.audio(hidden_states, encoder_hidden_states=tokens.to(hidden_states.dtype))
-
-
-# ------------------------------------------------------------------------------------ temporal
-def temporal_positions(unet) -> list[tuple[str, nn.Module, str]]:
-    """(UNet module path, module, adapter path) for every temporal module, in `UNetMotionModel`'s layout.
-
-    After layer j of a block: its transformer in cross-attention blocks, else its resnet.
-    """
-    out = []
-
-    def add(prefix, block, adapter_prefix):
-        layers = block.attentions if hasattr(block, "attentions") and block.attentions is not None else block.resnets
-        kind = "attentions" if layers is not getattr(block, "resnets", None) else "resnets"
-        for j, m in enumerate(layers):
-            out.append((f"{prefix}.{kind}.{j}", m, f"{adapter_prefix}.motion_modules.{j}"))
-
-    for i, block in enumerate(unet.down_blocks):
-        add(f"down_blocks.{i}", block, f"down_blocks.{i}")
-    if unet.mid_block is not None and getattr(unet.mid_block, "attentions", None):
-        out.append(("mid_block.attentions.0", unet.mid_block.attentions[0], "mid_block.motion_modules.0"))
-    for i, block in enumerate(unet.up_blocks):
-        add(f"up_blocks.{i}", block, f"up_blocks.{i}")
-    return out
-
-
-def default_motion_adapter(unet, config: MotionConfig):
-    """An AnimateDiff `MotionAdapter` laid out for `unet`, proj_out zero (identity at start)."""
-    from diffusers import MotionAdapter
-
-    c = unet.config
-    adapter = MotionAdapter(
-        block_out_channels=tuple(c.block_out_channels),
-        motion_layers_per_block=c.layers_per_block,
-        motion_transformer_layers_per_block=1,
-        motion_mid_block_layers_per_block=1,
-        motion_num_attention_heads=config.temporal_heads,
-        motion_norm_num_groups=c.norm_num_groups,
-        motion_max_seq_length=config.temporal_max_frames,
-        use_motion_mid_block=True,
-    )
-    zero_temporal_outputs(adapter)
-    return adapter
-
-
-@torch.no_grad()
-def zero_temporal_outputs(adapter) -> None:
-    """Zero every motion module's proj_out: the residual temporal attention then returns its input."""
-    for m in adapter.modules():
-        if type(m).__name__ == "AnimateDiffTransformer3D":
-            m.proj_out.weight.zero_()
-            m.proj_out.bias.zero_()
-
-
-def _module_at(root: nn.Module, path: str) -> nn.Module:
-    m = root
-    for part in path.split("."):
-        m = m[int(part)] if part.isdigit() else getattr(m, part)
-    return m
-
-
-def _out_channels(m: nn.Module) -> int:
-    return int(m.out_channels) if hasattr(m, "out_channels") and m.out_channels else int(m.in_channels)
-
-
-class TemporalHook:
-    """Forward hook after a denoiser layer: temporal self-attention over [motion frames | clip frames]."""
-
-    def __init__(self, state: MotionState, name: str, module: nn.Module):
-        self.state, self.name, self.module = state, name, module
-
-    def __call__(self, layer, args, output):
-        st = self.state
-        if st.frames is None:
-            return output
-        x = output[0] if isinstance(output, tuple) else output  # [(B F), c, h, w]
-        f = st.frames
-        x = rearrange(x, "(b f) c h w -> b f c h w", f=f)
-        n = 0
-        motion = st.motion.get(self.name)
-        if exists(motion):
-            m = rearrange(motion, "(b n) c h w -> b n c h w", n=st.motion_frames).to(x.dtype)
-            if m.shape[0] != x.shape[0]:  # CFG halves share the motion frames
-                m = m.repeat(x.shape[0] // m.shape[0], 1, 1, 1, 1)
-            x = torch.cat([m, x], dim=1)  # [B, n + F, c, h, w]
-            n = m.shape[1]
-        y = self.module(rearrange(x, "b f c h w -> (b f) c h w"), num_frames=n + f)
-        y = rearrange(y, "(b f) c h w -> b f c h w", f=n + f)[:, n:]  # drop the motion frames
-        y = rearrange(y, "b f c h w -> (b f) c h w")
-        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
-
-
-class MotionRecordHook:
-    """Forward hook on a ReferenceNet layer: store its output for the matching temporal module."""
-
-    def __init__(self, state: MotionState, name: str):
-        self.state, self.name = state, name
-
-    def __call__(self, layer, args, output):
-        if self.state.recording:
-            self.state.motion[self.name] = output[0] if isinstance(output, tuple) else output
-        return None
-
-
 # ------------------------------------------------------------------------------------ the denoiser
 class MotionDenoiser(nn.Module):
     """ε_θ for a clip: the joint denoiser with audio attention, temporal attention and motion frames.
@@ -252,7 +102,7 @@ class MotionDenoiser(nn.Module):
         self.audio_attn = nn.ModuleDict()
         for name in unet.attn_processors:
             if name.endswith("attn2.processor"):
-                attn2 = _module_at(unet, name.removesuffix(".processor"))
+                attn2 = unet.get_submodule(name.removesuffix(".processor"))
                 a = Attention(query_dim=attn2.query_dim, cross_attention_dim=width, heads=attn2.heads,
                               dim_head=attn2.inner_dim // attn2.heads, out_bias=True)
                 nn.init.zeros_(a.to_out[0].weight)  # zero output: stage 1 unchanged at start
@@ -273,12 +123,12 @@ class MotionDenoiser(nn.Module):
                              f"{self.config.frames + self.config.motion_frames}")
         for unet_path, layer, adapter_path in temporal_positions(self.joint.unet):
             try:
-                module = _module_at(self.temporal, adapter_path)
+                module = self.temporal.get_submodule(adapter_path)
             except (AttributeError, IndexError):
                 raise InputError(f"the motion adapter has no module {adapter_path}; it does not fit this UNet's layout") from None
-            if module.in_channels != _out_channels(layer):
+            if module.in_channels != out_channels(layer):
                 raise InputError(f"motion adapter {adapter_path} has {module.in_channels} channels, the UNet's "
-                                 f"{unet_path} gives {_out_channels(layer)}; use an adapter made for this base model")
+                                 f"{unet_path} gives {out_channels(layer)}; use an adapter made for this base model")
 
     def install(self) -> None:
         """Put the audio processors on the denoiser's attn2 and the hooks on denoiser and ReferenceNet."""
@@ -290,7 +140,7 @@ class MotionDenoiser(nn.Module):
         unet.set_attn_processor({n: (AudioAttnProcessor(self.state, self.audio_attn[_key(n)], p) if n in self._saved_processors else p)
                                  for n, p in procs.items()})
         for unet_path, layer, adapter_path in temporal_positions(unet):
-            hook = TemporalHook(self.state, unet_path, _module_at(self.temporal, adapter_path))
+            hook = TemporalHook(self.state, unet_path, self.temporal.get_submodule(adapter_path))
             self._handles.append(layer.register_forward_hook(hook))
         for ref_path, layer, _ in temporal_positions(ref):
             self._handles.append(layer.register_forward_hook(MotionRecordHook(self.state, ref_path)))
@@ -417,66 +267,3 @@ def _key(processor_name: str) -> str:
 
 def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
-
-
-# ------------------------------------------------------------------------------------ AnimateDiff weights
-# Original AnimateDiff motion-module names → diffusers MotionAdapter names (a rename, same tensors).
-_ORIGINAL_RENAMES = (
-    (".temporal_transformer.", "."),
-    (".attention_blocks.0.", ".attn1."),
-    (".attention_blocks.1.", ".attn2."),
-    (".norms.0.", ".norm1."),
-    (".norms.1.", ".norm2."),
-    (".ff_norm.", ".norm3."),
-)
-
-
-def original_to_diffusers_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an original AnimateDiff motion-module state dict to diffusers' MotionAdapter names.
-
-    The sinusoidal position tables (`pos_encoder.pe`) are dropped: MotionAdapter recomputes them.
-    """
-    out = {}
-    for k, v in state.items():
-        if "pos_encoder" in k or "pos_embed" in k:
-            continue
-        for old, new in _ORIGINAL_RENAMES:
-            k = k.replace(old, new)
-        out[k] = v
-    return out
-
-
-def load_motion_adapter(path: str | Path, unet, config: MotionConfig):
-    """AnimateDiff motion-module weights from a local folder or file, laid out for `unet`.
-
-    Accepts a diffusers MotionAdapter folder (config.json + *.safetensors) or a .safetensors
-    file (or a folder holding one) with the original AnimateDiff names. Safetensors only.
-    """
-    from diffusers import MotionAdapter
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"--motion-adapter {path}: no such file or folder")
-    if path.is_dir() and (path / "config.json").is_file():
-        if not any(path.glob("*.safetensors")):
-            raise InputError(f"--motion-adapter {path}: no .safetensors weights; convert the adapter to safetensors first")
-        return MotionAdapter.from_pretrained(path, use_safetensors=True, local_files_only=True)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-    if not files or files[0].suffix != ".safetensors":
-        raise InputError(f"--motion-adapter {path}: expected a diffusers MotionAdapter folder or a .safetensors file")
-    state = load_file(str(files[0]))
-    renamed = original_to_diffusers_names(state)
-    adapter = default_motion_adapter(unet, config)
-    own = adapter.state_dict()
-    unexpected = sorted(k for k in renamed if k not in own)
-    missing = sorted(k for k in own if k not in renamed and not k.endswith(".pe"))
-    if unexpected or missing:
-        example = (unexpected or missing)[0]
-        raise InputError(f"--motion-adapter {files[0]}: its weights do not fit this UNet "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {example})")
-    for k, v in renamed.items():
-        if own[k].shape != v.shape:
-            raise InputError(f"--motion-adapter {files[0]}: {k} has shape {tuple(v.shape)}, this UNet needs {tuple(own[k].shape)}")
-    adapter.load_state_dict(renamed, strict=False)
-    return adapter
