@@ -98,3 +98,48 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- CPU threads
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def default_threads() -> tuple[int, str]:
+    """CPU threads for this process's math and where the number comes from.
+
+    OMP_NUM_THREADS if set, else SLURM_CPUS_PER_TASK, else the CPUs this process may run on
+    (its affinity) that the 1-minute load average leaves idle, at least one. On a shared
+    machine OpenMP threads that wait for a core spin at every barrier: a second thread on
+    a core that another process holds makes a step several times slower, while on a quiet
+    machine one thread fewer costs only a little (benchmarks/results/commands.md).
+    """
+    for var in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value), var
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on macOS and Windows
+        cpus = os.cpu_count() or 1
+    try:
+        idle = (os.cpu_count() or cpus) - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return cpus, "CPU affinity"
+    return max(1, min(cpus, int(idle + 0.5))), f"{cpus} CPUs, load average {os.getloadavg()[0]:.1f}"
+
+
+def use_threads(n: int) -> None:
+    """Run this process's math (PyTorch, BLAS, OpenCV) on n CPU threads.
+
+    Set before PyTorch is imported, the environment reaches every OpenMP pool and the
+    processes this one starts; where a library is loaded already it is told directly."""
+    import sys
+
+    if n < 1:
+        raise UsageError(f"--threads {n}: expected 1 or more")
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(n)

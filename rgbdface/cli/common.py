@@ -146,6 +146,10 @@ class ReportingCommand(TyperCommand):
             raise
 
     def invoke(self, ctx: typer.Context) -> Any:
+        from rgbdface.utils import default_threads, use_threads
+
+        # CPU threads before any library that reads them is imported (the `--threads` option: ThreadsOpt)
+        use_threads(ctx.params.get("cpu_threads") or default_threads()[0])
         rep = Report(self.name or "")
         as_json = bool(ctx.params.get("as_json"))
         token = _REPORT.set(rep)

@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt,
+from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt,
                                   StepsOpt)
 
 
@@ -27,6 +27,7 @@ def depth2img_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -13,7 +13,7 @@ import typer
 from rgbdface.cli.common import (ReportingCommand, error_line, expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, report,
                                  take_shard, write_all)
 from rgbdface.cli.options import (
-    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt, DepthFlipOpt,
+    DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt, DepthFlipOpt,
 )
 from rgbdface.utils import InputError
 
@@ -60,6 +60,7 @@ def estimate_depth_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

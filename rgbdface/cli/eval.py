@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
-from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, FormatOpt, JsonOpt, QuietOpt, SeedOpt
+from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, FormatOpt, JsonOpt, ThreadsOpt, QuietOpt, SeedOpt
 
 if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
@@ -45,6 +45,7 @@ def eval_command(
     ensemble: Annotated[int, typer.Option("--ensemble", min=1, help="With --method model: ensemble size.")] = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors
-from rgbdface.cli.options import JsonOpt, QuietOpt
+from rgbdface.cli.options import JsonOpt, ThreadsOpt, QuietOpt
 from rgbdface.cli.training import (ConfigOpt, CpuOpt, DatasetArg, MaxStepsOpt, OverwriteRunOpt, ResumeOpt, RunDirOpt,
                                    SetOpt, ShowConfigOpt, TrackerOpt, run_training)
 
@@ -26,6 +26,7 @@ def finetune_mask_command(
     tracker: TrackerOpt = None,
     cpu: CpuOpt = False,
     show_config: ShowConfigOpt = False,
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, OutputDirOpt, QuietOpt, SchedulerOpt, SeedOpt,
+from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, OutputDirOpt, QuietOpt, SchedulerOpt, SeedOpt,
                                   StepsOpt)
 
 
@@ -29,6 +29,7 @@ def generate_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

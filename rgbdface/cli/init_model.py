@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
-from rgbdface.cli.options import JsonOpt, QuietOpt, SeedOpt
+from rgbdface.cli.options import JsonOpt, ThreadsOpt, QuietOpt, SeedOpt
 from rgbdface.utils import InputError, UsageError
 
 
@@ -22,6 +22,7 @@ def init_model_command(
     prediction_type: Annotated[Optional[str], typer.Option("--prediction-type", help="What the denoiser outputs, for every stage: 'epsilon' (the paper's eq. 5; default for --tiny) or 'v_prediction' (supervises the clean latent at high noise too; the bundled tiny model uses it). Default: the base scheduler's.")] = None,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

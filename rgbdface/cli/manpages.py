@@ -20,6 +20,8 @@ EXIT_STATUS = [
 ENVIRONMENT = [
     ("RGBDFACE_DEBUG", "set to 1 to print the traceback of an error instead of its one-line message."),
     ("RANK, WORLD_SIZE", "set by launchers (torchrun, accelerate, SLURM wrappers): the default shard of batch commands."),
+    ("OMP_NUM_THREADS, SLURM_CPUS_PER_TASK", "CPU threads for the math when --threads is not given (the first that is set); "
+     "without either, the CPUs the process may use that the 1-minute load average leaves idle, at least one."),
 ]
 
 

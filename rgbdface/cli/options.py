@@ -28,3 +28,6 @@ ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="Process only s
 OutputFileOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file; written atomically, the format follows the suffix.")]
 FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", show_default=False, help="How results go to stdout: 'table' (default), 'json' or 'csv'.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a one-line JSON report on stdout when done (command, exit_code, error, seconds, written, failed, skipped, and the command's own keys); nothing else goes to stdout.")]
+# Read by ReportingCommand.invoke (parameter name `cpu_threads`), which sets the threads before the command runs.
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, show_default=False,
+                                                  help="CPU threads for the math [default: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else the CPUs this process may use that the load average leaves idle, at least 1].")]

@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report, write_all
 from rgbdface.cli.estimate_depth import EnsembleOpt
-from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt
+from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, DtypeOpt, JsonOpt, ThreadsOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +42,7 @@ def relight_command(
     ensemble: EnsembleOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 from rgbdface.utils import InputError
 
 CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
@@ -50,6 +50,7 @@ def talk_command(
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

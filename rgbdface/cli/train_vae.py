@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
-from rgbdface.cli.options import JsonOpt, QuietOpt, SeedOpt
+from rgbdface.cli.options import JsonOpt, ThreadsOpt, QuietOpt, SeedOpt
 from rgbdface.utils import InputError, UsageError
 
 
@@ -22,6 +22,7 @@ def train_vae_command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-4,
     crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random crops of this size (multiple of 8; faster, same codec).")] = None,
     seed: SeedOpt = 0,
+    cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
