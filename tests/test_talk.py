@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from motion_helpers import SR, perturb, speech_like, tiny_motion_model, write_video_with_audio, write_wav
 from rgbdface.cli.app import app
-from rgbdface.data.video_writer import probe
+from rgbdface.data.video import probe
 from rgbdface.data.audio import load_audio
 from rgbdface.pipelines.talk import ClipProgress, denoise_clip, talk, talk_frames
 from rgbdface.utils import InputError

@@ -66,7 +66,8 @@ def talk_command(
     from rgbdface.data.io import load_image
     from rgbdface.data.audio import SAMPLE_RATE, load_audio
     from rgbdface.models.folder import model_crop_margin
-    from rgbdface.pipelines.talk import check_outputs, talk
+    from rgbdface.data.video_outputs import check_outputs
+    from rgbdface.pipelines.talk import talk
 
     # Everything that can fail on bad input happens before the model is loaded.
     check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)

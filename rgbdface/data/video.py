@@ -1,17 +1,18 @@
-"""Video input for prep-depth: frames at a fixed rate and smoothed crop boxes (audio: data/audio.py).
+"""Video in and out: frames at a fixed rate and smoothed crop boxes for prep-depth; H.264 writing for talk.
 
 Everything goes through the ffmpeg binary that imageio-ffmpeg ships, so any
-format ffmpeg reads works and nothing is downloaded.
+format ffmpeg reads works and nothing is downloaded. Audio: data/audio.py.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, exists
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
 DETECT_WIDTH = 640  # face boxes are found on frames scaled to this width
@@ -79,3 +80,86 @@ def smooth_boxes(boxes: list[tuple[float, float, float, float] | None], sigma: f
         params = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(3)], 1)
     cx, cy, side = params.T
     return [(float(a - s / 2), float(b - s / 2), float(a + s / 2), float(b + s / 2)) for a, b, s in zip(cx, cy, side)]
+
+
+class VideoWriter:
+    """uint8 RGB frames [H, W, 3] → an H.264 (yuv420p) video at `fps`, optionally with an audio track.
+
+    Frames stream to ffmpeg as they are made (`imageio_ffmpeg.write_frames`), so memory does
+    not grow with the video's length. audio: a file ffmpeg reads (its first audio track is
+    muxed, AAC); audio_seconds: keep only its first seconds. Odd frame sizes are padded by one
+    pixel (yuv420p needs even sizes). Not atomic by itself: write to a temporary path
+    (`atomic_path`), which is renamed once the writer has closed cleanly.
+    """
+
+    def __init__(self, path: str | Path, fps: int = 25, audio: str | Path | None = None,
+                 audio_seconds: float | None = None, crf: int = 18):
+        self.path, self.fps, self.audio, self.audio_seconds, self.crf = Path(path), fps, audio, audio_seconds, crf
+        self.size: tuple[int, int] | None = None  # (H, W)
+        self.frames = 0
+        self._gen = None
+
+    def _start(self, h: int, w: int) -> None:
+        import imageio_ffmpeg
+
+        params = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-preset", "medium", "-crf", str(self.crf), "-movflags", "+faststart"]
+        if exists(self.audio):
+            params += ["-b:a", "128k"] + (["-af", f"atrim=end={self.audio_seconds:.6f}"] if exists(self.audio_seconds) else [])
+        self._gen = imageio_ffmpeg.write_frames(
+            str(self.path), (w, h), fps=self.fps, codec="libx264", quality=None, macro_block_size=1, ffmpeg_log_level="error",
+            output_params=params, audio_path=str(self.audio) if exists(self.audio) else None, audio_codec="aac")
+        self._gen.send(None)
+        self.size = (h, w)
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.ascontiguousarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frames must be uint8 RGB [H, W, 3], got {frame.dtype} {frame.shape}")
+        if self._gen is None:
+            self._start(*frame.shape[:2])
+        elif frame.shape[:2] != self.size:
+            raise ValueError(f"frame size {frame.shape[:2]} differs from the first frame's {self.size}")
+        try:
+            self._gen.send(frame)
+        except OSError:  # ffmpeg has exited (its own message is on stderr)
+            self._gen = None
+            raise InputError(f"{self.path}: ffmpeg stopped while writing the video; check the disk and the path") from None
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file; raises InputError when ffmpeg wrote nothing, ValueError when no frame was written."""
+        if self._gen is None:
+            raise ValueError(f"{self.path}: no frames were written")
+        self._gen.close()  # waits for ffmpeg to finish the file
+        self._gen = None
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            raise InputError(f"{self.path}: ffmpeg could not write the video; check the disk and the path")
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close()
+        elif self._gen is not None:  # stop ffmpeg; the caller removes the unfinished file
+            self._gen.close()
+            self._gen = None
+        return False
+
+
+def probe(path: str | Path) -> dict:
+    """What ffmpeg reports about a media file: fps, video codec and pixel format, whether it has audio."""
+    import re
+
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True)
+    info = proc.stderr
+    video = re.search(r"Stream #\S+.*Video: (\w+)[^,]*, (\w+)", info)
+    fps = re.search(r"([\d.]+) fps", info)
+    size = re.search(r"Video: .*?, (\d+)x(\d+)", info)
+    return {
+        "video_codec": video.group(1) if video else None,
+        "pix_fmt": video.group(2) if video else None,
+        "fps": float(fps.group(1)) if fps else None,
+        "size": (int(size.group(1)), int(size.group(2))) if size else None,
+        "audio_codec": (m.group(1) if (m := re.search(r"Stream #\S+.*Audio: (\w+)", info)) else None),
+    }

@@ -7,14 +7,12 @@ repeated. The reference goes through the ReferenceNet once for the whole video. 
 video has ceil(duration × 25) frames and ends with the audio.
 
 `talk_frames` yields frames as each clip is decoded; `talk` writes them straight to the
-outputs, so memory stays flat however long the audio is.
+outputs (`rgbdface.data.video_outputs`), so memory stays flat however long the audio is.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,7 @@ from einops import repeat
 from rgbdface.data.audio import SAMPLE_RATE, audio_windows, num_video_frames
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
-from rgbdface.utils import InputError, UsageError, atomic_dir, atomic_path, exists
-
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv"}
+from rgbdface.utils import InputError, exists
 
 
 @dataclass
@@ -186,37 +182,6 @@ def talk_frames(
         den.clear()
 
 
-def _writable(path: Path, what: str) -> None:
-    """Fail early, before any work and without creating anything, when `path` cannot be written."""
-    if path.is_dir() and what in ("--output", "--depth-video"):
-        raise InputError(f"{what} {path}: is a folder; give a file name such as out.mp4")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"{what} {path}: cannot write there ({parent} is not a folder); choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: cannot write there (no permission in {parent}); choose another path")
-
-
-def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Path | None = None,
-                  depth_frames: Path | None = None, mesh_frames: Path | None = None) -> None:
-    """Every output can be written and has a video suffix; raises InputError naming the first that cannot."""
-    for opt, path in (("--output", output), ("--depth-video", depth_video)):
-        if exists(path):
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
-                raise UsageError(f"{opt} {path}: expected a video file ending in {', '.join(sorted(VIDEO_SUFFIXES))}")
-            _writable(path, opt)
-    for opt, path in (("--rgb-frames", rgb_frames), ("--depth-frames", depth_frames), ("--mesh-frames", mesh_frames)):
-        if exists(path):
-            if path.exists() and not path.is_dir():
-                raise InputError(f"{opt} {path}: exists and is not a folder")
-            _writable(path, opt)
-    paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames, mesh_frames) if exists(p)]
-    if len(set(paths)) != len(paths):
-        raise UsageError("two outputs have the same path; give each output its own name")
-
-
 def talk(
     model: RGBDFaceModel,
     reference: np.ndarray,
@@ -238,47 +203,19 @@ def talk(
     """Generate the talking RGB + depth video and write every requested output as frames are made.
 
     `wave` is the waveform of `audio_path` (load_audio, possibly cut to --max-seconds); the
-    file is muxed into the videos for the same duration. Outputs appear only when complete.
-    `mesh_frames` gets one coloured PLY mesh per frame (the depth-mesh camera of
-    `rgbdface.data.surface`; a frame without valid depth gets none).
+    file is muxed into the videos for the same duration. Outputs appear only when complete
+    (`rgbdface.data.video_outputs.VideoOutputs` says what each holds).
     """
-    from rgbdface.data.io import colorize_depth, relative_depth_to_u16, save_depth16, save_image
-    from rgbdface.data.video_writer import VideoWriter
+    from rgbdface.data.video_outputs import VideoOutputs
 
     model.require_stage(3, "talk")
-    output = Path(output)
-    depth_video, rgb_frames, depth_frames, mesh_frames = (
-        Path(p) if exists(p) else None for p in (depth_video, rgb_frames, depth_frames, mesh_frames))
-    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
     fps = model.motion.config.fps if exists(model.motion) else 25
     seconds = wave.size / SAMPLE_RATE
-
-    frames = 0
+    outputs = VideoOutputs(output, fps, audio_path, seconds, depth_video=depth_video, side_by_side=side_by_side,
+                           rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames)  # checks every path
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        # Outputs go to temporary paths, renamed only after the last frame (LIFO: writers close first).
-        videos = [stack.enter_context(VideoWriter(stack.enter_context(atomic_path(output)), fps, audio_path, seconds))]
-        if exists(depth_video):
-            videos.append(stack.enter_context(VideoWriter(stack.enter_context(atomic_path(depth_video)), fps, audio_path, seconds)))
-        rgb_dir = stack.enter_context(atomic_dir(rgb_frames)) if exists(rgb_frames) else None
-        depth_dir = stack.enter_context(atomic_dir(depth_frames)) if exists(depth_frames) else None
-        mesh_dir = stack.enter_context(atomic_dir(mesh_frames)) if exists(mesh_frames) else None
-
+    with outputs:
         for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip):
-            preview = colorize_depth(frame.depth, frame.valid) if side_by_side or exists(depth_video) else None
-            videos[0].write(np.concatenate([frame.rgb, preview], axis=1) if side_by_side else frame.rgb)
-            if exists(depth_video):
-                videos[1].write(preview)
-            if exists(rgb_dir):
-                save_image(rgb_dir / f"{frame.index:06d}.png", frame.rgb)
-            if exists(depth_dir):
-                save_depth16(depth_dir / f"{frame.index:06d}.png", relative_depth_to_u16(frame.depth, frame.valid))
-            if exists(mesh_dir) and frame.valid.any():
-                from rgbdface.data.surface import depth_to_mesh, save_mesh
-
-                # depth + 2 > 0: the mesh builder wants positive depth, larger = farther
-                save_mesh(mesh_dir / f"{frame.index:06d}.ply", depth_to_mesh(frame.depth + 2.0, frame.valid, frame.rgb))
-            frames += 1
-    outputs = [p for p in (output, depth_video, rgb_frames, depth_frames, mesh_frames) if exists(p)]
-    clips = math.ceil(frames / model.motion.config.frames)
-    return TalkResult(frames, seconds, clips, time.perf_counter() - t0, outputs)
+            outputs.write(frame)
+    clips = math.ceil(outputs.frames / model.motion.config.frames)
+    return TalkResult(outputs.frames, seconds, clips, time.perf_counter() - t0, outputs.paths)
