@@ -62,7 +62,9 @@ def fixed_batch_loss(model_dir: Path, stage: int, data: Path, n: int = 8) -> flo
     """The stage's loss on a fixed set of samples (fixed noise, timesteps, references, masks)."""
     from rgbdface.models.model import RGBDFaceModel
     from rgbdface.training.config import resolve_config
-    from rgbdface.training.data import LatentSpec, collate, read_samples
+    from torch.utils.data import default_collate as collate
+
+    from rgbdface.training.data import LatentSpec, read_samples
     from rgbdface.training.loop import make_stream
     from rgbdface.training.objectives import make_objective
 
@@ -326,7 +328,9 @@ def test_hflip_mirrors_target_depth_and_reference_together(tmp_path):
 
 def test_flipped_samples_have_cached_latents_of_their_own(tiny_model, tmp_path):
     from rgbdface.training.config import resolve_config
-    from rgbdface.training.data import ImageStream, LatentSpec, collate, read_samples
+    from torch.utils.data import default_collate as collate
+
+    from rgbdface.training.data import ImageStream, LatentSpec, read_samples
     from rgbdface.training.objectives import make_objective
 
     samples = read_samples(make_dataset(tmp_path / "d", identities=1, frames=2))
@@ -386,7 +390,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(stage, data, audio_data
     """The reference/motion conditioning stays set through backward, so recomputation matches."""
     from rgbdface.models.builder import build_tiny
     from rgbdface.training.config import resolve_config
-    from rgbdface.training.data import LatentSpec, collate, read_samples
+    from torch.utils.data import default_collate as collate
+
+    from rgbdface.training.data import LatentSpec, read_samples
     from rgbdface.training.loop import make_stream
     from rgbdface.training.motion_setup import add_motion, clip_audio_features
     from rgbdface.training.objectives import make_objective

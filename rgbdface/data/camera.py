@@ -94,8 +94,3 @@ def depth_to_u16(depth_mm: np.ndarray) -> np.ndarray:
         raise ValueError(f"depth {d.max():.0f} mm exceeds the 16-bit range ({MAX_DEPTH_MM:.0f} mm)")
     steps = d * np.float32(1.0 / DEPTH_UNIT_MM)  # float32 holds 0..65535 in 0.1 mm steps to well under a step
     return np.rint(steps, out=steps).astype(np.uint16)
-
-
-def u16_to_depth(depth_u16: np.ndarray) -> np.ndarray:
-    """uint16 depth PNG values → depth in mm as float32 (0 = none)."""
-    return np.asarray(depth_u16, np.float32) * np.float32(DEPTH_UNIT_MM)

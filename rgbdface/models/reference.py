@@ -119,30 +119,15 @@ class ReferenceReadProcessor:
             return self.inner(attn, hidden_states, context, attention_mask, temb)
         visible = torch.ones(b, 1, 1, context.shape[1], dtype=torch.bool, device=context.device)
         visible[~keep.to(context.device), :, :, n:] = False
-        return _attend(attn, hidden_states, context, visible)
+        return _attend_qkv(attn, hidden_states, attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), visible)
 
 
 def _attend_qkv(attn: Attention, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
     """Multi-head attention from projected q [B, N, C], k, v [B, K, C], with an optional boolean key mask [B, 1, 1, K]."""
-    b = x.shape[0]
     heads = attn.heads
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = rearrange(out, "b h n d -> b n (h d)").to(q.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    if attn.residual_connection:
-        out = out + x
-    return out / attn.rescale_output_factor
-
-
-def _attend(attn: Attention, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Plain multi-head attention of `x` over `context` with a boolean key mask [B, 1, 1, K]."""
-    b = x.shape[0]
-    q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
-    heads = attn.heads
-    q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(b, -1, heads * out.shape[-1]).to(q.dtype)
     out = attn.to_out[1](attn.to_out[0](out))
     if attn.residual_connection:
         out = out + x

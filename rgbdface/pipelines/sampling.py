@@ -16,6 +16,12 @@ from rgbdface.models.denoiser import RGBDDenoiser
 from rgbdface.models.unet import masked_inputs
 
 
+def guided(eps: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: predictions [unconditional | conditional] → ε_u + w · (ε_c − ε_u), half the batch."""
+    eps_uncond, eps_cond = eps.chunk(2)
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
 @dataclass
 class Known:
     """What is kept rather than generated, at latent resolution.
@@ -135,8 +141,7 @@ def sample_latents(
                 x = torch.cat([x, x])
             eps = denoiser(x, t.expand(x.shape[0]), context, keep=keep, ref_index=ref_index)  # [B(×2), 2C, h, w]
             if keep is not None:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+                eps = guided(eps, guidance)
             latents = scheduler.step(eps, t, latents, generator=step_generator).prev_sample
     finally:
         denoiser.clear_reference()

@@ -25,6 +25,7 @@ from einops import repeat
 from rgbdface.data.audio import SAMPLE_RATE, audio_windows, num_video_frames
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
+from rgbdface.pipelines.sampling import guided
 from rgbdface.utils import InputError, exists
 
 
@@ -105,8 +106,7 @@ def denoise_clip(
             x, audio = torch.cat([x, x]), torch.cat([windows, windows])
         eps = den(x, t.reshape(1).expand(x.shape[0]).to(noise.device), context, audio, None, None, keep=keep)
         if exists(keep):
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+            eps = guided(eps, guidance)
         latents = sched.step(eps, t, latents).prev_sample
     return latents
 

@@ -262,13 +262,18 @@ def resolve_config(stage: int, recipe: str = "tiny", overrides: list[str] | None
         if isinstance(d, dict) and "stage" in d and int(d["stage"]) != stage:
             raise InputError(f"--config {path}: a stage-{d['stage']} config, but this command trains stage {stage}")
         apply_dict(cfg, d, str(path))
-    for item in overrides or []:
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> None:
+    """`--set key=value` items, in order, on top of `cfg`."""
+    for item in overrides:
         if "=" not in item:
             raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
         k, v = item.split("=", 1)
         _apply(cfg, k.strip(), v.strip())
-    validate(cfg)
-    return cfg
 
 
 def validate(cfg: RunConfig) -> None:
@@ -326,13 +331,3 @@ def config_from_dict(d: dict) -> RunConfig:
     cfg = default_config(int(d.get("stage", 1)))
     apply_dict(cfg, {k: v for k, v in d.items() if v is not None}, "saved config")
     return cfg
-
-
-def describe() -> str:
-    """Every key with its default, for `--help`-style listings."""
-    lines = []
-    for name, cls in SECTION_TYPES.items():
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{name}.{f.name}={default}")
-    return "\n".join(lines)

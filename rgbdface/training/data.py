@@ -346,18 +346,3 @@ class RankBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:  # endless; the loop stops by step count
         return 2**62
-
-
-def collate(items: list[dict]) -> dict:
-    out = {}
-    for k in items[0]:
-        v = [it[k] for it in items]
-        if isinstance(v[0], torch.Tensor):
-            out[k] = torch.stack(v)
-        elif isinstance(v[0], bool):
-            out[k] = torch.tensor(v, dtype=torch.bool)
-        elif isinstance(v[0], int):
-            out[k] = torch.tensor(v, dtype=torch.long)
-        else:
-            out[k] = v
-    return out

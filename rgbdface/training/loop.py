@@ -148,13 +148,9 @@ def plan(req: TrainRequest) -> Plan:
         if state.stage != stage:
             raise InputError(f"{run_dir}: its checkpoints are from stage {state.stage} ({COMMAND[state.stage]}), not {COMMAND[stage]}")
         cfg = config_from_dict(saved)
-        from rgbdface.training.config import _apply, validate
+        from rgbdface.training.config import apply_overrides, validate
 
-        for item in overrides:
-            if "=" not in item:
-                raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
-            k, v = item.split("=", 1)
-            _apply(cfg, k.strip(), v.strip())
+        apply_overrides(cfg, overrides)
         validate(cfg)
         init = state.init_model or init
     else:
@@ -223,7 +219,9 @@ def run(p: Plan) -> Path:
     from diffusers.utils import logging as diffusers_logging
     from tqdm.auto import tqdm
 
-    from rgbdface.training.data import LatentSpec, RankBatches, collate
+    from torch.utils.data import default_collate
+
+    from rgbdface.training.data import LatentSpec, RankBatches
     from rgbdface.training.ema import EMA
     from rgbdface.training.grids import sample_grid, write_grid
     from rgbdface.training.objectives import digest, make_objective
@@ -240,7 +238,7 @@ def run(p: Plan) -> Path:
     if mp == "fp16" and not cuda:
         raise InputError("precision.mixed_precision=fp16 needs CUDA; use no or bf16 on the CPU")
     accelerator = Accelerator(
-        mixed_precision=mp, cpu=req.cpu, log_with=req.tracker, project_dir=str(run_dir),
+        mixed_precision=mp, cpu=req.cpu, gradient_accumulation_steps=cfg.optim.grad_accum, log_with=req.tracker, project_dir=str(run_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     main = accelerator.is_main_process
@@ -303,10 +301,10 @@ def run(p: Plan) -> Path:
     stream = make_stream(p.samples, cfg, spec, audio_features)
     loader = torch.utils.data.DataLoader(
         stream, batch_sampler=RankBatches(state.step * o.grad_accum, o.batch_size, accelerator.process_index, accelerator.num_processes),
-        collate_fn=collate, num_workers=cfg.data.num_workers,
+        collate_fn=default_collate, num_workers=cfg.data.num_workers,
     )
     batches = iter(loader)
-    grid_batch = collate([stream[n] for n in range(cfg.log.sample_count)]) if cfg.stage in (1, 2) else None
+    grid_batch = default_collate([stream[n] for n in range(cfg.log.sample_count)]) if cfg.stage in (1, 2) else None
     if req.tracker:
         accelerator.init_trackers("rgbdface", config=_flat(cfg.to_dict()))
 
@@ -319,12 +317,12 @@ def run(p: Plan) -> Path:
     while state.step < o.max_steps:
         t0 = time.perf_counter()
         parts_sum: dict[str, float] = {}
-        for k in range(o.grad_accum):
+        for _ in range(o.grad_accum):
             batch = next(batches)
-            sync = k == o.grad_accum - 1
-            with (accelerator.no_sync(objective) if not sync else _null()), accelerator.autocast():
+            # accumulate: processes sync gradients on the last micro-batch only; backward divides the loss by grad_accum
+            with accelerator.accumulate(objective), accelerator.autocast():
                 loss, parts = objective(batch)
-                accelerator.backward(loss / o.grad_accum)
+                accelerator.backward(loss)
             inner.finish()
             for name, v in {"loss": loss.detach(), **parts}.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + float(v) / o.grad_accum
@@ -426,14 +424,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
         elif v is not None:
             out[f"{prefix}{k}"] = str(v)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(req: TrainRequest) -> Path:
