@@ -18,6 +18,17 @@ class UsageError(InputError):
     """A command line that cannot work as given (options that conflict or are missing); commands exit 2."""
 
 
+def check_input_file(path: str | os.PathLike, kind: str = "file") -> Path:
+    """`path` if it names an existing file, else the one-line error a command prints; cheap enough
+    to run on every input before the heavy libraries are imported."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file; check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+    return p
+
+
 def exists(x: Any) -> bool:
     return x is not None
 

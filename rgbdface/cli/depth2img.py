@@ -11,6 +11,7 @@ from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, repo
 from rgbdface.cli.loading import load_for_command
 from rgbdface.cli.options import (DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt,
                                   StepsOpt)
+from rgbdface.utils import check_input_file
 
 
 @handle_errors
@@ -45,15 +46,18 @@ def depth2img_command(
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_depth, load_image, save_image
     from rgbdface.models.folder import model_crop_margin
-    from rgbdface.pipelines.depth2img import prepare_depth2img, run_depth2img
 
-    # 1. Check options
+    # 1. Check options and that every input is there (before the model's libraries load)
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         raise fail(f"-o {output}: unknown image suffix {output.suffix!r}; use .png or .jpg", 2)
     if (image is None) != (region is None):
         raise fail("--image and --region go together (regenerate the region of the image)", 2)
     if image is None and reference is None:
         raise fail("--reference REF.jpg is needed (or --image with --region to edit an image)", 2)
+    for path in (depth, reference, image, region):
+        if path is not None:
+            check_input_file(path)
+    from rgbdface.pipelines.depth2img import prepare_depth2img, run_depth2img
 
     # 2. Read and align every input before loading the model
     d = load_depth(depth)

@@ -15,7 +15,7 @@ from rgbdface.cli.common import (ReportingCommand, error_line, expand_inputs, fa
 from rgbdface.cli.options import (
     DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt, DepthFlipOpt,
 )
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, check_input_file
 
 if TYPE_CHECKING:
     from rgbdface.pipelines.depth import DepthResult
@@ -99,17 +99,26 @@ def estimate_depth_command(
         log(f"skipping {len(mine) - len(todo)} input(s) whose outputs exist (--overwrite to redo)", quiet)
     if count > 1:
         log(f"shard {index}/{count}: {len(mine)} of {len(jobs)} inputs", quiet)
+    # A missing input is reported now, before the model and its libraries load (seconds)
+    failed: list[tuple[Path, str]] = []
+    for job in todo:
+        try:
+            check_input_file(job.source, "image file")
+        except InputError as e:
+            failed.append((job.source, str(e)))
+            if len(jobs) > 1:
+                error_line(str(e))
+    present = [j for j in todo if j.source not in {f for f, _ in failed}]
     if not todo:
         return
 
     # 2. Estimate batch by batch; a bad input is reported and skipped
     runner = _Runner(model, device, dtype, quiet, dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance, flip=flip))
-    failed: list[tuple[Path, str]] = []
     estimate_seconds = 0.0
-    with progress_bar(len(todo), quiet) as bar:
-        size = batch_size or runner.default_batch_size()
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
+    with progress_bar(len(present), quiet or not present) as bar:
+        size = batch_size or (runner.default_batch_size() if present else 1)
+        for start in range(0, len(present), size):
+            batch = present[start : start + size]
             t0 = time.perf_counter()
             outcomes = runner.run(batch)
             estimate_seconds += time.perf_counter() - t0

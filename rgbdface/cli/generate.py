@@ -39,6 +39,11 @@ def generate_command(
     1..65535, larger = farther, 0 = no depth) and STEM_i_preview.png (RGB | depth).
     --json adds: samples, generate_seconds (sampling only).
     """
+    from rgbdface.utils import check_input_file
+
+    # Everything that can fail on bad input happens before anything is written; a missing file before
+    # the model's libraries are imported.
+    check_input_file(reference, "image file")
     import numpy as np
 
     from rgbdface.data.face import crop_face
@@ -46,7 +51,6 @@ def generate_command(
     from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.generate import generate
 
-    # Everything that can fail on bad input happens before anything is written.
     crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
     m = load_for_command(model, device, dtype, quiet)
     if 1 not in m.meta.stages:

@@ -30,7 +30,7 @@ def init_model_command(
     (new input channels zero-initialised, output layer duplicated), a ReferenceNet
     copied from the base UNet, the base VAE, and the cached empty-prompt embedding.
     --json adds: image_size, stages."""
-    from rgbdface.models.builder import PREDICTION_TYPES, build_from_sd15, build_tiny
+    from rgbdface.models.folder import PREDICTION_TYPES
 
     if (base is None) == (not tiny):
         raise UsageError("give exactly one of --base SD15_DIR or --tiny")
@@ -40,6 +40,11 @@ def init_model_command(
         raise UsageError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"--prediction-type {prediction_type}: use one of {', '.join(PREDICTION_TYPES)}")
+    for flag, folder in (("--base", base), ("--vae", vae)):
+        if folder is not None and not folder.is_dir():
+            raise InputError(f"{flag} {folder}: no such folder")
+    from rgbdface.models.builder import build_from_sd15, build_tiny
+
     model = (build_tiny(image_size or 64, seed=seed, vae_dir=vae, prediction_type=prediction_type) if tiny
              else build_from_sd15(base, image_size or 512, prediction_type=prediction_type))
     model.save_pretrained(output)

@@ -10,7 +10,7 @@ import typer
 from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
 from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, check_input_file
 
 CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
 
@@ -62,16 +62,20 @@ def talk_command(
 
     --json adds: frames, clips, audio_seconds (the audio covered) and generate_seconds.
     """
+    from rgbdface.data.video_outputs import check_outputs
+    from rgbdface.models.folder import model_crop_margin
+
+    # Everything that can fail on bad input happens before the model is loaded; a missing file or a
+    # bad option even before the model's libraries are imported.
+    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
+    check_input_file(reference, "image file")
+    check_input_file(audio)
+    _require_motion_stage(model)
+    from rgbdface.data.audio import SAMPLE_RATE, load_audio
     from rgbdface.data.face import crop_face
     from rgbdface.data.io import load_image
-    from rgbdface.data.audio import SAMPLE_RATE, load_audio
-    from rgbdface.models.folder import model_crop_margin
-    from rgbdface.data.video_outputs import check_outputs
     from rgbdface.pipelines.talk import talk
 
-    # Everything that can fail on bad input happens before the model is loaded.
-    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
-    _require_motion_stage(model)
     wave = load_audio(audio, max_seconds=max_seconds)
     crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
     m = load_for_command(model, device, dtype, quiet)

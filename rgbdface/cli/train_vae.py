@@ -30,6 +30,12 @@ def train_vae_command(
 
     Real work keeps the base model's VAE (SD-1.5) and needs no such step.
     --json adds: steps, final_loss, scaling_factor."""
+    from rgbdface.data.manifest import read_samples
+
+    if crop is not None and (crop % 8 or not 8 <= crop <= image_size):
+        raise UsageError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
+    read_samples(dataset)  # a missing or empty dataset fails before torch is imported
+
     import torch
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
@@ -38,8 +44,6 @@ def train_vae_command(
     from rgbdface.training.vae import VAETrainConfig, load_vae_data, train_vae
     from rgbdface.utils import atomic_dir
 
-    if crop is not None and (crop % 8 or not 8 <= crop <= image_size):
-        raise UsageError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
     rgb, depth = load_vae_data(dataset, image_size)
     if len(rgb) == 0:
         raise InputError(f"{dataset}: the dataset has no samples; run `rgbdface prep-depth` first")

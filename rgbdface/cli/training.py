@@ -30,9 +30,8 @@ def run_training(req, show_config: bool, quiet: bool, as_json: bool = False) -> 
     import os
     import time
 
-    from rgbdface.models.model import META_FILE
+    from rgbdface.models.folder import META_FILE
     from rgbdface.training.loop import plan, run
-    from rgbdface.training.state import latest_checkpoint
 
     if show_config and as_json:
         raise UsageError("--show-config prints the config as JSON; leave out --json")
@@ -49,6 +48,8 @@ def run_training(req, show_config: bool, quiet: bool, as_json: bool = False) -> 
     t0 = time.perf_counter()
     out = run(p)
     if main:
+        from rgbdface.training.state import latest_checkpoint
+
         done = json.loads((out / META_FILE).read_text())["extra"][f"stage{req.stage}"]
         checkpoint = latest_checkpoint(req.run_dir)
         report().wrote(req.run_dir)

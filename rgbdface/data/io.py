@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rgbdface.data.png import encode_png  # noqa: F401  (part of this module's API)
-from rgbdface.utils import InputError, atomic_path
+from rgbdface.utils import InputError, atomic_path, check_input_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -23,11 +23,7 @@ def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 RGB [H, W, 3]; grayscale, RGBA and 16-bit inputs are converted."""
     import imageio.v3 as iio
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected an image file")
+    path = check_input_file(path, "image file")
     try:
         img = iio.imread(path)
     except Exception as e:  # imageio raises many types for unreadable files

@@ -213,3 +213,16 @@ def load_manifest(dataset_dir: str | Path) -> list[Sample]:
         raise InputError(f"{root}: dataset format {meta.get('format')} v{meta.get('version')} is not {FORMAT} v{VERSION}; re-run prep-depth")
     rows = collect_rows(root) if (root / ROWS_DIR).is_dir() else _read_jsonl(root / MANIFEST)
     return [row_to_sample(r, root) for r in rows]
+
+
+def read_samples(dataset: str | Path) -> list:
+    """The dataset's rows (rgbdface.data.manifest.Sample), or a one-line error if it is missing or empty."""
+    root = Path(dataset)
+    if not root.exists():
+        raise InputError(f"{root}: no such dataset folder; make one with `rgbdface prep-depth`")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; pass a dataset folder made by `rgbdface prep-depth`")
+    samples = load_manifest(root)
+    if not samples:
+        raise InputError(f"{root}: the dataset has no samples; run `rgbdface prep-depth` on some portraits or videos first")
+    return samples

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from rgbdface.models.folder import PREDICTION_TYPES
 from rgbdface.models.model import ModelMeta, RGBDFaceModel
 from rgbdface.models.unet import expand_unet_for_joint, tiny_unet_config, tiny_vae_config
 from rgbdface.utils import InputError
@@ -18,7 +19,6 @@ SD_SCHEDULE = dict(
 )
 
 SD15_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def _schedule(config: dict, prediction_type: str | None) -> dict:

@@ -23,27 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from rgbdface.data.audio import audio_windows
+from rgbdface.data.manifest import read_samples  # noqa: F401  (read here before torch loads; part of this module's API)
 from rgbdface.utils import InputError
 
 log = logging.getLogger("rgbdface.training")
 
 # Salts keep the independent draws for one sample apart.
 SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF = range(8)
-
-
-def read_samples(dataset: str | Path) -> list:
-    """The dataset's rows (rgbdface.data.manifest.Sample), or a one-line error if it is missing or empty."""
-    from rgbdface.data.manifest import load_manifest
-
-    root = Path(dataset)
-    if not root.exists():
-        raise InputError(f"{root}: no such dataset folder; make one with `rgbdface prep-depth`")
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass a dataset folder made by `rgbdface prep-depth`")
-    samples = load_manifest(root)
-    if not samples:
-        raise InputError(f"{root}: the dataset has no samples; run `rgbdface prep-depth` on some portraits or videos first")
-    return samples
 
 
 def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:

@@ -57,7 +57,7 @@ class TrainRequest:
 # ----------------------------------------------------------------------------- checks before work
 def resolve_model_dir(path: Path) -> Path:
     """A model folder, or a run folder whose model/ is one."""
-    from rgbdface.models.model import META_FILE
+    from rgbdface.models.folder import META_FILE
 
     path = Path(path)
     if not path.exists():
@@ -70,13 +70,13 @@ def resolve_model_dir(path: Path) -> Path:
 
 
 def read_stages(model_dir: Path) -> list[int]:
-    from rgbdface.models.model import META_FILE
+    from rgbdface.models.folder import META_FILE
 
     return list(json.loads((model_dir / META_FILE).read_text()).get("stages", [0]))
 
 
 def check_model_stage(stage: int, stages: list[int], where: str) -> None:
-    from rgbdface.models.model import STAGE_NAMES
+    from rgbdface.models.folder import STAGE_NAMES
 
     have = ", ".join(f"{s} ({STAGE_NAMES.get(s, '?')})" for s in stages)
     if stage == 1 and max(stages) > 1:
@@ -113,9 +113,7 @@ class Plan:
 
 def plan(req: TrainRequest) -> Plan:
     """Every check that needs no weights: flags, model stage, config, run folder, dataset, tracker."""
-    from rgbdface.data.manifest import read_crop
-    from rgbdface.training.data import exclude_identities, read_samples
-    from rgbdface.training.state import latest_checkpoint, read_state
+    from rgbdface.data.manifest import read_crop, read_samples
 
     stage = req.stage
     # 1. Where the starting model comes from
@@ -136,6 +134,10 @@ def plan(req: TrainRequest) -> Plan:
     else:
         image_size = image_size or 64
     init = str(model_dir) if model_dir else (f"base:{req.base}" if req.base else f"tiny:{image_size}")
+    dataset = read_samples(req.dataset)  # a missing dataset fails here, before torch is imported
+
+    from rgbdface.training.data import exclude_identities
+    from rgbdface.training.state import latest_checkpoint, read_state
 
     # 2. Config: saved config on resume, else recipe; --set on top; unknown keys fail here
     overrides = list(req.overrides) + ([f"optim.max_steps={req.max_steps}"] if req.max_steps is not None else [])
@@ -160,7 +162,7 @@ def plan(req: TrainRequest) -> Plan:
         raise InputError(f"{run_dir}/model: a finished run is there; pass --overwrite to replace it or choose another -o")
 
     # 3. The dataset: present, non-empty, of the right kind for the stage
-    samples = exclude_identities(read_samples(req.dataset), cfg.data.exclude_identities)
+    samples = exclude_identities(dataset, cfg.data.exclude_identities)
     make_stream(samples, cfg, spec=None)  # raises the dataset's one-line errors (identities, audio, clip length)
     if stage == 3:
         from rgbdface.training.motion_setup import check_audio_source
