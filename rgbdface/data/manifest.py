@@ -45,6 +45,8 @@ another size or margin to a dataset.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,58 @@ class Sample:
 
 
 PATH_FIELDS = ("rgb", "depth", "mask", "landmarks", "audio", "audio_features")
+# Fields every row must have, with their JSON types (the rest may be absent or null)
+REQUIRED = {"id": str, "rgb": str, "depth": str, "mask": str, "identity": str, "clip": str, "frame": int, "source": str}
+OPTIONAL = {"landmarks": str, "audio": str, "audio_features": str, "fps": (int, float), "size": int, "camera": dict,
+            "depth_unit_mm": (int, float), "input": str, "box": list, "view": dict}
+
+
+class _Inside:
+    """Where a manifest path really points (symlinks resolved), cached per folder: it must stay inside the dataset."""
+
+    def __init__(self, root: Path):
+        self.root = os.path.realpath(root)
+        self.dirs: dict[str, str] = {}
+
+    def __call__(self, rel: str) -> bool:
+        p = Path(rel)
+        if not rel or p.is_absolute() or p.drive or p.name in ("", ".", ".."):
+            return False
+        parent = str(p.parent)
+        real_parent = self.dirs.get(parent)
+        if real_parent is None:
+            real_parent = self.dirs[parent] = os.path.realpath(os.path.join(self.root, parent))
+        full = os.path.join(real_parent, p.name)
+        if os.path.islink(full):
+            full = os.path.realpath(full)
+        return full.startswith(self.root + os.sep)
+
+
+def _type_name(tp) -> str:
+    return " or ".join(t.__name__ for t in tp) if isinstance(tp, tuple) else tp.__name__
+
+
+def check_row(row: Any, where: str, inside: _Inside) -> None:
+    """A row's fields and paths: one line naming the row and what is wrong with it.
+
+    Every path must be relative to the dataset folder and resolve inside it (symlinks
+    too), so a manifest can never make a command read files from elsewhere.
+    """
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: a row must be a JSON object, got {type(row).__name__}; re-run prep-depth for that input")
+    name = f"{where} (row {row['id']!r})" if isinstance(row.get("id"), str) else where
+    missing = [k for k in REQUIRED if row.get(k) is None]
+    if missing:
+        raise InputError(f"{name}: no {', '.join(missing)}; every row needs {', '.join(REQUIRED)} (re-run prep-depth for that input)")
+    for k, tp in {**REQUIRED, **OPTIONAL}.items():
+        v = row.get(k)
+        if v is not None and (not isinstance(v, tp) or isinstance(v, bool)):
+            raise InputError(f"{name}: {k} must be a {_type_name(tp)}, got {v!r}; re-run prep-depth for that input")
+    for k in PATH_FIELDS:
+        v = row.get(k)
+        if v is not None and not inside(v):
+            raise InputError(f"{name}: {k} {v!r} is outside the dataset folder; manifest paths must be relative to it "
+                             "and stay inside it (no absolute paths, '..' or links out)")
 
 
 def row_to_sample(row: dict[str, Any], root: Path) -> Sample:
@@ -96,6 +150,36 @@ def row_to_sample(row: dict[str, Any], root: Path) -> Sample:
         values["box"] = tuple(values["box"])
     known = set(Sample.__dataclass_fields__)
     return Sample(**{k: v for k, v in values.items() if k in known})
+
+
+def check_files(samples: list[Sample], fields=("rgb", "depth"), root: Path | None = None) -> None:
+    """A fast pass over every file of `fields` the samples name (field names, or a function sample → names;
+    null fields are skipped): each must be a non-empty regular file. One line names the first missing
+    ones and the count.
+
+    Run before any work, so that a run does not find a missing file after hours.
+    """
+    bad: list[str] = []
+    seen: set[Path] = set()
+    for s in samples:
+        for k in (fields(s) if callable(fields) else fields):
+            path = getattr(s, k)
+            if path is None or path in seen:  # a clip's audio is named by each of its rows
+                continue
+            seen.add(path)
+            try:
+                st = os.stat(path)
+                ok = stat.S_ISREG(st.st_mode) and st.st_size > 0
+            except OSError:
+                ok = False
+            if not ok:
+                bad.append(f"{path.relative_to(root) if root is not None and path.is_relative_to(root) else path} ({k} of {s.id})")
+    if bad:
+        where = f"{root}: " if root is not None else ""
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise InputError(f"{where}{len(bad)} file{'s' if len(bad) > 1 else ''} named by the manifest "
+                         f"{'are' if len(bad) > 1 else 'is'} missing or empty: {shown}; "
+                         "re-run prep-depth on those inputs (--overwrite) or remove their rows")
 
 
 @dataclass
@@ -175,15 +259,24 @@ def write_rows(root: Path, key: str, rows: list[dict]) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_located(path: Path) -> list[tuple[str, Any]]:
+    """(where, value) for each non-blank line of a JSONL file; `where` is `path:line`."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (JSON lines); re-run prep-depth") from None
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append((f"{path}:{n}", json.loads(line)))
             except json.JSONDecodeError:
                 raise InputError(f"{path}:{n}: not valid JSON; re-run prep-depth for that input") from None
     return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [row for _, row in _read_located(path)]
 
 
 def collect_rows(root: Path) -> list[dict]:
@@ -202,16 +295,43 @@ def write_manifest(root: Path) -> Path:
     return path
 
 
-def load_manifest(dataset_dir: str | Path) -> list[Sample]:
-    """Read a dataset's samples (from its per-input rows, so unfinished shards never hide finished ones)."""
-    root = Path(dataset_dir)
-    info = root / INFO
-    if not info.exists():
+def read_dataset_info(root: Path) -> dict:
+    """dataset.json of the dataset at `root`, checked to be this format and version (one-line errors)."""
+    root = Path(root)
+    path = root / INFO
+    if not path.is_file():
         raise InputError(f"{root}: not an rgbdface dataset (no {INFO}); make one with `rgbdface prep-depth -o {root} ...`")
-    meta = json.loads(info.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not text"
+        raise InputError(f"{path}: not valid JSON ({why}); restore it or prepare the dataset again") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object; restore it or prepare the dataset again")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise InputError(f"{root}: dataset format {meta.get('format')} v{meta.get('version')} is not {FORMAT} v{VERSION}; re-run prep-depth")
-    rows = collect_rows(root) if (root / ROWS_DIR).is_dir() else _read_jsonl(root / MANIFEST)
+    return meta
+
+
+def load_manifest(dataset_dir: str | Path) -> list[Sample]:
+    """Read a dataset's samples (from its per-input rows, so unfinished shards never hide finished ones).
+
+    Every row is checked (its fields, and that its paths stay inside the dataset folder) before
+    any is returned; a bad row is a one-line InputError naming its file and line.
+    """
+    root = Path(dataset_dir)
+    read_dataset_info(root)
+    rows_dir = root / ROWS_DIR
+    files = sorted(rows_dir.glob("*.jsonl")) if rows_dir.is_dir() else [root / MANIFEST]
+    if not rows_dir.is_dir() and not files[0].is_file():
+        raise InputError(f"{root}: the dataset has no {MANIFEST} and no {ROWS_DIR}/; prepare it again with `rgbdface prep-depth`")
+    located = [item for f in files for item in _read_located(f)]
+    inside = _Inside(root)
+    for where, row in located:
+        check_row(row, where, inside)
+    rows = [row for _, row in located]
+    if rows_dir.is_dir():
+        rows.sort(key=lambda r: (r["clip"], r["frame"]))
     return [row_to_sample(r, root) for r in rows]
 
 

@@ -111,10 +111,13 @@ def load_rgb(path: Path, size: int) -> torch.Tensor:
 
 
 def load_depth_map(path: Path | None, size: int) -> torch.Tensor:
-    """16-bit depth PNG → [1, S, S] float32 (0 = no depth); nearest resize so invalid pixels stay invalid."""
+    """16-bit depth PNG → [1, S, S] float32 (0 = no depth); nearest resize so invalid pixels stay invalid.
+
+    A row without depth (None) has none anywhere; a named file must exist (runs check before step 0).
+    """
     from rgbdface.data.io import load_depth
 
-    if path is None or not Path(path).exists():
+    if path is None:
         return torch.zeros(1, size, size)
     d = torch.from_numpy(load_depth(path)).float()[None]
     if d.shape[-1] != size or d.shape[-2] != size:

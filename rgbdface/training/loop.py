@@ -113,7 +113,7 @@ class Plan:
 
 def plan(req: TrainRequest) -> Plan:
     """Every check that needs no weights: flags, model stage, config, run folder, dataset, tracker."""
-    from rgbdface.data.manifest import read_crop, read_samples
+    from rgbdface.data.manifest import check_files, read_crop, read_samples
 
     stage = req.stage
     # 1. Where the starting model comes from
@@ -165,9 +165,13 @@ def plan(req: TrainRequest) -> Plan:
     samples = exclude_identities(dataset, cfg.data.exclude_identities)
     make_stream(samples, cfg, spec=None)  # raises the dataset's one-line errors (identities, audio, clip length)
     if stage == 3:
-        from rgbdface.training.motion_setup import check_audio_source
+        from rgbdface.training.motion_setup import audio_fields, check_audio_source
 
         check_audio_source(samples, cfg)
+    # Every file the run will read, before step 0 (existence and size only: fast)
+    check_files(samples, ("rgb", "depth"), Path(req.dataset))
+    if stage == 3:
+        check_files(samples, audio_fields(cfg), Path(req.dataset))
     check_tracker(req.tracker)
     return Plan(req, cfg, samples, init, model_dir, ckpt, read_crop(req.dataset).margin)
 

@@ -31,6 +31,12 @@ def check_audio_source(samples: list, cfg: RunConfig) -> None:
                          "pass --set motion.audio_model_dir=DIR (a local wav2vec 2.0 folder) or run prep-depth with --wav2vec")
 
 
+def audio_fields(cfg: RunConfig):
+    """Which audio file of a sample the run reads (see `clip_audio_features`): sample → field names."""
+    wav2vec = cfg.motion.audio_encoder == "wav2vec2"
+    return lambda s: ("audio_features",) if wav2vec and s.audio_features is not None else ("audio",)
+
+
 def _feature_dim(samples: list, cfg: RunConfig) -> int:
     mo = cfg.motion
     if mo.audio_encoder == "mel":

@@ -12,6 +12,7 @@ terms, which need pretrained networks). The latent scaling factor is then set to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +90,12 @@ def load_vae_data(dataset_dir, image_size: int) -> tuple[torch.Tensor, torch.Ten
     import numpy as np
 
     from rgbdface.data.io import load_depth, load_image
-    from rgbdface.data.manifest import load_manifest
+    from rgbdface.data.manifest import check_files, load_manifest
     from rgbdface.models.codec import normalize_depth
     from rgbdface.pipelines.common import image_to_tensor, resize_map
 
     samples = load_manifest(dataset_dir)
+    check_files(samples, ("rgb", "depth"), Path(dataset_dir))
     rgb, depth = [], []
     for s in samples:
         rgb.append(image_to_tensor(load_image(s.rgb), image_size))
