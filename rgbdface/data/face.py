@@ -1,7 +1,7 @@
 """Find faces and crop them to a square: the one face-crop helper every command uses.
 
 MediaPipe (``mediapipe==0.10.21``) runs offline: its wheel carries the face
-detection and face-mesh models.
+detection, face-mesh and selfie-segmentation models.
 
 Coordinates are continuous pixel coordinates: pixel ``(i, j)`` covers
 ``[j, j+1] x [i, i+1]`` and its centre is ``(j + 0.5, i + 0.5)``; ``x`` runs
@@ -148,6 +148,8 @@ def _mp_object(kind: str, **params) -> Any:
                 obj = mp.solutions.face_detection.FaceDetection(**params)
             elif kind == "mesh":
                 obj = mp.solutions.face_mesh.FaceMesh(**params)
+            elif kind == "selfie":
+                obj = mp.solutions.selfie_segmentation.SelfieSegmentation(**params)
             else:
                 raise ValueError(f"unknown MediaPipe solution {kind!r}")
             # the first run loads the TFLite delegate, which also prints to the native stderr
@@ -251,6 +253,25 @@ def face_landmarks(image: np.ndarray, max_faces: int = MAX_FACES) -> list[np.nda
         if found:
             faces.append(crop.to_source(_nearest_centre(found, crop.image)))
     return faces
+
+
+def person_mask(image: np.ndarray) -> np.ndarray:
+    """MediaPipe selfie segmentation: [H, W] float32 in [0, 1], the probability that a pixel shows a person.
+
+    The general (square-input) model of the wheel; it covers the head with its hair, the
+    neck and the body, and runs on a copy no larger than DETECT_MAX_SIDE.
+    """
+    import cv2
+
+    image = _check_image(image)
+    small, factor = _for_detection(image)
+    seg = _mp_object("selfie", model_selection=0)
+    with _quiet_native_stderr():
+        prob = seg.process(small).segmentation_mask
+    prob = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
+    if factor > 1:
+        prob = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return prob
 
 
 def _mesh(image: np.ndarray) -> list[np.ndarray]:

@@ -1,4 +1,5 @@
-"""Relighting from depth (paper §5.4): normals from depth, a diffuse shading layer, multiplied with the image.
+"""Relighting from depth (paper §5.4): a smooth surface from the depth, the photo's own shading
+estimated and divided out, new shading multiplied in, faded into the untouched image.
 
 Coordinates. Normals and light directions share one frame: x to the image's right,
 y up, z toward the viewer. A light direction points from the surface *toward* the
@@ -13,6 +14,34 @@ scale, so by default `s` is chosen from an assumed relief: the valid region's de
 range (max - min) spans `relief` times the region's width in pixels. relief = 0.5 is a
 hemisphere (a sphere's visible depth range is half its width), close to a face seen
 from the front. Pass `depth_scale` to set `s` directly, e.g. 1 when depth is in pixels.
+
+`relight` (what the command runs):
+
+1. **Surface** (`relight_surface`). The depth, from any source (estimate-depth's 16-bit PNG,
+   prep-depth's ground truth, any .npy), is turned into a height in pixels and smoothed at
+   the image's resolution with an image-guided filter (a guided filter weighted by the
+   depth's valid pixels, guided by the photo's gray levels, radius `smooth`, by default
+   1/12 of the face's width: a depth map upsampled from a model's 64 px shows facets that
+   size, which would make blocky normals). Holes in the face region (the mouth) are
+   filled. With region 'head', the height is extended to the head around the face (hair,
+   ears, neck: the person mask of MediaPipe's selfie segmentation, cut a third of a face
+   below the chin): there the surface is the head's silhouette inflated to a rounded shape
+   (height sqrt(t (2ρ - t)) at distance t inside the outline, ρ = the region's inradius),
+   plus the face's offset from that shape, extended smoothly outward. Normals are the depth's
+   finite-difference normals, smoothed again at half that radius.
+2. **The photo's own shading** (`fit_shading`): the face's linear luminance fitted by a
+   second-order spherical-harmonic function of the normals (a constant albedo under any
+   distant lighting), robustly (outliers such as brows and beard dropped). Its scale is set
+   so that it has the mean over the face of a frontal light of intensity 1 with the given ambient:
+   relighting a frontally lit photo with such a light gives the photo back.
+3. **New shading**: ambient (gray or coloured) + Σ intensity · colour · max(0, n · l) +
+   an environment's irradiance (second-order spherical harmonics of an equirectangular image).
+4. **Ratio**: relit = image × new shading / original shading (the albedo is kept; relighting
+   with the photo's own light changes little). The ratio is in linear light; it multiplies the
+   encoded (sRGB) values as ratio^(1/2.2), one gain per pixel whatever its level. It fades in
+   by `weight`: 0 on
+   the region's outline, rising as a smoothstep to 1 at `feather` pixels inside it (by
+   default FEATHER_FRACTION of the face's width). Outside the region the image is untouched.
 
 Arrays may be numpy arrays or torch tensors (any device); results are numpy arrays.
 """
@@ -29,14 +58,35 @@ from rgbdface.data.surface import DEFAULT_RELIEF, relief_depth_scale, to_numpy
 from rgbdface.utils import exists
 
 DEFAULT_AMBIENT = 0.25
+SMOOTH_FRACTION = 1 / 12  # surface smoothing radius, as a fraction of the face's width
+FEATHER_FRACTION = 0.15  # feather width, as a fraction of the face's width
+GUIDE_EPS = 0.02  # guided filter: gray-level variance (0..1 scale) below which the guide is ignored
+RIDGE = 0.01  # shading fit: ridge weight per pixel on the second-degree coefficients
+SHADING_FLOOR = 0.2  # the original shading is kept above this fraction of its median (no division blow-up)
+HEAD_BELOW_CHIN = 1 / 3  # head region: how far below the face's lowest pixel it reaches, in face heights
+HEAD_SIDE = 0.6  # head region: how far beside the face it reaches, in face widths
+NECK_WIDTH = 0.7  # head region below the face: this many face widths wide, centred under it
+REGIONS = ("face", "head")
+ENV_SIZE = (64, 128)  # environment maps are reduced to this (H, W) before projection
+
+
+# --------------------------------------------------------------------------- lights
+
+
+def _colour(values, what: str) -> tuple[float, float, float]:
+    c = tuple(float(v) for v in values)
+    if len(c) != 3 or not all(math.isfinite(v) and v >= 0 for v in c):
+        raise ValueError(f"{what} {values!r}: expected three numbers R, G, B >= 0")
+    return c
 
 
 @dataclass(frozen=True)
 class Light:
-    """A directional light: `direction` (x right, y up, z toward the viewer; any length) and intensity."""
+    """A directional light: `direction` (x right, y up, z toward the viewer; any length), intensity and RGB colour."""
 
     direction: tuple[float, float, float]
     intensity: float = 1.0
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self):
         d = tuple(float(v) for v in self.direction)
@@ -48,25 +98,36 @@ class Light:
             raise ValueError(f"light intensity {self.intensity!r}: expected a number >= 0")
         object.__setattr__(self, "direction", d)
         object.__setattr__(self, "intensity", float(self.intensity))
+        object.__setattr__(self, "color", _colour(self.color, "light colour"))
 
     @property
     def unit(self) -> np.ndarray:
         d = np.asarray(self.direction, np.float64)
         return d / np.linalg.norm(d)
 
+    @property
+    def rgb(self) -> np.ndarray:
+        """intensity × colour, [3]."""
+        return self.intensity * np.asarray(self.color, np.float64)
+
     @classmethod
     def parse(cls, text: str) -> "Light":
-        """'X,Y,Z' or 'X,Y,Z,I' (I = intensity, default 1) → Light; ValueError naming `text` otherwise."""
+        """'X,Y,Z', 'X,Y,Z,I', 'X,Y,Z,R,G,B' or 'X,Y,Z,I,R,G,B' → Light; ValueError naming `text` otherwise.
+
+        I = intensity (default 1), R,G,B = colour (default 1,1,1; e.g. 1,0.8,0.6 is warm).
+        """
         parts = [p.strip() for p in str(text).split(",")]
-        hint = "expected X,Y,Z or X,Y,Z,INTENSITY, e.g. 1,0,1 (x right, y up, z toward the viewer)"
-        if len(parts) not in (3, 4):
+        hint = "expected X,Y,Z[,INTENSITY][,R,G,B], e.g. 1,0,1 or 1,0,1,1.2,1,0.8,0.6 (x right, y up, z toward the viewer)"
+        if len(parts) not in (3, 4, 6, 7):
             raise ValueError(f"light {text!r}: {hint}")
         try:
             values = [float(p) for p in parts]
         except ValueError:
             raise ValueError(f"light {text!r}: not all numbers; {hint}") from None
+        intensity = values[3] if len(values) in (4, 7) else 1.0
+        color = tuple(values[-3:]) if len(values) >= 6 else (1.0, 1.0, 1.0)
         try:
-            return cls(tuple(values[:3]), values[3] if len(values) == 4 else 1.0)
+            return cls(tuple(values[:3]), intensity, color)
         except ValueError as e:
             raise ValueError(f"light {text!r}: {e}") from None
 
@@ -86,22 +147,96 @@ def as_light(x: LightLike) -> Light:
     raise ValueError(f"light {x!r}: expected (x, y, z) or (x, y, z, intensity)")
 
 
+def parse_ambient(text: str) -> tuple[float, float, float]:
+    """'A' (gray) or 'R,G,B' → an RGB ambient; ValueError naming `text` otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3) or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"ambient {text!r}: expected one number >= 0 (gray) or three, R,G,B (e.g. 0.3 or 0.3,0.3,0.4)")
+    return tuple(values * 3) if len(values) == 1 else tuple(values)
+
+
+def _ambient_rgb(ambient) -> np.ndarray:
+    a = np.broadcast_to(np.asarray(ambient, np.float64), (3,)).copy()
+    if not (np.isfinite(a).all() and (a >= 0).all()):
+        raise ValueError(f"ambient={ambient!r}: expected a number >= 0 (or three, R, G, B)")
+    return a
+
+
+def orbit_lights(frames: int, light: Light | None = None, cone: float = 60.0) -> list[Light]:
+    """`frames` lights circling the view axis once, `cone` degrees off it, starting above and turning toward
+    the image's right; intensity and colour from `light` (default white, 1)."""
+    if frames < 1:
+        raise ValueError(f"orbit frames={frames}: expected a number >= 1")
+    base = light or Light((0, 0, 1))
+    c = math.radians(cone)
+    out = []
+    for k in range(frames):
+        a = 2 * math.pi * k / frames
+        out.append(Light((math.sin(c) * math.sin(a), math.sin(c) * math.cos(a), math.cos(c)), base.intensity, base.color))
+    return out
+
+
+# --------------------------------------------------------------------------- results
+
+
 @dataclass
 class RelightResult:
     """The relit image and the layers that made it.
 
-    image:   [H, W, 3] (or [H, W]) in the input's dtype; unchanged outside `valid`.
-    normals: [H, W, 3] float32 unit normals (x right, y up, z toward the viewer); 0 outside `valid`.
-    shading: [H, W] float32, ambient + Σ intensity · max(0, n·l) inside `valid` (may exceed 1); 0 outside.
-    valid:   [H, W] bool, where depth > 0.
-    depth_scale: the pixels-per-depth-unit factor the normals used.
+    image:    [H, W, 3] (or [H, W]) in the input's dtype; unchanged where `weight` is 0.
+    normals:  [H, W, 3] float32 unit normals (x right, y up, z toward the viewer); 0 outside `region`.
+    shading:  [H, W, 3] float32 linear RGB, the new shading (ambient + lights + environment; may exceed 1);
+              0 outside `region`.
+    original_shading: [H, W] float32, the photo's own shading as estimated (1 = the scale of a unit light);
+              0 outside `region`.
+    albedo:   [H, W, 3] float32 linear RGB, image / original shading; 0 outside `region`.
+    weight:   [H, W] float32 in [0, 1], how much of the relighting each pixel takes (the feather).
+    region:   [H, W] bool, where the surface is (face or head); `weight` > 0 only inside it.
+    valid:    [H, W] bool, where the given depth is > 0.
+    depth_scale: the pixels-per-depth-unit factor the surface used.
+    feather:  the feather width in pixels.
     """
 
     image: np.ndarray
     normals: np.ndarray
     shading: np.ndarray
+    original_shading: np.ndarray
+    albedo: np.ndarray
+    weight: np.ndarray
+    region: np.ndarray
     valid: np.ndarray
     depth_scale: float
+    feather: float
+
+
+@dataclass
+class Surface:
+    """A relightable surface at an image's resolution.
+
+    height:  [H, W] float64 pixels toward the viewer (0 outside `region`).
+    normals: [H, W, 3] float32 unit normals; 0 outside `region`.
+    region:  [H, W] bool; face: [H, W] bool, where the given depth was valid.
+    depth_scale: pixels per depth unit; face_width: the face's width in pixels.
+    """
+
+    height: np.ndarray
+    normals: np.ndarray
+    region: np.ndarray
+    face: np.ndarray
+    depth_scale: float
+    face_width: float
+
+
+# --------------------------------------------------------------------------- normals
+
+
+def _width(mask: np.ndarray) -> float:
+    cols = np.flatnonzero(mask.any(axis=0))
+    return float(cols[-1] - cols[0] + 1) if len(cols) else 0.0
 
 
 def _derivative(d: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
@@ -168,7 +303,7 @@ def shade(
     ambient: float = DEFAULT_AMBIENT,
     valid=None,
 ) -> np.ndarray:
-    """Lambertian shading [H, W] float32: ambient + Σ intensity · max(0, n · l̂).
+    """Lambertian shading [H, W] float32: ambient + Σ intensity · max(0, n · l̂) (colours ignored).
 
     normals: [H, W, 3] unit normals; lights: Light, (x, y, z) or (x, y, z, intensity) each;
     valid: optional [H, W] bool, shading is 0 outside it.
@@ -186,7 +321,294 @@ def shade(
     return shading.astype(np.float32)
 
 
-def check_inputs(image: np.ndarray, depth: np.ndarray) -> None:
+def shade_rgb(normals, lights: Iterable[LightLike], ambient=DEFAULT_AMBIENT, env_sh: np.ndarray | None = None) -> np.ndarray:
+    """Coloured shading [H, W, 3] float64: ambient + Σ intensity · colour · max(0, n · l̂) + environment irradiance."""
+    n = to_numpy(normals).astype(np.float64)
+    out = np.broadcast_to(_ambient_rgb(ambient), n.shape[:2] + (3,)).copy()
+    for light in map(as_light, lights):
+        out += np.maximum(0.0, n @ light.unit)[..., None] * light.rgb
+    if exists(env_sh):
+        out += sh_irradiance(n, env_sh)
+    return out
+
+
+def smooth_depth(depth, sigma: float) -> np.ndarray:
+    """Gaussian-smooth depth [H, W] inside its valid region (depth > 0), by normalised convolution.
+
+    Invalid pixels neither contribute nor change (they stay 0).
+    """
+    d = to_numpy(depth).astype(np.float64)
+    if sigma <= 0:
+        return d
+    valid = (d > 0) & np.isfinite(d)
+    return np.where(valid, _masked_blur(d, valid, sigma), 0.0)
+
+
+def _masked_blur(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of x over the pixels of `mask` only (normalised convolution); NaN-free, 0 where no mask is near."""
+    import cv2
+
+    m = mask.astype(np.float64)
+    w = cv2.GaussianBlur(m, (0, 0), sigma)
+    num = cv2.GaussianBlur(np.where(mask, x, 0.0), (0, 0), sigma)
+    return np.where(w > 1e-8, num / np.maximum(w, 1e-8), 0.0)
+
+
+def guided_smooth(p: np.ndarray, weight: np.ndarray, guide: np.ndarray, radius: float, eps: float = GUIDE_EPS) -> np.ndarray:
+    """Edge-aware smoothing of `p` [H, W] guided by `guide` [H, W] (0..1): He et al.'s guided filter, every local
+    mean weighted by `weight` (pixels with weight 0 are not read), box windows of half-size `radius`.
+
+    Where the guide is flat (local variance << eps) this is a weighted box mean; across strong guide
+    edges the output follows the guide's edges instead of blurring over them.
+    """
+    import cv2
+
+    r = max(1, int(round(radius)))
+    k = (2 * r + 1, 2 * r + 1)
+    box = lambda x: cv2.boxFilter(x, cv2.CV_64F, k, normalize=True, borderType=cv2.BORDER_REFLECT)
+    w = weight.astype(np.float64)
+    wsum = np.maximum(box(w), 1e-12)
+    mean = lambda x: box(w * x) / wsum
+    i, p = guide.astype(np.float64), np.where(weight > 0, p, 0.0).astype(np.float64)
+    mi, mp = mean(i), mean(p)
+    a = (mean(i * p) - mi * mp) / (mean(i * i) - mi * mi + eps)
+    b = mp - a * mi
+    return box(a) * i + box(b)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def inside_distance(region: np.ndarray) -> np.ndarray:
+    """[H, W] float32: each region pixel's Euclidean distance to the nearest pixel outside it (the image
+    border counts as outside: a pixel on the border is at distance 1); 0 outside the region."""
+    import cv2
+
+    padded = np.pad(region.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def feather_weight(region: np.ndarray, feather: float) -> np.ndarray:
+    """[H, W] float32 in [0, 1]: 0 outside `region`, smoothstep(distance to its outline / feather) inside.
+
+    A pixel next to the outline is at distance 1, so even it takes a little; `feather` <= 0 gives a hard 0/1 mask.
+    """
+    region = np.asarray(region, bool)
+    if feather <= 0:
+        return region.astype(np.float32)
+    return _smoothstep((inside_distance(region) - 0.5) / feather).astype(np.float32) * region
+
+
+# --------------------------------------------------------------------------- spherical harmonics
+
+SH_IRRADIANCE = np.array([math.pi] + [2 * math.pi / 3] * 3 + [math.pi / 4] * 5)  # Â_l per coefficient (Ramamoorthi & Hanrahan 2001)
+
+
+def sh_basis(directions: np.ndarray) -> np.ndarray:
+    """The nine real spherical harmonics of degree <= 2 at unit directions [..., 3] (x, y, z) → [..., 9]."""
+    x, y, z = (directions[..., k].astype(np.float64) for k in range(3))
+    return np.stack([
+        np.full_like(x, 0.282095),
+        0.488603 * y, 0.488603 * z, 0.488603 * x,
+        1.092548 * x * y, 1.092548 * y * z, 0.315392 * (3 * z * z - 1), 1.092548 * x * z, 0.546274 * (x * x - y * y),
+    ], axis=-1)
+
+
+def equirect_directions(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit directions [h, w, 3] of an equirectangular image's pixel centres, and each pixel's solid angle [h, w].
+
+    Rows run from straight up (+y) to straight down; the centre column is the direction the camera looks
+    (-z, behind the subject), columns to its right turn toward +x (the image's right), and the left and
+    right edges are the direction toward the viewer (+z, behind the camera).
+    """
+    lat = (0.5 - (np.arange(h) + 0.5) / h) * math.pi  # +pi/2 at the top
+    lon = ((np.arange(w) + 0.5) / w - 0.5) * 2 * math.pi  # 0 at the centre column
+    lat, lon = np.meshgrid(lat, lon, indexing="ij")
+    d = np.stack([np.cos(lat) * np.sin(lon), np.sin(lat), -np.cos(lat) * np.cos(lon)], -1)
+    solid = np.cos(lat) * (math.pi / h) * (2 * math.pi / w)
+    return d, solid
+
+
+def env_to_sh(env: np.ndarray) -> np.ndarray:
+    """An equirectangular environment [H, 2H, 3] of linear radiance → its spherical-harmonic coefficients [9, 3]."""
+    import cv2
+
+    env = np.asarray(env, np.float64)
+    if env.ndim == 2:
+        env = np.repeat(env[..., None], 3, axis=-1)
+    if env.ndim != 3 or env.shape[-1] != 3 or env.shape[1] != 2 * env.shape[0]:
+        raise ValueError(f"environment is {env.shape[1] if env.ndim > 1 else '?'}x{env.shape[0]}: an equirectangular image is twice as wide as it is high (2:1)")
+    if not np.isfinite(env).all() or (env < 0).any():
+        raise ValueError("environment has negative, NaN or infinite values; expected radiance >= 0")
+    if env.shape[0] > ENV_SIZE[0]:
+        env = cv2.resize(env, ENV_SIZE[::-1], interpolation=cv2.INTER_AREA)
+    d, solid = equirect_directions(*env.shape[:2])
+    basis = sh_basis(d)  # [h, w, 9]
+    return np.einsum("hwk,hw,hwc->kc", basis, solid, env)
+
+
+def sh_irradiance(normals: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """Diffuse shading [..., 3] from environment coefficients [9, 3]: irradiance / π, so that a uniform
+    environment of radiance L shades every normal L."""
+    return sh_basis(normals) @ (coeffs * SH_IRRADIANCE[:, None]) / math.pi
+
+
+# --------------------------------------------------------------------------- colour
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    x = np.clip(np.asarray(x, np.float64), 0.0, None)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+
+
+LUMA = np.array([0.2126, 0.7152, 0.0722])
+GAMMA = 2.2  # the sRGB curve as one power law, for gains applied to encoded values
+
+
+# --------------------------------------------------------------------------- 1. surface
+
+
+def head_region(person: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the head around a face region: the person mask (probability > 0.5) near the face (up to
+    HEAD_SIDE face widths beside it and a face height above it; below it the neck, NECK_WIDTH face widths
+    wide and HEAD_BELOW_CHIN face heights down), the part connected to the face, with the face itself and
+    every hole filled."""
+    import cv2
+    from scipy.ndimage import binary_fill_holes
+
+    rows, cols = np.flatnonzero(face.any(axis=1)), np.flatnonzero(face.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
+    fh, fw = y1 - y0 + 1, x1 - x0 + 1
+    near = np.zeros_like(face)
+    near[max(0, int(y0 - fh)): int(y1) + 1, max(0, int(x0 - HEAD_SIDE * fw)): int(x1 + HEAD_SIDE * fw) + 1] = True
+    neck = int(NECK_WIDTH * fw / 2)
+    cx = (x0 + x1) // 2
+    near[int(y1): int(y1 + HEAD_BELOW_CHIN * fh) + 1, max(0, cx - neck): cx + neck + 1] = True  # the neck, not the shoulders
+    head = ((np.asarray(person) > 0.5) & near) | face
+    # a morphological opening drops thin strands and specks; the face keeps the part it belongs to
+    k = max(3, int(fw * 0.04) | 1)
+    head = cv2.morphologyEx(head.astype(np.uint8), cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool) | face
+    n, labels = cv2.connectedComponents(head.astype(np.uint8), connectivity=8)
+    keep = np.unique(labels[face])
+    return binary_fill_holes(np.isin(labels, keep[keep > 0]))
+
+
+def relight_surface(
+    depth,
+    image=None,
+    head=None,
+    smooth: float | None = None,
+    depth_scale: float | None = None,
+    relief: float = DEFAULT_RELIEF,
+) -> Surface:
+    """A smooth surface at the image's resolution from a depth map [H, W] (larger = farther, 0 = none).
+
+    image: [H, W, 3] uint8 (or [H, W]) guide for the edge-aware smoothing; None = plain smoothing.
+    head: [H, W] bool, a region around the face to extend the surface to (`head_region`); None = the
+    face region only (the valid depth with its holes filled).
+    smooth: smoothing radius in pixels; default SMOOTH_FRACTION of the face's width; 0 = none.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    d = to_numpy(depth).astype(np.float64)
+    valid = (d > 0) & np.isfinite(d)
+    s = relief_depth_scale(d, valid, relief) if depth_scale is None else float(depth_scale)
+    width = _width(valid)
+    radius = width * SMOOTH_FRACTION if smooth is None else float(smooth)
+
+    # height in pixels toward the viewer, smoothed edge-aware inside the valid region
+    h = np.where(valid, -s * (d - d[valid].min()), 0.0)
+    if radius > 0:
+        if exists(image):
+            img = to_numpy(image).astype(np.float64)
+            gray = (img @ LUMA if img.ndim == 3 else img) / (255.0 if img.max() > 1 else 1.0)
+            h = np.where(valid, guided_smooth(_masked_blur(h, valid, radius / 2), valid, gray, radius), 0.0)
+        else:
+            h = np.where(valid, _masked_blur(h, valid, radius), 0.0)
+
+    # the region: the face with its holes, or the head around it
+    face_filled = binary_fill_holes(valid)
+    region = face_filled | (np.asarray(head, bool) if exists(head) else False)
+    if exists(head):
+        # inflated silhouette + the face's offset from it, extended smoothly outward
+        t = inside_distance(region).astype(np.float64)
+        rho = max(float(t.max()), 1.0)
+        blob = np.sqrt(np.clip(t, 0, rho) * (2 * rho - np.clip(t, 0, rho)))
+        offset = h - blob
+        ramp = _smoothstep(inside_distance(valid) / max(2 * radius, 1.0)) * valid
+        far = _masked_blur(offset, valid, max(width / 4, 1.0))
+        h = blob + ramp * offset + (1 - ramp) * far
+    else:
+        fill = ~valid & face_filled
+        if fill.any():
+            h = np.where(fill, _masked_blur(h, valid, max(width / 8, 1.0)), h)
+    h = np.where(region, h, 0.0)
+
+    # normals of the height (depth = -height, in pixels), smoothed at half the radius
+    n = normals_from_depth(-h, region, depth_scale=1.0).astype(np.float64)
+    if radius > 0:
+        n = np.stack([_masked_blur(n[..., k], region, radius / 2) for k in range(3)], -1)
+        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        n[~region] = 0.0
+    return Surface(height=h, normals=n.astype(np.float32), region=region, face=valid, depth_scale=s, face_width=width)
+
+
+# --------------------------------------------------------------------------- 2. the photo's shading
+
+
+def fit_shading(luminance: np.ndarray, normals: np.ndarray, mask: np.ndarray, degree: int = 2, iterations: int = 3) -> np.ndarray:
+    """The coefficients c of luminance ≈ c · sh_basis(normal) over `mask` (nine for degree 2, four for degree 1,
+    the rest 0), by least squares that drops outliers (residual > 2.5 × the median absolute residual, as a
+    robust standard deviation) between iterations, and pixels that are nearly black or clipped; the
+    second-degree coefficients are held small by a ridge (RIDGE per pixel)."""
+    y = np.asarray(luminance, np.float64)
+    use = np.asarray(mask, bool) & (y > 0.005) & (y < 0.98)
+    if use.sum() < 9:
+        use = np.asarray(mask, bool)
+    k = (degree + 1) ** 2
+    basis = sh_basis(np.asarray(normals)[use])[:, :k]  # [N, k]
+    target = y[use]
+    keep = np.ones(len(target), bool)
+    coeffs = np.zeros(k)
+    # a ridge on the second-degree terms: over a face (normals near +z) z² and z are nearly collinear
+    ridge = np.sqrt(RIDGE * len(target)) * np.diag([0.0] * min(k, 4) + [1.0] * (k - 4))
+    for _ in range(iterations):
+        a = np.vstack([basis[keep], ridge])
+        coeffs, *_ = np.linalg.lstsq(a, np.concatenate([target[keep], np.zeros(k)]), rcond=None)
+        resid = np.abs(basis @ coeffs - target)
+        mad = np.median(resid[keep])
+        if mad <= 0:
+            break
+        keep = resid < 2.5 * mad / 0.6745
+    return np.pad(coeffs, (0, 9 - k))
+
+
+def original_shading(luminance: np.ndarray, surface: Surface, ambient: float) -> np.ndarray:
+    """[H, W] float64 the photo's own shading over the surface's region (see the module doc, step 2)."""
+    face = surface.face
+    coeffs = fit_shading(luminance, surface.normals, face)
+    n = surface.normals.astype(np.float64)
+    fitted = sh_basis(n) @ coeffs
+    # scale: a frontal light of intensity 1 with this ambient has the same mean over the face
+    reference = ambient + np.maximum(0.0, n[face][:, 2])
+    mean_fit = fitted[face].mean()
+    scale = reference.mean() / mean_fit if mean_fit > 0 else 1.0
+    out = fitted * scale
+    floor = SHADING_FLOOR * max(float(np.median(out[face])), 1e-6)
+    return np.where(surface.region, np.maximum(out, floor), 0.0)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def check_inputs(image: np.ndarray, depth: np.ndarray, region: str = "face", feather: float | None = None) -> None:
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3)):
         raise ValueError(f"image must be [H, W, 3] or [H, W], got shape {image.shape}")
     if depth.ndim != 2:
@@ -194,64 +616,89 @@ def check_inputs(image: np.ndarray, depth: np.ndarray) -> None:
     if image.shape[:2] != depth.shape:
         h, w = image.shape[:2]
         raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {w}x{h}; they must match")
-
-
-def smooth_depth(depth, sigma: float) -> np.ndarray:
-    """Gaussian-smooth depth [H, W] inside its valid region (depth > 0), by normalised convolution.
-
-    Depth estimated at a low resolution and upsampled is piecewise linear, so its normals
-    are piecewise constant; smoothing with sigma ≈ the upsampling factor removes the facets.
-    Invalid pixels neither contribute nor change (they stay 0).
-    """
-    import cv2
-
-    d = to_numpy(depth).astype(np.float64)
-    if sigma <= 0:
-        return d
-    valid = (d > 0) & np.isfinite(d)
-    w = cv2.GaussianBlur(valid.astype(np.float64), (0, 0), sigma)
-    num = cv2.GaussianBlur(np.where(valid, d, 0.0), (0, 0), sigma)
-    return np.where(valid, num / np.maximum(w, 1e-12), 0.0)
+    if not np.isfinite(depth).all():
+        raise ValueError("depth has NaN or infinite values; use 0 for pixels without depth")
+    if not (depth > 0).any():
+        raise ValueError("depth is 0 everywhere: no pixel to relight; pass the depth map of this image")
+    if region not in REGIONS:
+        raise ValueError(f"region={region!r}: expected one of {', '.join(REGIONS)}")
+    if exists(feather) and not (math.isfinite(feather) and feather >= 0):
+        raise ValueError(f"feather={feather!r}: expected a number of pixels >= 0")
 
 
 def relight(
     image,
     depth,
     lights: Iterable[LightLike],
-    ambient: float = DEFAULT_AMBIENT,
+    ambient=DEFAULT_AMBIENT,
+    env_sh: np.ndarray | None = None,
+    region: str = "face",
+    person=None,
+    feather: float | None = None,
     depth_scale: float | None = None,
     relief: float = DEFAULT_RELIEF,
-    smooth: float = 0.0,
+    smooth: float | None = None,
+    surface: Surface | None = None,
 ) -> RelightResult:
-    """Relight `image` with directional lights using the normals of `depth` (paper §5.4).
+    """Relight `image` with lights (and an environment) using the surface of `depth` (see the module doc).
 
-    image: [H, W, 3] or [H, W]; uint8 (0..255) or float (0..1).
-    depth: [H, W], larger = farther, 0 = no depth; the valid region is depth > 0.
-    smooth: Gaussian sigma in pixels applied to the depth first (`smooth_depth`; 0 = none).
-    Inside it, image × shading (clipped to the input's range); outside, the image is unchanged.
+    image: [H, W, 3] or [H, W]; uint8 (0..255) or float (0..1), sRGB-encoded.
+    depth: [H, W], larger = farther, 0 = no depth.
+    ambient: gray (a number) or RGB (three numbers).
+    env_sh: [9, 3] environment coefficients (`env_to_sh`), added to the lights.
+    region: 'face' (the depth's region, holes filled) or 'head' (extended to the head: needs `person`,
+        an [H, W] person mask or probability, e.g. `rgbdface.data.face.person_mask`).
+    feather: the fade-in width in pixels (default FEATHER_FRACTION of the face's width; 0 = a hard cut).
+    smooth: the surface's smoothing radius in pixels (default SMOOTH_FRACTION of the face's width; 0 = none).
+    surface: a surface already built from this depth (`relight_surface`), e.g. for many lights.
     """
-    # 1. Check inputs
+    # 1. Check inputs, build the surface
     image, depth = to_numpy(image), to_numpy(depth)
-    check_inputs(image, depth)
-    if smooth > 0:
-        depth = smooth_depth(depth, smooth)
+    check_inputs(image, depth, region, feather)
     lights = [as_light(x) for x in lights]
-    valid = (depth > 0) & np.isfinite(depth)  # [H, W]
+    amb = _ambient_rgb(ambient)
+    if region == "head" and not exists(person) and not exists(surface):
+        raise ValueError("region='head' needs `person`, a person mask of the image (rgbdface.data.face.person_mask)")
+    if surface is None:
+        head = head_region(person, (depth > 0)) if region == "head" else None
+        surface = relight_surface(depth, image, head=head, smooth=smooth, depth_scale=depth_scale, relief=relief)
+    inside = surface.region
+    feather_px = surface.face_width * FEATHER_FRACTION if feather is None else float(feather)
+    weight = feather_weight(inside, feather_px)  # [H, W]
 
-    # 2. Normals and shading
-    s = relief_depth_scale(depth, valid, relief) if depth_scale is None else float(depth_scale)
-    normals = normals_from_depth(depth, valid, depth_scale=s)  # [H, W, 3]
-    shading = shade(normals, lights, ambient, valid)  # [H, W]
-
-    # 3. Multiply inside the valid region, in the image's own range
+    # 2. The photo's own shading, in linear light
     top = 255.0 if image.dtype == np.uint8 else 1.0
-    factor = shading[..., None] if image.ndim == 3 else shading
-    lit = np.clip(image.astype(np.float64) * factor, 0.0, top)
+    rgb = image[..., None] if image.ndim == 2 else image
+    lin = srgb_to_linear(rgb.astype(np.float64) / top)  # [H, W, C]
+    lum = lin @ LUMA if lin.shape[-1] == 3 else lin[..., 0]
+    before = original_shading(lum, surface, float(amb.mean()))  # [H, W]
+
+    # 3. New shading
+    after = shade_rgb(surface.normals, lights, amb, env_sh)  # [H, W, 3]
+    after[~inside] = 0.0
+
+    # 4. Ratio, faded in by the feather
+    ratio = np.where(inside[..., None], after / np.maximum(before, 1e-6)[..., None], 1.0)  # [H, W, 3]
+    if lin.shape[-1] == 1:
+        ratio = ratio @ LUMA[:, None]
+    # applied to the encoded values as ratio^(1/2.2): the same gain in linear light for the sRGB curve's power
+    # part, and one gain for every pixel whatever its level, so the shading change keeps no image texture
+    gain = np.power(ratio, 1.0 / GAMMA)
+    lit = np.clip(rgb.astype(np.float64) * (1.0 + weight[..., None] * (gain - 1.0)), 0.0, top)
     if image.dtype == np.uint8:
         lit = lit.round()
-    mask = valid[..., None] if image.ndim == 3 else valid
-    out = np.where(mask, lit, image).astype(image.dtype)
-    return RelightResult(image=out, normals=normals, shading=shading, valid=valid, depth_scale=s)
+    lit = np.where(weight[..., None] > 0, lit, rgb).astype(image.dtype)
+    if image.ndim == 2:
+        lit = lit[..., 0]
+    albedo = np.where(inside[..., None], lin / np.maximum(before, 1e-6)[..., None], 0.0)
+    if albedo.shape[-1] == 1:
+        albedo = np.repeat(albedo, 3, -1)
+    return RelightResult(image=lit, normals=surface.normals, shading=after.astype(np.float32), original_shading=before.astype(np.float32),
+                         albedo=albedo.astype(np.float32), weight=weight, region=inside, valid=surface.face,
+                         depth_scale=surface.depth_scale, feather=feather_px)
+
+
+# --------------------------------------------------------------------------- file encodings
 
 
 def normals_to_rgb(normals: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -264,5 +711,14 @@ def normals_to_rgb(normals: np.ndarray, valid: np.ndarray | None = None) -> np.n
 
 
 def shading_to_gray(shading: np.ndarray) -> np.ndarray:
-    """The shading layer as uint8 gray, clipped to 0..1 (1 = the image's own brightness)."""
-    return (np.clip(to_numpy(shading), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    """A shading layer as uint8, linear values clipped to 0..1 (1 = a unit light's full strength): gray [H, W]
+    when it has no colour (one channel, or three equal ones), RGB otherwise."""
+    s = to_numpy(shading).astype(np.float64)
+    if s.ndim == 3 and np.allclose(s, s[..., :1]):
+        s = s[..., 0]
+    return (np.clip(s, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def albedo_to_rgb(albedo: np.ndarray) -> np.ndarray:
+    """An albedo layer (linear RGB) as uint8 sRGB, clipped to 0..1."""
+    return (np.clip(linear_to_srgb(to_numpy(albedo)), 0.0, 1.0) * 255.0).round().astype(np.uint8)
