@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from rgbdface.cli.app import app
 from rgbdface.data.io import save_depth16
-from rgbdface.pipelines.relight import Light, normals_from_depth, relief_depth_scale, relight, shade
+from rgbdface.pipelines.relight import Light, normals_from_depth, relief_depth_scale, relight, shade, shade_rgb
 
 H = W = 81
 CX = CY = 40
@@ -87,22 +87,23 @@ def test_torch_input_gives_the_same_normals():
 
 def test_frontal_light_gives_n_dot_l():
     depth, true_n, disc, rho = sphere()
-    result = relight(gray_image(), depth, [(0, 0, 1)], ambient=0.0, depth_scale=1.0)
+    result = relight(gray_image(), depth, [(0, 0, 1)], ambient=0.0, depth_scale=1.0, smooth=0)
     inner = rho < 0.85 * R
-    np.testing.assert_allclose(result.shading[inner], true_n[inner, 2], atol=0.02)
-    assert result.shading[CY, CX] == pytest.approx(1.0)
+    np.testing.assert_allclose(result.shading[inner], np.repeat(true_n[inner, 2:], 3, 1), atol=0.02)
+    assert result.shading[CY, CX, 0] == pytest.approx(1.0)
 
 
 def test_light_from_the_right_brightens_the_right_side():
     depth, true_n, disc, rho = sphere()
-    result = relight(gray_image(), depth, [Light((1, 0, 0))], ambient=0.1, depth_scale=1.0)
+    result = relight(gray_image(), depth, [Light((1, 0, 0))], ambient=0.1, depth_scale=1.0, smooth=0)
     img = result.image[..., 0].astype(float)
-    right = disc & (np.arange(W)[None, :] > CX)
-    left = disc & (np.arange(W)[None, :] < CX)
+    core = result.weight == 1
+    right = core & (np.arange(W)[None, :] > CX)
+    left = core & (np.arange(W)[None, :] < CX)
     assert img[right].mean() > img[left].mean() + 50
     assert np.allclose(result.shading[left], 0.1)  # the left half faces away: ambient only
     inner = rho < 0.85 * R
-    np.testing.assert_allclose(result.shading[inner], 0.1 + np.maximum(0, true_n[inner, 0]), atol=0.02)
+    np.testing.assert_allclose(result.shading[inner, 0], 0.1 + np.maximum(0, true_n[inner, 0]), atol=0.02)
 
 
 def test_lights_add_up_and_intensity_scales():
@@ -112,23 +113,17 @@ def test_lights_add_up_and_intensity_scales():
     b = shade(n, [(0, 1, 0, 0.5)], ambient=0)
     both = shade(n, [(1, 0, 1), Light((0, 2, 0), 0.5)], ambient=0.2)
     np.testing.assert_allclose(both, a + b + 0.2, atol=1e-6)
+    coloured = shade_rgb(n, [Light((1, 0, 1), 2.0, (1.0, 0.5, 0.0))], ambient=(0.1, 0.2, 0.3))
+    np.testing.assert_allclose(coloured, np.stack([0.1 + 2 * a, 0.2 + a, np.full_like(a, 0.3)], -1), atol=1e-6)
 
 
-def test_ambient_only_is_uniform():
-    depth, _, disc, _ = sphere()
-    image = np.random.default_rng(0).integers(0, 256, (H, W, 3)).astype(np.uint8)
-    result = relight(image, depth, [], ambient=0.5)
-    assert np.all(result.shading[disc] == 0.5)
-    expected = np.round(image[disc].astype(float) * 0.5)
-    np.testing.assert_array_equal(result.image[disc], expected)
-
-
-def test_outside_the_valid_region_is_unchanged():
+def test_outside_the_region_is_unchanged():
     depth, _, disc, _ = sphere()
     image = np.random.default_rng(1).integers(0, 256, (H, W, 3)).astype(np.uint8)
     result = relight(image, depth, [(1, 1, 1, 2.0)], ambient=0.3)
     np.testing.assert_array_equal(result.image[~disc], image[~disc])
-    np.testing.assert_array_equal(result.valid, disc)
+    np.testing.assert_array_equal(result.region, disc)
+    assert (result.weight[~disc] == 0).all()
     assert result.image.dtype == np.uint8
     assert not np.array_equal(result.image[disc], image[disc])
 
@@ -137,7 +132,7 @@ def test_float_images_stay_in_range():
     depth, _, disc, _ = sphere()
     result = relight(np.full((H, W, 3), 0.8), depth, [(0, 0, 1, 3.0)], ambient=0.0)
     assert result.image.dtype == np.float64 and result.image.max() <= 1.0
-    assert result.image[CY, CX, 0] == pytest.approx(1.0)  # 0.8 × 3 clipped
+    assert result.image[CY, CX, 0] == pytest.approx(1.0)  # 0.8 × a gain above 1.25, clipped
 
 
 def test_relight_rejects_bad_inputs():
@@ -150,9 +145,9 @@ def test_relight_rejects_bad_inputs():
         relight(gray_image(), depth, [(0, 0, 1)], ambient=-1)
 
 
-@pytest.mark.parametrize("text,ok", [("1,0,0", True), (" -1, 0.5 ,2,0.3", True), ("1,0", False),
-                                     ("a,b,c", False), ("0,0,0", False), ("1,2,3,-1", False), ("1,2,3,4,5", False),
-                                     ("nan,0,1", False)])
+@pytest.mark.parametrize("text,ok", [("1,0,0", True), (" -1, 0.5 ,2,0.3", True), ("1,0,1,1,0.8,0.6", True),
+                                     ("1,0,1,2,1,0.8,0.6", True), ("1,0", False), ("a,b,c", False), ("0,0,0", False),
+                                     ("1,2,3,-1", False), ("1,2,3,4,5", False), ("1,0,1,1,-1,0", False), ("nan,0,1", False)])
 def test_light_parse(text, ok):
     if ok:
         light = Light.parse(text)
@@ -184,28 +179,32 @@ def files(tmp_path):
 
 def test_cli_relights_and_writes_layers(files):
     image, depth, out, disc = files
-    r = run(image, "--depth", depth, "--light", "1,0,0", "--ambient", "0", "-o", out / "lit.png",
-            "--normals", out / "n.png", "--shading", out / "s.png")
+    r = run(image, "--depth", depth, "--light", "1,0,0", "--ambient", "0", "-o", out / "lit.png", "--region", "face",
+            "--normals", out / "n.png", "--shading", out / "s.png", "--albedo", out / "a.png", "--feather", "6")
     assert r.exit_code == 0, r.output
     assert r.stdout == ""
     lit = iio.imread(out / "lit.png")
     assert lit.shape == (H, W, 3)
-    right = disc & (np.arange(W)[None, :] > CX + 4)
-    left = disc & (np.arange(W)[None, :] < CX - 4)
+    core = np.hypot(*(np.mgrid[:H, :W] - np.array([CY, CX])[:, None, None])) < R - 7  # past the feather
+    right = core & (np.arange(W)[None, :] > CX + 4)
+    left = core & (np.arange(W)[None, :] < CX - 4)
     assert lit[right].mean() > 60 and lit[left].max() == 0
+    albedo = iio.imread(out / "a.png")
+    assert albedo.shape == (H, W, 3) and (albedo[~disc] == 0).all() and albedo[disc].min() > 0
     assert (lit[~disc] == 180).all()
     normals = iio.imread(out / "n.png")
     assert normals.shape == (H, W, 3) and (normals[~disc] == 0).all()
     assert normals[CY, CX + 20, 0] > 200  # +x encoded as red
     shading = iio.imread(out / "s.png")
     assert shading.shape == (H, W) and shading[CY, CX + 30] > shading[CY, CX + 5]
-    assert sorted(p.name for p in out.iterdir()) == ["lit.png", "n.png", "s.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "lit.png", "n.png", "s.png"]
 
 
 def test_cli_depth_scale_option(files):
     image, depth, out, disc = files
     # depth is stored in 0.1-pixel units, so 0.1 pixels per unit reproduces the sphere
-    r = run(image, "-d", depth, "-l", "0,0,1", "-a", "0", "--depth-scale", "0.1", "-o", out / "a.png", "--shading", out / "s.png")
+    r = run(image, "-d", depth, "-l", "0,0,1", "-a", "0", "--depth-scale", "0.1", "--smooth", "0", "--region", "face",
+            "-o", out / "a.png", "--shading", out / "s.png")
     assert r.exit_code == 0, r.output
     _, true_n, _, rho = sphere()
     shading = iio.imread(out / "s.png") / 255.0
@@ -287,3 +286,188 @@ def test_smoothing_removes_upsampling_facets_and_keeps_the_region():
     rough = lambda d: np.abs(np.diff(normals_from_depth(d, d > 0, depth_scale=40)[20:-20, 30:-20, 0], axis=1)).mean()
     assert rough(sm) < 0.3 * rough(blocky)
     assert np.array_equal(smooth_depth(blocky, 0), blocky)
+
+
+# --------------------------------------------------------------------------- the ratio method on photos
+
+
+def render_sphere(light, ambient, albedo):
+    """An sRGB uint8 photo of the sphere with a textured albedo [H, W, 3] (linear) under (ambient + max(0, n·l)) ×
+    FACTOR, and the grey background outside it."""
+    from rgbdface.pipelines.relight import linear_to_srgb
+
+    depth, true_n, disc, rho = sphere()
+    l = np.asarray(light, float) / np.linalg.norm(light)
+    shading = ambient + np.maximum(0.0, true_n @ l)
+    lin = np.where(disc[..., None], albedo * shading[..., None] * 0.5, 0.2)
+    return (linear_to_srgb(lin).clip(0, 1) * 255).round().astype(np.uint8), depth, disc
+
+
+def smooth_albedo(seed=0):
+    import cv2
+
+    noise = np.random.default_rng(seed).uniform(0.4, 1.0, (H, W, 3))
+    return cv2.GaussianBlur(noise, (0, 0), 3)
+
+
+def test_relighting_with_the_photos_own_frontal_light_gives_the_photo_back():
+    photo, depth, disc = render_sphere((0, 0, 1), 0.25, smooth_albedo())
+    result = relight(photo, depth, [(0, 0, 1)], ambient=0.25, depth_scale=1.0, smooth=0, region="face")
+    inside = disc & (result.weight > 0)
+    err = np.abs(result.image.astype(int) - photo.astype(int))[inside]
+    assert err.max() <= 3 and err.mean() < 0.6, (err.max(), err.mean())
+    # the albedo estimate is the texture, up to one scale
+    from rgbdface.pipelines.relight import srgb_to_linear
+    core = result.weight == 1
+    ratio = result.albedo[core] / smooth_albedo()[core]
+    assert ratio.std() / ratio.mean() < 0.03
+
+
+def test_the_sphere_relights_from_one_light_to_another():
+    albedo = smooth_albedo(1)
+    a, depth, disc = render_sphere((-1, 0.2, 1), 0.3, albedo)
+    b, *_ = render_sphere((1, 0.5, 0.8), 0.3, albedo)
+    result = relight(a, depth, [(1, 0.5, 0.8)], ambient=0.3, depth_scale=1.0, smooth=0, region="face")
+    core = (result.weight == 1) & (np.hypot(*(np.mgrid[:H, :W] - np.array([CY, CX])[:, None, None])) < 0.85 * R)
+    before = np.abs(a.astype(int) - b.astype(int))[core].mean()
+    after = np.abs(result.image.astype(int) - b.astype(int))[core].mean()
+    assert before > 20 and after < 0.15 * before, (before, after)
+
+
+def test_feather_is_continuous_and_documented_width():
+    from rgbdface.pipelines.relight import feather_weight
+
+    depth, _, disc, rho = sphere()
+    w = feather_weight(disc, 8.0)
+    assert (w[~disc] == 0).all() and (w[rho < R - 9] == 1).all()
+    steps = max(np.abs(np.diff(w, axis=0)).max(), np.abs(np.diff(w, axis=1)).max())
+    assert steps < 1.5 * 1.5 / 8  # a smoothstep's steepest slope is 1.5 / feather per pixel
+    hard = feather_weight(disc, 0)
+    assert np.abs(np.diff(hard, axis=1)).max() == 1  # the check above can fail: a hard cut jumps
+    # the relit image has no jump at the outline either
+    image = gray_image(150)
+    from scipy.ndimage import binary_erosion
+
+    outline = disc & ~binary_erosion(disc)  # the region's pixels next to the outside
+    change = lambda f: np.abs(relight(image, depth, [(1, 0, 0.2, 2.0)], ambient=0.0, feather=f, region="face").image.astype(int) - 150)
+    assert change(8.0)[outline].max() <= 3 and change(8.0)[rho < R - 9].max() > 60
+    assert change(0.0)[outline].max() > 60
+
+
+def test_measures_tell_smooth_feathered_relighting_from_blocky_hard_cuts():
+    import cv2
+
+    from rgbdface.metrics.relight import relight_measures
+
+    image = np.full((120, 120, 3), 160, np.uint8)
+    depth = np.zeros((120, 120))
+    yy, xx = np.mgrid[:120, :120]
+    inside = (xx - 60) ** 2 + (yy - 60) ** 2 < 45**2
+    depth[inside] = 500 - np.sqrt(np.clip(45**2 - (xx - 60) ** 2 - (yy - 60) ** 2, 0, None))[inside]
+    coarse = cv2.resize(depth, (12, 12), interpolation=cv2.INTER_AREA)
+    blocky = np.where(inside, cv2.resize(coarse, (120, 120), interpolation=cv2.INTER_NEAREST), 0)  # facets 10 px wide
+    smooth = relight(image, blocky, [(1, 0.3, 1)], region="face")
+    old = np.where(inside[..., None], np.clip(image * shade(normals_from_depth(blocky), [(1, 0.3, 1)])[..., None], 0, 255), image)
+    m_new, m_old = relight_measures(image, smooth.image), relight_measures(image, old.round().astype(np.uint8))
+    assert m_old.edge_ratio > 0.7 and m_new.edge_ratio < 0.3
+    assert m_old.blockiness > 1.5 and m_new.blockiness < 1.2
+
+
+def test_guided_smoothing_keeps_edges_of_the_guide():
+    from rgbdface.pipelines.relight import guided_smooth
+
+    guide = np.zeros((40, 40))
+    guide[:, 20:] = 1.0
+    p = np.where(guide > 0, 10.0, 0.0) + np.random.default_rng(0).normal(0, 0.5, (40, 40))
+    out = guided_smooth(p, np.ones((40, 40)), guide, radius=4)
+    assert abs(out[:, 19].mean()) < 1 and abs(out[:, 20].mean() - 10) < 1  # the step stays sharp
+    import cv2
+
+    blurred = cv2.blur(p, (9, 9))  # a plain box of the same size does not keep it
+    assert abs(blurred[:, 19].mean()) > 3 and abs(blurred[:, 20].mean() - 10) > 3
+    assert out[:, 25:35].std() < 0.3  # noise smoothed away
+
+
+def test_head_region_extends_the_face_smoothly():
+    from rgbdface.pipelines.relight import head_region, relight_surface
+
+    depth, _, disc, rho = sphere()
+    face = disc & (np.hypot(*(np.mgrid[:H, :W] - np.array([CY + 6, CX])[:, None, None])) < 20)  # a face inside the head
+    person = disc.astype(np.float32)
+    head = head_region(person, face)
+    assert head[disc].mean() > 0.9 and not head[~disc].any()
+    surf = relight_surface(np.where(face, depth, 0), head=head, depth_scale=1.0, smooth=0)
+    assert surf.region.sum() > 2 * face.sum() and np.isfinite(surf.height).all()
+    # near the head's outline the extended normals turn sideways, like the sphere's
+    ring = (rho > R - 5) & (rho < R - 2)
+    assert np.median(surf.normals[ring][:, 2]) < 0.6
+    # and the height is continuous where the face meets the extension
+    step = max(np.abs(np.diff(surf.height, axis=1))[surf.region[:, 1:] & surf.region[:, :-1]].max(),
+               np.abs(np.diff(surf.height, axis=0))[surf.region[1:] & surf.region[:-1]].max())
+    assert step < 8
+
+
+def test_environment_light():
+    from rgbdface.pipelines.relight import env_to_sh, sh_irradiance
+
+    n = np.array([[0, 0, 1.0], [1, 0, 0], [-1, 0, 0], [0, 1, 0]])
+    uniform = env_to_sh(np.full((32, 64, 3), 0.7))
+    np.testing.assert_allclose(sh_irradiance(n, uniform), 0.7, atol=0.01)  # a uniform sky shades like ambient
+    right = np.zeros((32, 64, 3))
+    right[:, 40:56] = 1.0  # around longitude +90°: the image's right
+    e = sh_irradiance(n, env_to_sh(right))[:, 0]
+    assert e[1] > 0.3 and e[2] < 0.05 and e[1] > e[0]
+    front = np.zeros((32, 64, 3))
+    front[8:24, :8] = front[8:24, -8:] = 1.0  # the edges: behind the camera, lighting the face
+    e = sh_irradiance(n, env_to_sh(front))[:, 0]
+    assert e[0] > e[1] and e[0] > e[3]
+    with pytest.raises(ValueError, match="2:1"):
+        env_to_sh(np.ones((32, 32, 3)))
+
+
+def test_cli_colour_env_orbit(files, tmp_path):
+    image, depth, out, disc = files
+    r = run(image, "-d", depth, "-l", "1,0,1,1,1,0,0", "-a", "0.2,0,0", "--region", "face", "-o", out / "red.png", "--shading", out / "s.png")
+    assert r.exit_code == 0, r.output
+    red = iio.imread(out / "red.png").astype(int)
+    assert (red[disc][:, 1:] <= 180).all() and red[disc][:, 0].max() > 190  # only red light added
+    assert iio.imread(out / "s.png").ndim == 3  # coloured shading is written in colour
+    env = tmp_path / "env.png"
+    sky = np.zeros((32, 64, 3), np.uint8)
+    sky[:, 40:56] = 255
+    iio.imwrite(env, sky)
+    r = run(image, "-d", depth, "--env", env, "--region", "face", "-a", "0", "-o", out / "env.png")
+    assert r.exit_code == 0, r.output
+    lit = iio.imread(out / "env.png")[..., 0].astype(int)
+    assert lit[CY, CX + 20] > lit[CY, CX - 20] + 40
+    r = run(image, "-d", depth, "--orbit", "4", "--region", "face", "-o", out / "orbit.mp4", "--json")
+    assert r.exit_code == 0, r.output
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(out / "orbit.mp4"))
+    meta = next(reader)
+    got = [np.frombuffer(f, np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
+    assert len(got) == 4
+    top, bottom = got[0][CY - 20, CX], got[2][CY - 20, CX]  # the light starts above, is below half-way round
+    assert int(top[0]) > int(bottom[0]) + 20
+
+
+@pytest.mark.parametrize("case", ["all_zero", "nan_npy", "env_square", "orbit_png"])
+def test_cli_bad_inputs_one_line(files, case):
+    image, depth, out, _ = files
+    args = [image, "-l", "0,0,1", "-o", out / "o.png", "--shading", out / "s.png"]
+    inp = image.parent
+    if case == "all_zero":
+        save_depth16(inp / "zero.png", np.zeros((H, W), np.uint16))
+        r, code, words = run(*args, "-d", inp / "zero.png"), 1, ["zero.png", "no pixel has depth"]
+    elif case == "nan_npy":
+        d = np.ones((H, W), np.float32)
+        d[3, 3] = np.nan
+        np.save(inp / "nan.npy", d)
+        r, code, words = run(*args, "-d", inp / "nan.npy"), 1, ["nan.npy", "NaN"]
+    elif case == "env_square":
+        iio.imwrite(inp / "sq.png", np.zeros((16, 16, 3), np.uint8))
+        r, code, words = run(*args, "-d", depth, "--env", inp / "sq.png"), 1, ["sq.png", "2:1"]
+    else:
+        r, code, words = run(image, "-d", depth, "--orbit", "4", "-o", out / "o.png"), 2, [".mp4"]
+    assert_failed_cleanly(r, out, code, *words)

@@ -1,9 +1,9 @@
-"""`rgbdface relight`: new directional lights on a portrait, from its depth (paper §5.4)."""
+"""`rgbdface relight`: new lights on a portrait, from its depth (paper §5.4)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Iterable, Optional
 
 import typer
 
@@ -14,13 +14,22 @@ from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, DtypeOp
 if TYPE_CHECKING:
     import numpy as np
 
-DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG or .npy; larger = farther, 0 = no depth). The image is relit where depth > 0. Without it, the face's depth is estimated first (as estimate-depth does; --model, --steps, --flip, --seed, --scheduler, --ensemble).")]
-LightOpt = Annotated[Optional[list[str]], typer.Option("--light", "-l", metavar="X,Y,Z[,I]", help="A directional light 'X,Y,Z' or 'X,Y,Z,INTENSITY' toward the light: x to the image's right, y up, z toward the viewer (1,0,0 = from the right; 0,0,1 = frontal). Repeat for more lights.")]
-AmbientOpt = Annotated[float, typer.Option("--ambient", "-a", help="Ambient light added to the shading everywhere on the surface.")]
-ReliefOpt = Annotated[float, typer.Option("--relief", help="Assumed relief for relative depth: the valid region's depth range spans this fraction of its width (0.5 = a hemisphere). Ignored with --depth-scale.")]
+DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG, e.g. from estimate-depth or prep-depth, or a .npy of floats; larger = farther, 0 = no depth). Without it, the face's depth is estimated first (as estimate-depth does; --model, --steps, --flip, --seed, --scheduler, --ensemble).")]
+LightOpt = Annotated[Optional[list[str]], typer.Option("--light", "-l", metavar="X,Y,Z[,I][,R,G,B]", help="A directional light toward X,Y,Z: x to the image's right, y up, z toward the viewer (1,0,0 = from the right; 0,0,1 = frontal); then optionally its intensity I (default 1: as strong as the photo's own light, taken as frontal) and colour R,G,B (default 1,1,1; 1,0.8,0.6 is warm). Repeat for more lights.")]
+AmbientOpt = Annotated[str, typer.Option("--ambient", "-a", metavar="A|R,G,B", help="Ambient light added to the shading everywhere on the surface: gray A or a colour R,G,B.")]
+ReliefOpt = Annotated[float, typer.Option("--relief", help="Assumed relief for relative depth: the depth's range spans this fraction of the face's width (0.5 = a hemisphere). Ignored with --depth-scale.")]
 DepthScaleOpt = Annotated[Optional[float], typer.Option("--depth-scale", help="Pixels per depth unit, when the depth's scale is known (e.g. 1 if depth is in pixels). Default: from --relief.")]
-NormalsOpt = Annotated[Optional[Path], typer.Option("--normals", help="Also write the normal map here (RGB = (n + 1) / 2; black = no depth).")]
-ShadingOpt = Annotated[Optional[Path], typer.Option("--shading", help="Also write the shading layer here (gray, clipped to 0..1).")]
+RegionOpt = Annotated[str, typer.Option("--region", help="What is relit: 'head' (the face's depth extended to hair, ears and neck, found by MediaPipe's selfie segmentation) or 'face' (where the depth is, holes filled).")]
+FeatherOpt = Annotated[Optional[float], typer.Option("--feather", show_default=False, help="Width in pixels over which the relighting fades in from the region's outline (a smoothstep; 0 = a hard cut) [default: 15% of the face's width].")]
+SmoothOpt = Annotated[Optional[float], typer.Option("--smooth", show_default=False, help="Radius in pixels of the image-guided smoothing of the depth (0 = none) [default: 1/12 of the face's width, which removes the facets of depth upsampled from a model's resolution].")]
+EnvOpt = Annotated[Optional[Path], typer.Option("--env", show_default=False, help="Environment light: an equirectangular image (2:1; 8/16-bit sRGB, or a .npy of linear radiance), its centre the direction the camera looks, its left and right edges behind the camera; second-order spherical harmonics. Added to the --light lights.")]
+EnvIntensityOpt = Annotated[float, typer.Option("--env-intensity", help="Multiplies the environment's radiance (1: an image of white 1.0 everywhere shades like ambient 1).")]
+OrbitOpt = Annotated[Optional[int], typer.Option("--orbit", min=2, show_default=False, help="Write a video (-o ending in .mp4) of N frames at 25 fps: one light circling the face 60 degrees off the view axis, starting above; its intensity and colour from the first --light (default white, 1).")]
+NormalsOpt = Annotated[Optional[Path], typer.Option("--normals", help="Also write the normal map here (RGB = (n + 1) / 2; black outside the region).")]
+ShadingOpt = Annotated[Optional[Path], typer.Option("--shading", help="Also write the new shading here (linear, clipped to 0..1; gray for white lights, else RGB; black outside the region).")]
+AlbedoOpt = Annotated[Optional[Path], typer.Option("--albedo", help="Also write the albedo estimate here (image / the photo's estimated shading, sRGB; black outside the region).")]
+
+ORBIT_FPS = 25
 
 
 @handle_errors
@@ -29,11 +38,18 @@ def relight_command(
     output: OutputFileOpt,
     depth: DepthOpt = None,
     light: LightOpt = None,
-    ambient: AmbientOpt = 0.25,
+    ambient: AmbientOpt = "0.25",
+    env: EnvOpt = None,
+    env_intensity: EnvIntensityOpt = 1.0,
+    region: RegionOpt = "head",
+    feather: FeatherOpt = None,
+    smooth: SmoothOpt = None,
     relief: ReliefOpt = 0.5,
     depth_scale: DepthScaleOpt = None,
+    orbit: OrbitOpt = None,
     normals: NormalsOpt = None,
     shading: ShadingOpt = None,
+    albedo: AlbedoOpt = None,
     model: ModelOpt = None,
     steps: DepthStepsOpt = None,
     flip: DepthFlipOpt = None,
@@ -46,54 +62,113 @@ def relight_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Relight a portrait from its depth: Lambertian shading from directional lights plus ambient, multiplied with the image where depth > 0.
+    """Relight a portrait from its depth: the photo's own shading is estimated and divided out, new lights multiplied in, faded into the untouched image.
 
-    Normals come from finite differences under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the region's width. Outside depth > 0 the image is unchanged. Without --depth, the face's depth is estimated first with the stage-2 model (the face region is relit). Outputs are written only when everything has succeeded.
+    The depth (given, or estimated with the stage-2 model) is smoothed at the image's resolution, guided by the image, into a surface; with --region head it is extended to the hair, ears and neck. Normals come from it under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the face's width. The photo's shading is a second-order spherical-harmonic fit of its luminance over the face; relit = image * new shading / that shading, in linear light, faded in over --feather pixels from the region's outline. Outside the region the image is unchanged. Outputs are written only when everything has succeeded.
 
-    --json adds: lights (their count), relit_pixels, depth ('given' or 'estimated').
+    --json adds: lights (their count), relit_pixels (inside the region), feather (pixels), depth ('given' or 'estimated'), frames (with --orbit).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_image
-    from rgbdface.pipelines.relight import Light, normals_to_rgb, relight, shading_to_gray
+    from rgbdface.pipelines.relight import REGIONS, Light, parse_ambient
 
     # 1. Check options before reading anything
-    if not light:
-        raise fail("--light X,Y,Z is needed (x right, y up, z toward the viewer; e.g. --light 1,0,1)", 2)
     try:
-        lights = [Light.parse(text) for text in light]
+        lights = [Light.parse(text) for text in light or []]
     except ValueError as e:
         raise fail(f"--light: {e}", 2) from None
-    outputs = {"--output": output, "--normals": normals, "--shading": shading}
-    for flag, path in outputs.items():
+    if not lights and env is None and orbit is None:
+        raise fail("--light X,Y,Z (or --env FILE, or --orbit N) is needed (x right, y up, z toward the viewer; e.g. --light 1,0,1)", 2)
+    try:
+        amb = parse_ambient(ambient)
+    except ValueError as e:
+        raise fail(f"--ambient: {e}", 2) from None
+    if region not in REGIONS:
+        raise fail(f"--region {region!r}: expected one of {', '.join(REGIONS)}", 2)
+    if orbit is not None and output.suffix.lower() != ".mp4":
+        raise fail(f"--orbit writes a video: -o {output} must end in .mp4", 2)
+    if orbit is None and output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise fail(f"--output {output}: unknown image suffix {output.suffix!r}; use .png or .jpg (or .mp4 with --orbit N)", 2)
+    outputs = {"--output": output, "--normals": normals, "--shading": shading, "--albedo": albedo}
+    for flag, path in list(outputs.items())[1:]:
         if path is not None and path.suffix.lower() not in IMAGE_SUFFIXES:
             raise fail(f"{flag} {path}: unknown image suffix {path.suffix!r}; use .png or .jpg", 2)
     given = [p.resolve() for p in outputs.values() if p is not None]
     if len(set(given)) != len(given):
-        raise fail("-o, --normals and --shading must name different files", 2)
-    if not ambient >= 0:
-        raise fail(f"--ambient {ambient}: expected a number >= 0", 2)
+        raise fail("-o, --normals, --shading and --albedo must name different files", 2)
+    for flag, value in (("--feather", feather), ("--smooth", smooth)):
+        if value is not None and not value >= 0:
+            raise fail(f"{flag} {value}: expected a number of pixels >= 0", 2)
+    if not env_intensity >= 0:
+        raise fail(f"--env-intensity {env_intensity}: expected a number >= 0", 2)
     if depth_scale is not None and not depth_scale >= 0:
         raise fail(f"--depth-scale {depth_scale}: expected a number >= 0 (pixels per depth unit)", 2)
     if depth_scale is None and not relief > 0:
         raise fail(f"--relief {relief}: expected a number > 0 (or give --depth-scale)", 2)
 
-    # 2. Read the image and its depth
+    # 2. Read the image, the environment and the depth
     rgb = load_image(image)  # [H, W, 3] uint8
+    env_sh = load_environment(env, env_intensity) if env is not None else None
     estimate = dict(model=model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, device=device, dtype=dtype, quiet=quiet)
     d = load_relight_depth(rgb, image, depth, estimate)  # [H, W] float32
 
     # 3. Relight
-    result = relight(rgb, d, lights, ambient=ambient, depth_scale=depth_scale, relief=relief)
+    from rgbdface.pipelines.relight import albedo_to_rgb, normals_to_rgb, orbit_lights, relight, relight_surface, shading_to_gray, head_region
+
+    person = None
+    if region == "head":
+        from rgbdface.data.face import person_mask
+
+        person = person_mask(rgb)
+    head = head_region(person, d > 0) if person is not None else None
+    surface = relight_surface(d, rgb, head=head, smooth=smooth, depth_scale=depth_scale, relief=relief)
+    kw = dict(ambient=amb, env_sh=env_sh, feather=feather, surface=surface)
+    result = relight(rgb, d, lights, **kw)
 
     # 4. Write every output, or none
-    layers = {output: result.image}
+    layers = {} if orbit is not None else {output: result.image}
     if normals is not None:
-        layers[normals] = normals_to_rgb(result.normals, result.valid)
+        layers[normals] = normals_to_rgb(result.normals, result.region)
     if shading is not None:
         layers[shading] = shading_to_gray(result.shading)
-    _write_all(layers)
-    report().wrote(*layers)
-    report().add(lights=len(lights), relit_pixels=int(result.valid.sum()), depth="given" if depth is not None else "estimated")
-    log(f"relit {image} with {len(lights)} light(s) over {int(result.valid.sum())} pixels → {output}", quiet)
+    if albedo is not None:
+        layers[albedo] = albedo_to_rgb(result.albedo)
+    if orbit is not None:
+        circling = orbit_lights(orbit, lights[0] if lights else None)
+        frames = (relight(rgb, d, [l], **kw).image for l in circling)
+        _write_all(layers, video=(output, frames))
+        report().add(frames=orbit)
+    else:
+        _write_all(layers)
+    report().wrote(*([output] if orbit is not None else []), *layers)
+    relit = int(result.region.sum())
+    report().add(lights=len(lights), relit_pixels=relit, feather=round(result.feather, 2), depth="given" if depth is not None else "estimated")
+    log(f"relit {image} with {len(lights) or 'an orbiting'} light(s){' and an environment' if env is not None else ''} over {relit} pixels → {output}", quiet)
+
+
+def load_environment(path: Path, intensity: float = 1.0) -> "np.ndarray":
+    """An environment file → spherical-harmonic coefficients [9, 3]; one-line InputError for a bad file."""
+    import numpy as np
+
+    from rgbdface.pipelines.relight import env_to_sh, srgb_to_linear
+    from rgbdface.utils import InputError
+
+    if not path.exists():
+        raise InputError(f"--env {path}: no such file; check the path")
+    try:
+        if path.suffix.lower() == ".npy":
+            radiance = np.load(path, allow_pickle=False).astype(np.float64)
+        else:
+            import imageio.v3 as iio
+
+            raw = np.asarray(iio.imread(path))
+            top = 65535.0 if raw.dtype == np.uint16 else 255.0
+            radiance = srgb_to_linear(raw[..., :3] / top) if raw.ndim == 3 else srgb_to_linear(raw / top)
+    except Exception as e:
+        raise InputError(f"--env {path}: not a readable image or .npy ({type(e).__name__}); pass an equirectangular PNG/JPEG or a .npy") from None
+    try:
+        return env_to_sh(radiance) * intensity
+    except ValueError as e:
+        raise InputError(f"--env {path}: {e}") from None
 
 
 def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | None, estimate: dict | None = None) -> "np.ndarray":
@@ -118,10 +193,7 @@ def load_relight_depth(rgb: "np.ndarray", image_path: Path, depth_path: Path | N
 def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | None = None, steps: int | None = None, flip: bool | None = None, seed: int = 0,
                            scheduler: str = "ddim", ensemble: int = 1, device: str = "auto", dtype: str = "auto",
                            quiet: bool = False) -> "np.ndarray":
-    """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size,
-    smoothed by the factor it was upsampled with from the model's resolution."""
-    import numpy as np
-
+    """The face's depth as estimate-depth writes it (1..65535 in the face region, 0 elsewhere), at the image's size."""
     from rgbdface.cli.loading import load_for_command
     from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
@@ -137,19 +209,26 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
     m.require_stage(2, "relight without --depth (depth estimation)")
     log(f"no --depth: estimating the depth of {image_path}", quiet)
     result = estimate_depths(m, [task], steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, progress=not quiet)[0]
-    # The model's depth is upsampled from its resolution: smooth away the facets that would show as blocks.
-    from rgbdface.pipelines.relight import smooth_depth
-
-    x0, _, x1, _ = result.crop.box
-    upscale = (x1 - x0) / m.meta.image_size
-    return smooth_depth(result.to_units(), sigma=upscale).astype(np.float32) if upscale > 1 else result.to_units()
+    return result.to_units()  # unrounded; relight_surface smooths away the facets of the model's resolution
 
 
-def _write_all(layers: dict[Path, "np.ndarray"]) -> None:
-    """Write each image to a temporary file beside its target; rename them all only if every write succeeded."""
+def _write_all(layers: dict[Path, "np.ndarray"], video: tuple[Path, Iterable["np.ndarray"]] | None = None) -> None:
+    """Write each image (and the video) to a temporary file beside its target; rename them all only if every write succeeded."""
     from rgbdface.data.io import save_image
 
-    write_all({path: (lambda tmp, img=img: save_image(tmp, img)) for path, img in layers.items()})
+    writers = {path: (lambda tmp, img=img: save_image(tmp, img)) for path, img in layers.items()}
+    if video is not None:
+        path, frames = video
+        writers[path] = lambda tmp: _write_video(tmp, frames)
+    write_all(writers)
+
+
+def _write_video(path: Path, frames: Iterable["np.ndarray"]) -> None:
+    from rgbdface.data.video_writer import VideoWriter
+
+    with VideoWriter(path, fps=ORBIT_FPS) as writer:
+        for frame in frames:
+            writer.write(frame)
 
 
 def register(app: typer.Typer) -> None:

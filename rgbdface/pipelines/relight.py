@@ -31,9 +31,10 @@ from the front. Pass `depth_scale` to set `s` directly, e.g. 1 when depth is in 
    finite-difference normals, smoothed again at half that radius.
 2. **The photo's own shading** (`fit_shading`): the face's linear luminance fitted by a
    second-order spherical-harmonic function of the normals (a constant albedo under any
-   distant lighting), robustly (outliers such as brows and beard dropped). Its scale is set
-   so that it has the mean over the face of a frontal light of intensity 1 with the given ambient:
-   relighting a frontally lit photo with such a light gives the photo back.
+   distant lighting), robustly (outliers such as brows and beard dropped). Its scale comes from
+   the one directional light (front hemisphere) plus the given ambient that best explains the
+   face (`dominant_light`): a light of intensity 1 is as strong as the photo's own, and
+   relighting with that light gives the photo back.
 3. **New shading**: ambient (gray or coloured) + Σ intensity · colour · max(0, n · l) +
    an environment's irradiance (second-order spherical harmonics of an equirectangular image).
 4. **Ratio**: relit = image × new shading / original shading (the albedo is kept; relighting
@@ -590,17 +591,30 @@ def fit_shading(luminance: np.ndarray, normals: np.ndarray, mask: np.ndarray, de
     return np.pad(coeffs, (0, 9 - k))
 
 
+def dominant_light(luminance: np.ndarray, normals: np.ndarray, ambient: float) -> tuple[np.ndarray, float]:
+    """The one directional light that best explains `luminance` [N] at `normals` [N, 3] as
+    scale × (ambient + max(0, n · l)), searched over directions of the front hemisphere (z >= 0.1):
+    (l, scale), scale = the albedo level at which such a light has intensity 1."""
+    el, az = np.meshgrid(np.radians(np.arange(0, 85, 5)), np.radians(np.arange(0, 360, 6)), indexing="ij")
+    dirs = np.stack([np.sin(el) * np.cos(az), np.sin(el) * np.sin(az), np.cos(el)], -1).reshape(-1, 3)
+    step = max(1, len(luminance) // 20000)
+    y, n = luminance[::step], normals[::step]
+    f = ambient + np.maximum(0.0, n @ dirs.T)  # [N, K]
+    yf, ff = y @ f, (f * f).sum(0)
+    k = int(np.argmax(yf * yf / np.maximum(ff, 1e-12)))  # least residual = most of y explained
+    return dirs[k], float(yf[k] / max(ff[k], 1e-12))
+
+
 def original_shading(luminance: np.ndarray, surface: Surface, ambient: float) -> np.ndarray:
     """[H, W] float64 the photo's own shading over the surface's region (see the module doc, step 2)."""
     face = surface.face
     coeffs = fit_shading(luminance, surface.normals, face)
     n = surface.normals.astype(np.float64)
     fitted = sh_basis(n) @ coeffs
-    # scale: a frontal light of intensity 1 with this ambient has the same mean over the face
-    reference = ambient + np.maximum(0.0, n[face][:, 2])
-    mean_fit = fitted[face].mean()
-    scale = reference.mean() / mean_fit if mean_fit > 0 else 1.0
-    out = fitted * scale
+    # scale: the photo's dominant light at intensity 1 with this ambient
+    use = face & (luminance > 0.005) & (luminance < 0.98)
+    _, scale = dominant_light(luminance[use], n[use], ambient)
+    out = fitted / scale if scale > 0 else fitted
     floor = SHADING_FLOOR * max(float(np.median(out[face])), 1e-6)
     return np.where(surface.region, np.maximum(out, floor), 0.0)
 
