@@ -224,7 +224,7 @@ def _write_all(layers: dict[Path, "np.ndarray"], video: tuple[Path, Iterable["np
 
 
 def _write_video(path: Path, frames: Iterable["np.ndarray"]) -> None:
-    from rgbdface.data.video_writer import VideoWriter
+    from rgbdface.data.video import VideoWriter
 
     with VideoWriter(path, fps=ORBIT_FPS) as writer:
         for frame in frames:
