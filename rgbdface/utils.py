@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -64,6 +65,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None or str(e.filename) != str(tmp):
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from None  # name the target, never the temporary file
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -154,3 +159,23 @@ def use_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
     if "cv2" in sys.modules:
         sys.modules["cv2"].setNumThreads(n)
+
+
+OS_ERROR_HINTS = {
+    errno.EISDIR: "is a folder; name a file, or remove the folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EACCES: "permission denied; choose a location you can write to",
+    errno.EPERM: "not permitted; choose a location you can write to",
+    errno.EROFS: "the file system is read-only; choose another location",
+    errno.ENOSPC: "no space left on the device; free some space or choose another location",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another location",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path it concerns (never a temporary file of `atomic_path` when the
+    target is known) and what to do, e.g. 'out/x.png: is a folder; name a file, or remove the folder'."""
+    what = OS_ERROR_HINTS.get(e.errno) or (e.strerror or str(e) or type(e).__name__).lower()
+    return f"{e.filename}: {what}" if e.filename else what

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from rgbdface.cli.app import app
 from rgbdface.data.io import load_image
 from rgbdface.pipelines.depth import estimate_depth
-from rgbdface.pipelines.depth2img import crop_depth, depth2img, prepare_depth2img
+from rgbdface.pipelines.depth2img import crop_depth, depth2img, face_box_of_depth, is_face_crop, prepare_depth2img
 from rgbdface.utils import InputError
 
 runner = CliRunner()
@@ -27,8 +27,40 @@ def test_full_mode_from_full_frame_and_crop_frame_depth(tiny_masked_model, astro
     crop = crop_depth(face_depth, prepare_depth2img(face_depth, astronaut).reference.box, 96)
     out = depth2img(tiny_masked_model, crop, reference=astronaut, steps=2)
     assert out.image.shape == (96, 96, 3)
-    with pytest.raises(InputError, match="reference's size"):
-        prepare_depth2img(face_depth[:, :500], astronaut)
+    assert is_face_crop(crop) and not is_face_crop(face_depth)
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_full_frame_depth_of_another_photo_is_cropped_around_its_face(tiny_masked_model, astronaut, face_depth, portraits,
+                                                                       portrait_dataset):
+    """A full-frame depth map (estimate-depth's) whose photo is not the reference: once read as a face crop
+    (a misframed output of the depth's size), now cropped around its face the way the model's crops are."""
+    from rgbdface.data.face import crop_face
+    from rgbdface.data.io import load_depth
+    from rgbdface.data.manifest import load_manifest
+
+    other = load_image(next(p for p in portraits if p.stem == "obama"))
+    assert face_depth.shape[0] == face_depth.shape[1] and face_depth.shape != other.shape[:2]
+    box = face_box_of_depth(face_depth)
+    assert _iou(box, crop_face(astronaut, size=64).box) > 0.7  # the frame prep-depth would have cut
+    task = prepare_depth2img(face_depth, other)
+    assert task.cropped_from_full_frame and task.depth.shape == (512, 512) and is_face_crop(task.depth)
+    assert depth2img(tiny_masked_model, face_depth, reference=other, steps=1).image.shape == (512, 512, 3)
+    # not square, not the reference's size: cropped too
+    assert prepare_depth2img(face_depth[:, :500], other).cropped_from_full_frame
+    # prep-depth's crops (wild and studio) stay face crops, used as they are
+    for s in load_manifest(portrait_dataset):
+        assert is_face_crop(load_depth(s.depth)), s.id
+    tiny = np.zeros((300, 300), np.float32)
+    tiny[10:13, 10:13] = 1.0
+    with pytest.raises(InputError, match="too few for a face"):
+        prepare_depth2img(tiny, other)
 
 
 def test_the_depth_steers_the_image(tiny_masked_model, astronaut, face_depth):

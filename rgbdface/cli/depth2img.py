@@ -36,7 +36,9 @@ def depth2img_command(
 
     The stage-2 model generates the RGB latent with the depth latent known (m_rgb = 1, m_depth = 0); the ReferenceNet carries the identity. DEPTH is a 16-bit PNG or .npy, larger = farther, 0 = no depth, in any units (normalised per image by its 2%/98% quantiles, as in training), e.g. from estimate-depth, prep-depth or generate. Depth maps are cropped and resized by normalised interpolation, so pixels without depth never blend into pixels with depth.
 
-    Full mode (--reference): DEPTH of the reference's size is a full-frame depth of the reference's framing; it is cropped with the reference's face box and the output is that 512 x 512 face crop. A square DEPTH of another size is already a face crop: it is used as it is and the output has its size. Any other size is an error.
+    Output size: the model generates at its own size (rgbdface.json's image_size; the bundled model: 64 x 64) and the result is resized to the face crop's: 512 x 512, or a face-crop DEPTH's own size; region mode writes the image's size. The log states both.
+
+    Full mode (--reference): DEPTH of the reference's size is a full-frame depth of the reference's framing; it is cropped with the reference's face box and the output is that 512 x 512 face crop. A DEPTH of another size framed like a face crop (the face about 40% of its width, centred: from generate or prep-depth) is used as it is and the output has its size. Any other DEPTH is a full frame of another photo (e.g. from estimate-depth): it is cropped around its depth pixels with the model's framing (the log says so) and the output is a 512 x 512 face crop.
 
     Region mode (--image, --region; paper Fig. 5): DEPTH and the mask have the image's size; mask pixels >= 128 (any channel) are regenerated. Inside the image's face crop the model regenerates every latent cell the region touches, with the rest of the image and the whole edited depth known, and the result replaces the image's pixels inside the region only: elsewhere the output equals the image, pixel for pixel. Region pixels outside the face crop are kept (a warning says how many). The identity comes from --reference, by default the image itself.
 
@@ -79,8 +81,11 @@ def depth2img_command(
                  changed_pixels=None if result.changed is None else int(result.changed.sum()))
     if result.changed is not None and result.changed.sum() < task.region_full.sum():
         log(f"warning: {int(task.region_full.sum() - result.changed.sum())} region pixels lie outside the face crop and were kept", quiet)
+    if task.cropped_from_full_frame:
+        log(f"{depth}: a full-frame depth map ({d.shape[1]}x{d.shape[0]}, not framed as a face crop): cropped around its face", quiet)
+    h, w = result.image.shape[:2]
     what = f"regenerated {int(result.changed.sum())} pixels of {image}" if result.changed is not None else "generated the face crop"
-    log(f"{what} → {output}", quiet)
+    log(f"{what} at the model's {m.meta.image_size}x{m.meta.image_size} px → {output} ({w}x{h})", quiet)
 
 
 def register(app: typer.Typer) -> None:

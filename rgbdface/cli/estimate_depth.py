@@ -66,7 +66,7 @@ def estimate_depth_command(
 ) -> None:
     """Estimate the relative depth of the face in each INPUT, at the input's size.
 
-    The image is cropped to its largest face (the shared 512 px crop) and the face mesh is fitted on it; the stage-2 model generates the depth latent with the image latent known (m_rgb = 0, m_depth = 1) and the image as its own reference; the depth is pasted back into the full frame. Output: a 16-bit PNG with 1 + (d + 1) * 32767 for relative depth d in [-1, 1] (larger = farther) and 0 outside the face region, i.e. where the fitted face mesh lies (skin and eyes; not the mouth opening, hair, neck or background). Depth is affine-invariant: compare maps after a scale and shift fit (rgbdface eval does).
+    The image is cropped to its largest face (the shared 512 px crop) and the face mesh is fitted on it; the stage-2 model generates the depth latent with the image latent known (m_rgb = 0, m_depth = 1) and the image as its own reference; the depth is pasted back into the full frame. Output size: each input's own (the face is estimated at the model's size, rgbdface.json's image_size, 64 x 64 px for the bundled model, and resized onto the face region). Output: a 16-bit PNG with 1 + (d + 1) * 32767 for relative depth d in [-1, 1] (larger = farther) and 0 outside the face region, i.e. where the fitted face mesh lies (skin and eyes; not the mouth opening, hair, neck or background). Depth is affine-invariant: compare maps after a scale and shift fit (rgbdface eval does).
 
     Inputs: files, folders (searched recursively), globs, and '-' for paths on stdin, one per line (ls *.jpg | rgbdface estimate-depth - -o depth/). With one input file, -o may name the depth file (.png or .npy); otherwise -o is a folder that gets STEM.png per input, with --npy, --preview, --uncertainty and --mesh outputs beside it (STEM.npy, STEM_preview.png, STEM_uncertainty.npy, STEM.ply|obj|glb). Every output of an input is written atomically, all or none.
 
@@ -122,6 +122,8 @@ def estimate_depth_command(
             t0 = time.perf_counter()
             outcomes = runner.run(batch)
             estimate_seconds += time.perf_counter() - t0
+            from rgbdface.utils import describe_os_error
+
             for job, outcome in zip(batch, outcomes):
                 if isinstance(outcome, str):
                     failed.append((job.source, outcome))
@@ -132,8 +134,9 @@ def estimate_depth_command(
                     write_all(_writers(job, outcome, runner.images[job.source], relief))
                     report().wrote(*job.outputs.values())
                 except (InputError, OSError, ValueError) as e:
-                    failed.append((job.source, f"{job.source}: {e}"))
-                    bar.write(f"rgbdface: error: {job.source}: {e}", file=sys.stderr)
+                    failed.append((job.source, f"{job.source}: {describe_os_error(e) if isinstance(e, OSError) else e}"))
+                    if len(jobs) > 1:  # one input: its error is the command's one line, below
+                        bar.write(f"rgbdface: error: {failed[-1][1]}", file=sys.stderr)
             bar.update(len(batch))
             runner.images.clear()
 
@@ -148,7 +151,8 @@ def estimate_depth_command(
             error_line(f"{len(failed)} of {len(todo)} inputs failed (each reported above): {', '.join(str(p) for p, _ in failed)}")
         raise typer.Exit(1)
     where = todo[0].outputs["depth"] if len(todo) == 1 else output
-    log(f"estimated depth for {len(todo)} image(s) → {where}", quiet)
+    log(f"estimated depth for {len(todo)} image(s), each at its own size (the face estimated at the model's "
+        f"{runner.model.meta.image_size if runner.model else '?'} px) → {where}", quiet)
 
 
 def _names_one_file(inputs: list[str]) -> bool:

@@ -15,16 +15,18 @@ if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
 
 FORMATS = ("table", "json", "csv")
-CSV_COLUMNS = ("name", "abs_rel", "delta1", "delta2", "delta3", "rmse", "n_valid", "scale", "shift", "error")
+CSV_COLUMNS = ("name", "abs_rel", "delta1", "delta2", "delta3", "rmse", "rmse_units", "n_valid", "scale", "shift", "error")
+UNITS = ("mm", "gt")
 
 PredOpt = Annotated[Optional[Path], typer.Option("--pred", metavar="DIR", help="Folder of predicted depth (16-bit PNG or .npy; 0 = invalid), matched to --gt by file name.")]
-GtOpt = Annotated[Optional[Path], typer.Option("--gt", metavar="DIR", help="Folder of ground-truth depth (16-bit PNG or .npy; 0 = invalid).")]
+GtOpt = Annotated[Optional[Path], typer.Option("--gt", metavar="DIR|DATASET", help="Folder of ground-truth depth (16-bit PNG or .npy; 0 = invalid); or a prep-depth dataset, whose crops of still images are paired with --pred's full-frame estimate-depth outputs by input name (PRED/STEM.png for the input STEM.jpg), each prediction cropped as the dataset was and scored inside the crop's face-skin mask.")]
 MaskOpt = Annotated[Optional[Path], typer.Option("--mask", metavar="DIR", help="Folder of masks matched by name (nonzero = evaluate), e.g. the face-skin region.")]
 AlignmentOpt = Annotated[str, typer.Option("--alignment", help="Per-image least-squares scale and shift: 'least_square' (depth space) or 'least_square_disparity' (the prediction is affine-invariant disparity, fitted onto 1/gt).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", metavar="DATASET", help="A prep-depth dataset: run each --method on its RGB crops and score against its depth inside its face-skin masks.")]
 MethodOpt = Annotated[Optional[list[str]], typer.Option("--method", help="With --data, repeatable: model[:DIR] (default DIR: the bundled model), mesh, plane, mean-face[:TRAIN_DATASET] (the average normalised depth map of the other identities, those of the evaluated dataset or of TRAIN_DATASET; never the scored identity's own).")]
 IdentityOpt = Annotated[Optional[list[str]], typer.Option("--identity", help="With --data, repeatable: evaluate only the samples of this identity (as in the manifest).")]
 SourceOpt = Annotated[str, typer.Option("--source", help="With --data: evaluate 'studio' samples (exact depth), 'wild' ones (mesh-fit depth) or 'all'.")]
+UnitsOpt = Annotated[Optional[str], typer.Option("--units", show_default=False, help="What RMSE is reported in: 'mm' or 'gt' (the ground truth's own units) [default: mm with a dataset (--data, --gt DATASET), whose rows record the depth step; gt with --gt DIR]. With --gt DIR, 'mm' reads the ground truth as prep-depth's: 0.1 mm per step.")]
 ErrorMapsOpt = Annotated[Optional[Path], typer.Option("--error-maps", metavar="DIR", help="Also write one signed-error PNG per image here (aligned pred - gt over the valid pixels; blue -0.1 .. white 0 .. red +0.1 of the gt depth range; black = not evaluated).")]
 
 
@@ -35,6 +37,7 @@ def eval_command(
     mask: MaskOpt = None,
     alignment: AlignmentOpt = "least_square",
     fmt: FormatOpt = None,
+    units: UnitsOpt = None,
     error_maps: ErrorMapsOpt = None,
     data: DataOpt = None,
     method: MethodOpt = None,
@@ -51,9 +54,9 @@ def eval_command(
 ) -> None:
     """Score depth predictions against ground truth: AbsRel, δ1-δ3 and RMSE after per-image alignment (paper §5.2).
 
-    Per image, over pixels with gt > 0, pred > 0 (and the mask): a least-squares scale and shift of the prediction onto the ground truth, clipped to >= 1e-6; then AbsRel = mean |p-g|/g, δk = share of max(p/g, g/p) < 1.25^k and RMSE in the ground truth's units, each averaged over images.
+    Per image, over pixels with gt > 0, pred > 0 (and the mask): a least-squares scale and shift of the prediction onto the ground truth, clipped to >= 1e-6; then AbsRel = mean |p-g|/g, δk = share of max(p/g, g/p) < 1.25^k and RMSE (in mm, or in the ground truth's units: see --units; the table's header says which), each averaged over images.
 
-    Results go to stdout; files that cannot be scored are named on stderr and make the exit status 1.
+    Results go to stdout; files that cannot be scored are named on stderr and make the exit status 1. A ground truth that is constant over its valid pixels would score any prediction as perfect: it is skipped with a warning, and counted (n_degenerate).
 
     --json prints the command's one-line report instead of the results: `metrics` holds exactly what --format json prints (one report, or label → report with --data), `failed` the files that could not be scored, `written` the error maps. --json goes with --format json (the same) but not with table or csv.
     """
@@ -65,6 +68,8 @@ def eval_command(
     if as_json and fmt not in (None, "json"):
         raise fail(f"--json prints the results inside its report; it does not go with --format {fmt}", 2)
     fmt = "report" if as_json else fmt or "table"
+    if units is not None and units not in UNITS:
+        raise fail(f"--units {units!r}: expected one of {', '.join(UNITS)}", 2)
     if alignment not in ALIGNMENTS:
         raise fail(f"--alignment {alignment!r}: expected one of {', '.join(ALIGNMENTS)}", 2)
     if data is not None:
@@ -73,21 +78,47 @@ def eval_command(
         if source not in ("studio", "wild", "all"):
             raise fail(f"--source {source!r}: expected studio, wild or all", 2)
         return _compare(data, method or ["model", "mesh", "plane", "mean-face"], source, identity, alignment, fmt, error_maps,
-                        steps, flip, ensemble, seed, device, quiet)
+                        steps, flip, ensemble, seed, device, quiet, units or "mm")
     if method or identity:
         raise fail(f"{'--method' if method else '--identity'} needs --data DATASET", 2)
     if pred is None or gt is None:
         raise fail("--pred DIR and --gt DIR are both needed (folders of depth files matched by name), or --data DATASET", 2)
 
+    from rgbdface.data.camera import DEPTH_UNIT_MM
+    from rgbdface.data.manifest import INFO
+
+    if (gt / INFO).is_file():
+        if mask is not None:
+            raise fail("--mask goes with --gt DIR; a dataset (--gt DATASET) brings its own face-skin masks", 2)
+        return _pair_dataset(pred, gt, alignment, fmt, error_maps, quiet, units or "mm")
+
     # 2. Evaluate
-    result = evaluate_folders(pred, gt, mask, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet))
+    result = evaluate_folders(pred, gt, mask, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet),
+                              gt_unit_mm=DEPTH_UNIT_MM if units == "mm" else None)
 
     # 3. Report: data on stdout, problems on stderr
     _finish({pred.name or str(pred): result}, {pred.name or str(pred): error_maps}, fmt, quiet,
             "check that --pred and --gt hold depth files of the same names")
 
 
-def _compare(data, specs, source, identities, alignment, fmt, error_maps, steps, flip, ensemble, seed, device, quiet) -> None:
+def _pair_dataset(pred: Path, dataset: Path, alignment, fmt, error_maps, quiet, units) -> None:
+    """estimate-depth's full-frame outputs against a prep-depth dataset's crops of the same inputs."""
+    from rgbdface.data.manifest import load_manifest
+    from rgbdface.metrics.depth import evaluate_samples
+    from rgbdface.pipelines.depth_methods import prediction_samples
+
+    samples, failed, unmatched = prediction_samples(pred, load_manifest(dataset), in_mm=units == "mm")
+    if not samples and not failed:
+        raise fail(f"{dataset}: no crops of still images to pair with --pred (studio renders and video frames have no "
+                   "estimate-depth output); use --data to score methods on its renders", 1)
+    result = evaluate_samples(samples, alignment=alignment, error_maps_dir=error_maps, progress=_progress(quiet), units=units)
+    result.failed = failed + result.failed
+    result.unmatched = unmatched
+    _finish({pred.name or str(pred): result}, {pred.name or str(pred): error_maps}, fmt, quiet,
+            "check that --pred holds estimate-depth's outputs (STEM.png) of the dataset's input images")
+
+
+def _compare(data, specs, source, identities, alignment, fmt, error_maps, steps, flip, ensemble, seed, device, quiet, units="mm") -> None:
     """Table-1-style comparison: every method on the same samples and pixels of a dataset."""
     from rgbdface.cli.common import resolve_device
     from rgbdface.data.manifest import load_manifest
@@ -110,8 +141,8 @@ def _compare(data, specs, source, identities, alignment, fmt, error_maps, steps,
     for m in methods:
         log(f"evaluating {m.label} on {len(samples)} {source} samples", quiet)
         maps = None if error_maps is None else Path(error_maps) / m.label.replace(":", "_").replace("/", "_")
-        reports[m.label] = evaluate_samples(dataset_samples(samples, m), alignment=alignment, error_maps_dir=maps,
-                                            progress=_progress(quiet))
+        reports[m.label] = evaluate_samples(dataset_samples(samples, m, in_mm=units == "mm"), alignment=alignment,
+                                            error_maps_dir=maps, progress=_progress(quiet), units=units)
         maps_dirs[m.label] = maps
     _finish(reports, maps_dirs, fmt, quiet, "check the dataset's depth and mask files")
 
@@ -126,9 +157,11 @@ def _finish(reports: dict, maps_dirs: dict, fmt: str, quiet: bool, hint: str) ->
         write_reports(reports, fmt)
     scored = sum(r.n_images for r in reports.values())
     failed = sum(len(r.failed) for r in reports.values())
+    degenerate = sum(len(r.degenerate) for r in reports.values())
+    skipped = f", {degenerate} skipped (constant ground truth)" if degenerate else ""
     if scored == 0:
-        raise fail(f"no image could be scored ({failed} failed); {hint}", 1)
-    log(f"scored {scored} images, {failed} failed", quiet)
+        raise fail(f"no image could be scored ({failed} failed{skipped}); {hint}", 1)
+    log(f"scored {scored} images, {failed} failed{skipped}", quiet)
     if failed:
         raise typer.Exit(1)
 
@@ -166,6 +199,10 @@ def _progress(quiet: bool):
 def _report_problems(report: "EvalReport", quiet: bool, prefix: str = "") -> None:
     for f in report.failed:
         print(f"rgbdface: error: {prefix}{f['name']}: {f['error']}", file=sys.stderr)
+    if report.degenerate:
+        shown = ", ".join(report.degenerate[:5]) + (", ..." if len(report.degenerate) > 5 else "")
+        log(f"warning: {prefix}{len(report.degenerate)} ground-truth maps are constant over their valid pixels (any prediction "
+            f"would score as perfect); skipped and counted as n_degenerate: {shown}", quiet)
     if report.unmatched:
         shown = ", ".join(report.unmatched[:5]) + (", ..." if len(report.unmatched) > 5 else "")
         log(f"warning: {len(report.unmatched)} predictions have no ground truth and were not scored: {shown}", quiet)
@@ -193,8 +230,9 @@ def _print_table(reports: dict[str, "EvalReport"]) -> None:
     from rich.table import Table
 
     first = next(iter(reports.values()))
-    table = Table(title=f"Depth, {first.alignment} alignment", title_justify="left")
-    for col in ("method", "images", "failed", "AbsRel ↓", "δ1 ↑", "δ2 ↑", "δ3 ↑", "RMSE ↓"):
+    unit = "mm" if first.units == "mm" else "gt units"
+    table = Table(title=f"Depth, {first.alignment} alignment, RMSE in {unit}", title_justify="left")
+    for col in ("method", "images", "failed", "AbsRel ↓", "δ1 ↑", "δ2 ↑", "δ3 ↑", f"RMSE ↓ ({unit})"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for label, report in reports.items():
         s = report.summary()
@@ -214,7 +252,7 @@ def _write_csv(reports: dict[str, "EvalReport"]) -> None:
     for label, report in reports.items():
         lead = (label,) if several else ()
         for row in report.images:
-            writer.writerow(lead + tuple(row.get(c, "") for c in CSV_COLUMNS))
+            writer.writerow(lead + tuple(report.units if c == "rmse_units" else row.get(c, "") for c in CSV_COLUMNS))
         for f in report.failed:
             writer.writerow(lead + tuple(f.get(c, "") for c in CSV_COLUMNS))
         s = report.summary()

@@ -37,6 +37,9 @@ def generate_command(
 
     Writes, per sample i: STEM_i_rgb.png, STEM_i_depth.png (16-bit, relative depth:
     1..65535, larger = farther, 0 = no depth) and STEM_i_preview.png (RGB | depth).
+
+    Output size: the model's own (rgbdface.json's image_size; the bundled model: 64 x 64 px,
+    the preview twice as wide); the log states it.
     --json adds: samples, generate_seconds (sampling only).
     """
     from rgbdface.utils import check_input_file
@@ -68,7 +71,7 @@ def generate_command(
         save_image(f"{stem}_preview.png", np.concatenate([out.rgb[i], preview], axis=1))
         report().wrote(f"{stem}_rgb.png", f"{stem}_depth.png", f"{stem}_preview.png")
     report().add(samples=num, generate_seconds=round(generate_seconds, 3))
-    log(f"wrote {num} RGB + depth samples to {output}", quiet)
+    log(f"wrote {num} RGB + depth samples of {m.meta.image_size}x{m.meta.image_size} px (the model's size) to {output}", quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -51,6 +51,9 @@ def init_model_command(
     report().wrote(output)
     report().add(image_size=model.meta.image_size, stages=model.meta.stages)
     log(f"wrote stage-0 model ({'tiny' if tiny else base}, {model.meta.image_size}px) to {output}", quiet)
+    if not model.meta.codec_trained:
+        log("warning: its latent codec is untrained (random VAE weights) and a model trained from it decodes noise; "
+            "for real use train one with `rgbdface train-vae` and pass it with --vae", quiet)
 
 
 def register(app: typer.Typer) -> None:

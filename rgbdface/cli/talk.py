@@ -60,6 +60,10 @@ def talk_command(
     frames and ends with the audio; frames are written as they are made, and every output
     appears only once it is complete.
 
+    Output size: frames are made at the model's own size (rgbdface.json's image_size; the
+    bundled model: 64 x 64 px), and so are the videos and frame files (--side-by-side: twice
+    as wide); the log states it.
+
     --json adds: frames, clips, audio_seconds (the audio covered) and generate_seconds.
     """
     from rgbdface.data.video_outputs import check_outputs
@@ -87,7 +91,8 @@ def talk_command(
         log(f"clip {p.clip}/{p.clips}: {p.frames_done}/{p.frames} frames, {rate:.2f} s/frame, "
             f"elapsed {_clock(p.elapsed)}, ETA {_clock(p.eta)}", quiet)
 
-    log(f"{audio}: {wave.size / SAMPLE_RATE:.2f} s of audio", quiet)
+    size = m.meta.image_size
+    log(f"{audio}: {wave.size / SAMPLE_RATE:.2f} s of audio; frames of {size * (2 if side_by_side else 1)}x{size} px (the model's size)", quiet)
     result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
                   rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames, steps=steps, guidance=guidance,
                   scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress)

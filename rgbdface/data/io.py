@@ -73,8 +73,11 @@ def save_image(path: str | Path, img: np.ndarray) -> Path:
     return path
 
 
-def load_depth(path: str | Path) -> np.ndarray:
-    """Read a depth map as float32 [H, W]: a 16-bit (or 8-bit) PNG, or a .npy of floats. 0 = no depth."""
+def load_depth(path: str | Path, single_channel: bool = False) -> np.ndarray:
+    """Read a depth map as float32 [H, W]: a 16-bit (or 8-bit) PNG, or a .npy of floats. 0 = no depth.
+
+    A colour image gives its first channel, unless `single_channel`: then it is refused (an RGB
+    picture, such as a depth preview, is not a depth map)."""
     import imageio.v3 as iio
 
     path = Path(path)
@@ -91,10 +94,15 @@ def load_depth(path: str | Path) -> np.ndarray:
         except Exception as e:
             raise InputError(f"{path}: not a readable depth image ({type(e).__name__}); pass a 16-bit PNG or .npy") from e
     d = np.asarray(d)
+    if d.ndim == 3 and single_channel and d.shape[-1] > 1:
+        raise InputError(f"{path}: a {d.shape[-1]}-channel colour image, not a depth map; pass a single-channel 16-bit PNG or .npy "
+                         "(estimate-depth's --preview pictures are not depth)")
     if d.ndim == 3:
         d = d[..., 0]
     if d.ndim != 2:
         raise InputError(f"{path}: depth must be a single-channel image, got shape {tuple(d.shape)}")
+    if not (np.issubdtype(d.dtype, np.integer) or np.issubdtype(d.dtype, np.floating) or d.dtype == bool):
+        raise InputError(f"{path}: holds {d.dtype} values, not depth; pass real numbers")
     d = d.astype(np.float32)
     if not np.isfinite(d).all():
         raise InputError(f"{path}: depth contains NaN or inf values")

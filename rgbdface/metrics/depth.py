@@ -221,9 +221,11 @@ class EvalReport:
     """The outcome of an evaluation: per-image rows, failures by name, and the mean over images."""
 
     alignment: str
+    units: str = "gt"  # what RMSE is in: "mm", or "gt" (the ground truth's own units)
     images: list[dict] = field(default_factory=list)  # {name, abs_rel, delta1..3, rmse, n_valid, scale, shift}
     failed: list[dict] = field(default_factory=list)  # {name, error}: not scored, and counted
     unmatched: list[str] = field(default_factory=list)  # predictions with no ground truth (not scored)
+    degenerate: list[str] = field(default_factory=list)  # constant ground truth over the valid pixels: skipped, counted
 
     @property
     def n_images(self) -> int:
@@ -232,14 +234,22 @@ class EvalReport:
     def summary(self) -> dict:
         """Each metric averaged over images (NaN when no image was scored), plus the counts."""
         out = {m: (float(np.mean([r[m] for r in self.images])) if self.images else math.nan) for m in METRICS}
-        out.update(n_images=self.n_images, n_failed=len(self.failed), alignment=self.alignment)
+        out.update(n_images=self.n_images, n_failed=len(self.failed), n_degenerate=len(self.degenerate),
+                   alignment=self.alignment, rmse_units=self.units)
         return out
 
     def to_dict(self) -> dict:
-        """JSON-ready: the summary's keys, then `images`, `failed`, `unmatched` (NaN → None)."""
+        """JSON-ready: the summary's keys, then `images`, `failed`, `unmatched`, `degenerate` (NaN → None)."""
         out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.summary().items()}
-        out.update(images=self.images, failed=self.failed, unmatched=self.unmatched)
+        out.update(images=self.images, failed=self.failed, unmatched=self.unmatched, degenerate=self.degenerate)
         return out
+
+
+def is_degenerate(gt: np.ndarray, valid: np.ndarray) -> bool:
+    """A ground truth that is constant over the valid pixels: any prediction aligns onto it exactly
+    (a scale of 0), so it would score as perfect and say nothing about the prediction."""
+    g = np.asarray(gt, np.float64)[valid]
+    return g.size > 0 and float(g.max() - g.min()) == 0.0
 
 
 def evaluate_samples(
@@ -247,21 +257,30 @@ def evaluate_samples(
     alignment: str = "least_square",
     error_maps_dir: str | Path | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    units: str = "gt",
 ) -> EvalReport:
-    """Score each sample; a sample that fails to load or to score is recorded by name, not dropped.
+    """Score each sample; a sample that fails to load or to score is recorded by name, not dropped,
+    and one whose ground truth is constant over its valid pixels is skipped and listed (`degenerate`).
 
     With `error_maps_dir`, an error map `<name>.png` is written (atomically) for each scored sample.
-    `progress` may wrap the iterable (e.g. a progress bar).
+    `progress` may wrap the iterable (e.g. a progress bar). `units` names what the loaders' ground
+    truth (and so RMSE) is in.
     """
     _alignment_space(alignment)  # check it before any work
-    report = EvalReport(alignment=alignment)
+    report = EvalReport(alignment=alignment, units=units)
     items = progress(samples) if exists(progress) else samples
     for name, load in items:
         try:
             pred, gt, mask = load()
+            if np.shape(pred) == np.shape(gt) and is_degenerate(gt, valid_mask(pred, gt, mask if np.shape(mask) == np.shape(gt) else None)):
+                report.degenerate.append(name)
+                continue
             row, aligned, valid = _score(pred, gt, mask, alignment)
         except (InputError, ValueError) as e:
             report.failed.append({"name": name, "error": str(e)})
+            continue
+        except Exception as e:  # an unreadable file of any kind fails alone; the batch goes on
+            report.failed.append({"name": name, "error": f"could not be scored ({type(e).__name__}: {e})"})
             continue
         report.images.append({"name": name, **row})
         if exists(error_maps_dir):
@@ -296,13 +315,20 @@ def list_depth_files(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
     return files, problems
 
 
+def is_extra_output(key: str, keys) -> bool:
+    """`key` names estimate-depth's preview or uncertainty file of a depth map `keys` also holds (STEM_preview → STEM)."""
+    return any(key.endswith(x) and key[: -len(x)] in keys for x in ("_preview", "_uncertainty"))
+
+
 def folder_samples(
-    pred_dir: str | Path, gt_dir: str | Path, mask_dir: str | Path | None = None
+    pred_dir: str | Path, gt_dir: str | Path, mask_dir: str | Path | None = None, gt_unit_mm: float | None = None
 ) -> tuple[list[Sample], list[dict], list[str]]:
     """Pair the files of two (or three) folders by name; returns (samples, failed, unmatched).
 
     Every ground-truth file becomes a sample or a failure: a missing prediction or mask is a
     failure named by the ground truth. Predictions with no ground truth are listed as unmatched.
+    A colour image is refused as ground truth or prediction. With `gt_unit_mm`, ground truth is
+    converted to millimetres (one step = that many mm).
     """
     from rgbdface.data.io import load_depth
 
@@ -327,10 +353,11 @@ def folder_samples(
 
         def load(pred_path=pred_path, gt_path=gt_path, mask_path=mask_path):
             mask = load_depth(mask_path) > 0 if exists(mask_path) else None
-            return load_depth(pred_path), load_depth(gt_path), mask
+            gt = load_depth(gt_path, single_channel=True)
+            return load_depth(pred_path, single_channel=True), gt * gt_unit_mm if exists(gt_unit_mm) else gt, mask
 
         samples.append((name, load))
-    unmatched = sorted(k for k in preds if k not in gts)
+    unmatched = sorted(k for k in preds if k not in gts and not is_extra_output(k, preds))
     return samples, failed, unmatched
 
 
@@ -341,14 +368,17 @@ def evaluate_folders(
     alignment: str = "least_square",
     error_maps_dir: str | Path | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    gt_unit_mm: float | None = None,
 ) -> EvalReport:
     """Evaluate predictions against ground truth matched by file name (16-bit PNG or .npy, 0 = invalid).
 
     Masks (optional) are matched the same way; nonzero = evaluate. Sizes that differ, a ground
     truth with no valid pixel, or a missing prediction are recorded in `report.failed` by name.
+    RMSE is in the ground truth's units, or in mm with `gt_unit_mm` (mm per ground-truth step).
     """
-    samples, failed, unmatched = folder_samples(pred_dir, gt_dir, mask_dir)
-    report = evaluate_samples(samples, alignment=alignment, error_maps_dir=error_maps_dir, progress=progress)
+    samples, failed, unmatched = folder_samples(pred_dir, gt_dir, mask_dir, gt_unit_mm)
+    report = evaluate_samples(samples, alignment=alignment, error_maps_dir=error_maps_dir, progress=progress,
+                              units="gt" if gt_unit_mm is None else "mm")
     report.failed = failed + report.failed
     report.unmatched = unmatched
     return report

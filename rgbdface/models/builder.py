@@ -65,7 +65,9 @@ def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None =
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     base_unet = UNet2DConditionModel.from_config(tiny_unet_config(sample_size=image_size // factor))
     context = torch.randn(1, 8, base_unet.config.cross_attention_dim, generator=g)
-    return _joint_from_base(vae, base_unet, context, _schedule(SD_SCHEDULE, prediction_type), image_size, base="tiny").eval()
+    model = _joint_from_base(vae, base_unet, context, _schedule(SD_SCHEDULE, prediction_type), image_size, base="tiny")
+    model.meta.codec_trained = vae_dir is not None
+    return model.eval()
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 Commands read what they need from it before loading any weights: the face-crop margin
 the model was trained on (so the input is cropped the model's way and a bad image fails
 before the slow load) or the stages it reached. `model_folder` resolves a missing
-`--model` to the bundled model exactly as `load_model` does.
+`--model` to the bundled model, and a training run folder to the model/ it holds, exactly as
+`load_model` does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ STAGE_NAMES = {0: "initialised (untrained)", 1: "joint RGB+depth", 2: "masked (i
 
 
 def model_folder(path: str | Path | None) -> Path:
-    """The model folder `path`, or the bundled model when it is None; a one-line error if there is none."""
+    """The model folder `path`, the model/ of a training run folder `path`, or the bundled model when it is
+    None; a one-line error if there is none."""
     if path is None:
         if not (BUNDLED_MODEL / META_FILE).is_file():
             raise InputError("no --model given and the bundled model is not installed; pass --model DIR (e.g. one made by `rgbdface init-model --tiny -o DIR`)")
@@ -29,6 +31,8 @@ def model_folder(path: str | Path | None) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputError(f"--model {path}: no such folder")
+    if not (path / META_FILE).is_file() and (path / "model" / META_FILE).is_file():
+        return path / "model"  # the run folder of `rgbdface train`, `finetune-mask` or `train-motion`
     return path
 
 

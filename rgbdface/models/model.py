@@ -58,6 +58,7 @@ class ModelMeta:
     latent_channels: int = 4
     depth: DepthConvention = field(default_factory=DepthConvention)
     base: str = ""  # what stage 0 was built from
+    codec_trained: bool = True  # False: vae/ holds random weights (`init-model --tiny` without --vae), so nothing it decodes is an image
     extra: dict = field(default_factory=dict)  # per-stage records (training config, steps, ...)
     format_version: int = FORMAT_VERSION
 
@@ -220,7 +221,7 @@ class RGBDFaceModel(nn.Module):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from safetensors.torch import load_file
 
-        path = Path(path)
+        path = model_folder(path)  # a training run folder means its model/
         meta = ModelMeta.from_dict(read_meta(path))
         if meta.format_version > FORMAT_VERSION:
             raise InputError(f"{path}: model format {meta.format_version} is newer than this rgbdface understands; upgrade rgbdface")

@@ -10,10 +10,13 @@ Face crops use the margin the model was trained on (`model.meta.crop_margin`).
 
 - **Full mode** (`depth`, `reference`). A depth map of the reference's size is a
   full-frame depth of the reference's framing: it is cropped with the reference's face
-  box, and the result is that square face crop (CROP_SIZE px). A square depth map of
-  another size is already a face crop (e.g. from `generate`): it is used as it is, the
-  reference is cropped to its face, and the result has the depth's size. Any other size
-  is an error.
+  box, and the result is that square face crop (CROP_SIZE px). A depth map of another
+  size whose depth pixels are framed as in a face crop (a face about 40 % of the side
+  wide, near the centre; e.g. from `generate` or `prep-depth`) is already a face crop:
+  it is used as it is, the reference is cropped to its face, and the result has the
+  depth's size. Any other depth map is a full frame of another photo (e.g. from
+  `estimate-depth`): it is cropped around its depth pixels with the model's framing
+  (`face_box_of_depth`) and the result is a CROP_SIZE face crop.
 - **Region mode** (`depth`, `image`, `region`; the reference defaults to the image).
   The edited depth and the region mask have the image's size. The face crop of the
   image sets the frame; inside it the model regenerates the latent cells the region
@@ -49,6 +52,7 @@ class Depth2ImgInput:
     full:      region mode: [H, W, 3] uint8 the image being edited.
     region:    region mode: [S, S] bool, where to regenerate in the crop; `region_full` [H, W] bool in the full frame.
     margin:    the crop margin of the face crops (must be the model's `meta.crop_margin`).
+    cropped_from_full_frame: full mode: the depth was a full frame of another photo, cropped around its face.
     """
 
     depth: np.ndarray
@@ -58,6 +62,7 @@ class Depth2ImgInput:
     region: np.ndarray | None = None
     region_full: np.ndarray | None = None
     margin: float = DEFAULT_MARGIN
+    cropped_from_full_frame: bool = False
 
     @property
     def size(self) -> int:
@@ -99,6 +104,40 @@ def _resize_depth(depth: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Ten
     return d * v, v.bool()
 
 
+# Where a face crop's depth pixels lie, measured on prep-depth crops (margin 0.6) of the example portraits: the
+# face mesh spans 0.34-0.44 of the side in width and 0.36-0.50 in height, its pixels' mean at 0.43-0.54 across
+# and 0.51-0.56 down. Widths scale with the margin as 1 / (1 + 2 margin).
+MESH_WIDTH, MESH_HEIGHT, MESH_CENTRE = 0.40, 0.46, (0.48, 0.53)
+
+
+def _mesh_fractions(margin: float) -> tuple[float, float]:
+    k = (1 + 2 * DEFAULT_MARGIN) / (1 + 2 * margin)
+    return MESH_WIDTH * k, MESH_HEIGHT * k
+
+
+def is_face_crop(depth: np.ndarray, margin: float = DEFAULT_MARGIN) -> bool:
+    """Whether a depth map is framed as a face crop of `margin`: square, its depth pixels about as wide as a
+    face in such a crop (0.6-1.6 times) and centred within 12 % of the side of where a crop puts them."""
+    h, w = depth.shape
+    ys, xs = np.nonzero(depth > 0)
+    if h != w or xs.size == 0:
+        return False
+    fw, _ = _mesh_fractions(margin)
+    width = (xs.max() - xs.min() + 1) / w
+    cx, cy = xs.mean() / w, ys.mean() / h
+    return 0.6 * fw <= width <= 1.6 * fw and abs(cx - MESH_CENTRE[0]) < 0.12 and abs(cy - MESH_CENTRE[1]) < 0.12
+
+
+def face_box_of_depth(depth: np.ndarray, margin: float = DEFAULT_MARGIN) -> tuple[float, float, float, float]:
+    """The square crop box that frames the depth pixels of a full-frame depth map (estimate-depth's: depth on the
+    face only) as a face crop of `margin` frames its face: the inverse of the fractions above."""
+    ys, xs = np.nonzero(depth > 0)
+    fw, fh = _mesh_fractions(margin)
+    side = ((xs.max() - xs.min() + 1) / fw + (ys.max() - ys.min() + 1) / fh) / 2
+    x0, y0 = xs.mean() + 0.5 - MESH_CENTRE[0] * side, ys.mean() + 0.5 - MESH_CENTRE[1] * side
+    return (float(x0), float(y0), float(x0 + side), float(y0 + side))
+
+
 def prepare_depth2img(
     depth: np.ndarray,
     reference: np.ndarray | None = None,
@@ -130,11 +169,17 @@ def prepare_depth2img(
         if depth.shape == (h, w):
             ref = crop_face(reference, size=CROP_SIZE, margin=margin, name=names["reference"])
             return Depth2ImgInput(depth=crop_depth(depth, ref.box, CROP_SIZE), reference=ref, margin=margin)
-        if depth.shape[0] == depth.shape[1]:
+        if is_face_crop(depth, margin):
             ref = crop_face(reference, size=depth.shape[0], margin=margin, name=names["reference"])
             return Depth2ImgInput(depth=depth, reference=ref, margin=margin)
-        raise InputError(f"{names['depth']}: depth is {depth.shape[1]}x{depth.shape[0]}; pass a depth of the reference's size "
-                         f"({w}x{h}, full frame) or a square face-crop depth")
+        # a full frame of another photo: crop around its face, framed as the model's crops
+        ys, xs = np.nonzero(depth > 0)
+        if min(xs.max() - xs.min(), ys.max() - ys.min()) < 8:
+            raise InputError(f"{names['depth']}: its depth covers {xs.max() - xs.min() + 1}x{ys.max() - ys.min() + 1} pixels, "
+                             "too few for a face; pass a face-crop depth or a full-frame depth of a face")
+        ref = crop_face(reference, size=CROP_SIZE, margin=margin, name=names["reference"])
+        return Depth2ImgInput(depth=crop_depth(depth, face_box_of_depth(depth, margin), CROP_SIZE), reference=ref,
+                              margin=margin, cropped_from_full_frame=True)
 
     # 2. Region mode: depth and region in the image's frame, cropped with its face box
     h, w = image.shape[:2]

@@ -144,13 +144,14 @@ def build_methods(specs: list[str], samples, device: str = "cpu", steps: int | N
     return methods
 
 
-def dataset_samples(samples, method: Method):
-    """Evaluation samples (name, loader) for `rgbdface.metrics.depth.evaluate_samples`."""
+def dataset_samples(samples, method: Method, in_mm: bool = True):
+    """Evaluation samples (name, loader) for `rgbdface.metrics.depth.evaluate_samples`; ground truth in
+    millimetres (each row's `depth_unit_mm`), or in the dataset's own steps without `in_mm`."""
     from rgbdface.data.io import load_depth, load_image
 
     def loader(s):
         def load():
-            gt = load_depth(s.depth)
+            gt = load_depth(s.depth, single_channel=True) * (s.depth_unit_mm if in_mm else 1.0)
             mask = load_depth(s.mask) > 0
             rgb = load_image(s.rgb)
             pred = np.asarray(method.predict(s, rgb), np.float64)
@@ -161,3 +162,52 @@ def dataset_samples(samples, method: Method):
         return load
 
     return [(s.id.replace("/", "_"), loader(s)) for s in samples]
+
+
+def prediction_samples(pred_dir, samples, in_mm: bool = True):
+    """Pair estimate-depth's full-frame outputs (PRED/STEM.png or .npy) with the dataset samples cropped from
+    the input STEM: each prediction is cropped with the sample's box and resampled to the crop size, then
+    scored against the sample's depth inside its face-skin mask.
+
+    Only crops of still images pair (a video's frames have no single prediction); for an input with several
+    crops in the dataset (several faces) each crop is scored. Returns (samples, failed, unmatched) as
+    `rgbdface.metrics.depth.folder_samples` does; previews and uncertainty files are ignored.
+    """
+    from rgbdface.data.face import crop_box_to
+    from rgbdface.data.io import load_depth
+    from rgbdface.data.prep import is_video
+    from rgbdface.metrics.depth import is_extra_output, list_depth_files
+
+    preds, dups = list_depth_files(pred_dir)
+    failed = [{"name": k, "error": f"both .png and .npy in {pred_dir}; keep one"} for k in dups]
+    by_stem: dict[str, list[str]] = {}
+    for key in preds:
+        if not is_extra_output(key, preds):
+            by_stem.setdefault(Path(key).name, []).append(key)
+    crops = [s for s in samples if s.box is not None and s.input and not is_video(Path(s.input))]
+    used, out = set(), []
+    for s in crops:
+        stem = Path(s.input).stem
+        name = f"{stem}/{s.id.replace('/', '_')}" if sum(Path(c.input).stem == stem for c in crops) > 1 else stem
+        keys = by_stem.get(stem, [])
+        if len(keys) != 1:
+            failed.append({"name": name, "error": f"no prediction {stem}.png in {pred_dir}" if not keys else
+                           f"several predictions named {stem} in {pred_dir} ({', '.join(keys)}); keep one"})
+            continue
+        used.add(keys[0])
+
+        def load(s=s, path=preds[keys[0]]):
+            full = load_depth(path, single_channel=True)
+            x0, y0, x1, y1 = s.box
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            if not (0 <= cx < full.shape[1] and 0 <= cy < full.shape[0]):
+                raise InputError(f"{path}: is {full.shape[1]}x{full.shape[0]}, but the face of {s.input} is at ({cx:.0f}, {cy:.0f}); "
+                                 "pass the full-frame depth of the same image (estimate-depth's output)")
+            pred = crop_box_to(full, s.box, s.size, interpolation="nearest", border="constant")
+            gt = load_depth(s.depth, single_channel=True) * (s.depth_unit_mm if in_mm else 1.0)
+            mask = load_depth(s.mask) > 0
+            return pred, gt, mask
+
+        out.append((name, load))
+    unmatched = sorted(k for k in preds if k not in used and not is_extra_output(k, preds))
+    return out, failed, unmatched

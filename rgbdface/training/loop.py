@@ -29,6 +29,8 @@ from rgbdface.utils import InputError, UsageError
 log = logging.getLogger("rgbdface.training")
 
 COMMAND = {1: "train", 2: "finetune-mask", 3: "train-motion"}
+UNTRAINED_CODEC = ("warning: {what} an untrained latent codec (random VAE weights), so what this run learns decodes to noise; "
+                   "train one with `rgbdface train-vae DATASET -o VAE` and start from `rgbdface init-model --tiny --vae VAE`")
 TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "comet_ml": ("comet_ml",),
                    "aim": ("aim",), "mlflow": ("mlflow",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
 
@@ -138,6 +140,8 @@ def plan(req: TrainRequest) -> Plan:
 
     from rgbdface.training.data import exclude_identities
     from rgbdface.training.state import latest_checkpoint, read_state
+    if req.tiny or (model_dir is not None and not json.loads((model_dir / "rgbdface.json").read_text()).get("codec_trained", True)):
+        log.warning(UNTRAINED_CODEC.format(what="--tiny builds a model with" if req.tiny else f"--model {req.model} has"))
 
     # 2. Config: saved config on resume, else recipe; --set on top; unknown keys fail here
     overrides = list(req.overrides) + ([f"optim.max_steps={req.max_steps}"] if req.max_steps is not None else [])
