@@ -122,7 +122,7 @@ def test_depth2img_cli(tiny_masked_model_dir, tiny_model_dir, portrait_path, fac
     small = tmp_path / "small.png"
     save_depth16(small, relative_depth_to_u16(np.zeros((100, 80)), np.ones((100, 80), bool)))
     cases = [
-        (["depth2img", str(small), "--reference", str(portrait_path)], 1, "reference's size"),
+        (["depth2img", str(small), "--reference", str(portrait_path)], 1, "its face cannot be located"),
         (["depth2img", str(depth_png), "--reference", str(portrait_path), "--model", str(tiny_model_dir)], 1, "stage 2"),
         (["depth2img", str(depth_png), "--image", str(portrait_path)], 2, "--region"),
         (["depth2img", str(depth_png)], 2, "--reference"),

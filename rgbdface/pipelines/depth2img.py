@@ -174,6 +174,10 @@ def prepare_depth2img(
             return Depth2ImgInput(depth=depth, reference=ref, margin=margin)
         # a full frame of another photo: crop around its face, framed as the model's crops
         ys, xs = np.nonzero(depth > 0)
+        if xs.size > 0.9 * depth.size:
+            raise InputError(f"{names['depth']}: a {depth.shape[1]}x{depth.shape[0]} depth map not framed as a face crop, with depth "
+                             f"everywhere, so its face cannot be located; pass a face-crop depth, a depth of the reference's size "
+                             f"({w}x{h}, full frame), or a depth with 0 outside the face (as estimate-depth writes)")
         if min(xs.max() - xs.min(), ys.max() - ys.min()) < 8:
             raise InputError(f"{names['depth']}: its depth covers {xs.max() - xs.min() + 1}x{ys.max() - ys.min() + 1} pixels, "
                              "too few for a face; pass a face-crop depth or a full-frame depth of a face")
