@@ -140,6 +140,7 @@ def plan(req: TrainRequest) -> Plan:
 
     from rgbdface.training.data import exclude_identities
     from rgbdface.training.state import latest_checkpoint, read_state
+
     if req.tiny or (model_dir is not None and not json.loads((model_dir / "rgbdface.json").read_text()).get("codec_trained", True)):
         log.warning(UNTRAINED_CODEC.format(what="--tiny builds a model with" if req.tiny else f"--model {req.model} has"))
 
