@@ -134,7 +134,18 @@ class ReportingCommand(TyperCommand):
     The report is printed on stdout when the command ends with --json: after success (exit 0), after an exit
     it raised (1 = bad input or some inputs failed, 2 = usage error; `fail` fills `error`), and after a usage
     error found while parsing the command line (exit 2, nothing run). Not after an interrupt.
+
+    Its help text and its options' are reflowed and escaped for rich markup (`rgbdface.cli.helptext`).
     """
+
+    def __init__(self, *args, **kwargs):
+        from rgbdface.cli.helptext import for_rich
+
+        super().__init__(*args, **kwargs)
+        self.help = for_rich(self.help)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = for_rich(param.help)
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         wants_json = "--json" in args

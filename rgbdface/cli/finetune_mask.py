@@ -30,10 +30,12 @@ def finetune_mask_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fine-tune stage 2: the masked variant widened from the stage-1 denoiser, with asymmetric
+    """Fine-tune stage 2: the masked variant for image -> depth and depth -> image (paper §4.1).
+
+    The masked denoiser is widened from the stage-1 denoiser and trained with asymmetric
     masks drawn per sample (joint, image->depth, depth->image, spatial boxes; probabilities
-    masks.p_*). Writes RUN_DIR/model (stages [0, 1, 2]) and prints its path
-    (with --json, the report instead)."""
+    masks.p_*). Writes RUN_DIR/model (stages [0, 1, 2]) and prints its path (with --json,
+    the report instead)."""
     from rgbdface.training.loop import TrainRequest
 
     req = TrainRequest(stage=2, dataset=dataset, run_dir=output, model=model, recipe=config, overrides=set_ or [],

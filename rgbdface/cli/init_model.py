@@ -15,7 +15,7 @@ from rgbdface.utils import InputError, UsageError
 @handle_errors
 def init_model_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
-    base: Annotated[Optional[Path], typer.Option("--base", help="A Stable-Diffusion-1.5-layout diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/).")] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="A diffusers folder laid out as Stable Diffusion 1.5 (unet/ vae/ text_encoder/ tokenizer/ scheduler/).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Use the tiny configuration (random weights, runs on a CPU in seconds).")] = False,
     vae: Annotated[Optional[Path], typer.Option("--vae", help="With --tiny: a trained AutoencoderKL folder (from `rgbdface train-vae`) instead of a random one.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Face-crop size in pixels (default 512 for --base, 64 for --tiny).")] = None,
@@ -26,9 +26,12 @@ def init_model_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Build a stage-0 joint RGB + depth model: the base UNet widened to 2C channels
-    (new input channels zero-initialised, output layer duplicated), a ReferenceNet
-    copied from the base UNet, the base VAE, and the cached empty-prompt embedding.
+    """Build a stage-0 joint RGB + depth model from a base model (paper §3.3).
+
+    The base UNet widened to 2C channels (new input channels zero-initialised, output layer
+    duplicated), a ReferenceNet copied from the base UNet, the base VAE, and the cached
+    empty-prompt embedding.
+
     --json adds: image_size, stages."""
     from rgbdface.models.folder import PREDICTION_TYPES
 

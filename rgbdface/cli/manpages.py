@@ -1,7 +1,10 @@
-"""Man pages (roff) generated from the Typer app: `python -m rgbdface.cli.manpages man/`.
+"""Man pages (roff) generated from the Typer app: `python -m rgbdface.cli.manpages` writes man/man1/.
 
 One page per command (`rgbdface-CMD.1`) and `rgbdface.1`. Pages carry no date, so
-regenerating an unchanged app gives identical files; a test fails when `man/` is stale.
+regenerating an unchanged app gives identical files; a test fails when `man/man1/` is stale.
+The text is the help's own (`rgbdface.cli.helptext`), and NAME is its whole first sentence.
+`pip install .` puts the pages in <prefix>/share/man/man1 (pyproject's data-files); from a
+clone (or an editable install), `MANPATH="$PWD/man:" man rgbdface` reads them in place.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rgbdface import __version__
+from rgbdface.cli.helptext import first_sentence, plain
 
 EXIT_STATUS = [
     ("0", "everything asked for was done."),
@@ -41,8 +45,10 @@ def _opt(name: str) -> str:
 
 
 def _paragraphs(text: str) -> list[str]:
-    text = re.sub(r"\x08", "", text or "")
-    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    """The help's paragraphs as roff: one line each, list items joined by line breaks (.br)."""
+    text = re.sub(r"\x08", "", plain(text))
+    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    return ["\n.br\n".join(_esc(" ".join(line.split())) for line in p.splitlines() if line.strip()) for p in paragraphs]
 
 
 def _is_argument(param) -> bool:
@@ -59,14 +65,14 @@ def _item(param, ctx) -> list[str]:
     head = ", ".join(f"\\fB{_opt(n.strip())}\\fR" for n in names.split(","))
     if metavar:
         head += f" \\fI<{_esc(metavar)}\\fR"
-    return [".TP", head, _esc(" ".join(text.split()))]
+    return [".TP", head, _esc(" ".join(plain(text).split()))]
 
 
 def command_page(name: str, cmd) -> str:
     ctx = cmd.context_class(cmd, info_name=name)
     title = f"rgbdface-{name}"
     paragraphs = _paragraphs(cmd.help or "")
-    summary = paragraphs[0].split(". ")[0].rstrip(".") if paragraphs else name
+    summary = first_sentence(plain(cmd.help)) or name
     args = " ".join(p.name.upper() if p.required else f"[{p.name.upper()}]" for p in cmd.params if _is_argument(p))
     out = [
         f'.TH {title.upper()} 1 "" "rgbdface {__version__}" "rgbdface manual"',
@@ -78,7 +84,7 @@ def command_page(name: str, cmd) -> str:
         ".SH DESCRIPTION",
     ]
     for p in paragraphs:
-        out += [_esc(p), ".PP"]
+        out += [p, ".PP"]
     out.pop()
     arguments = [p for p in cmd.params if _is_argument(p)]
     if arguments:
@@ -125,7 +131,7 @@ def main_page(group) -> str:
         ".SH COMMANDS",
     ]
     for name, cmd in group.commands.items():
-        summary = (_paragraphs(cmd.help or "") or [""])[0].split(". ")[0].rstrip(".")
+        summary = first_sentence(plain(cmd.help))
         out += [".TP", f"\\fBrgbdface {_opt(name)}\\fR(1)", _esc(summary)]
     out += _common_sections()
     out += [".SH SEE ALSO", ", ".join(f"\\fBrgbdface\\-{_opt(n)}\\fR(1)" for n in group.commands)]
@@ -163,5 +169,5 @@ def write_all(folder: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in write_all(sys.argv[1] if len(sys.argv) > 1 else "man"):
+    for p in write_all(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "man" / "man1"):
         print(p)

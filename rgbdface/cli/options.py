@@ -9,7 +9,7 @@ import typer
 
 ModelOpt = Annotated[
     Optional[Path],
-    typer.Option("--model", "-m", help="Model folder (from `train`/`finetune-mask`/`train-motion`). Default: the bundled rgbdface-tiny."),
+    typer.Option("--model", "-m", help="Model folder (from `train`, `finetune-mask` or `train-motion`). Default: the bundled rgbdface-tiny."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="'auto' (fp16 autocast on CUDA, float32 on CPU), 'fp32', 'fp16' or 'bf16'.")]
@@ -19,7 +19,7 @@ DepthStepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, show_def
                                                       help="Denoising steps of the depth estimate [default: the model's own (its depth_steps; the bundled model: 1), else 25].")]
 DepthFlipOpt = Annotated[Optional[bool], typer.Option("--flip/--no-flip", show_default=False,
                                                       help="Also estimate the mirrored image and ensemble the two (test-time mirroring; twice the compute) [default: the model's own choice (its depth_flip), else off].")]
-SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: 'ddim' or any diffusers scheduler class name (e.g. DPMSolverMultistepScheduler).")]
+SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: ddim, ddpm, dpm (DPM-Solver++), euler, unipc, or any diffusers scheduler class name.")]
 GuidanceOpt = Annotated[float, typer.Option("--guidance", min=1.0, help="Classifier-free guidance scale on the reference (1 = off).")]
 OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log output on stderr.")]
@@ -30,4 +30,4 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", show_default
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a one-line JSON report on stdout when done (command, exit_code, error, seconds, written, failed, skipped, and the command's own keys); nothing else goes to stdout.")]
 # Read by ReportingCommand.invoke (parameter name `cpu_threads`), which sets the threads before the command runs.
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, show_default=False,
-                                                  help="CPU threads for the math [default: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else the CPUs this process may use that the load average leaves idle, at least 1].")]
+                                                  help="CPU threads for the math [default: OMP_NUM_THREADS or else SLURM_CPUS_PER_TASK when set, else the CPUs this process may use that the load average leaves idle, at least 1].")]

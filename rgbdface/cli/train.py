@@ -33,10 +33,12 @@ def train_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train stage 1: loss = paper eq. (5) on [eps_rgb, eps_depth], with a reference drawn from
-    another frame/view of the same identity, reference dropout for CFG, and a configurable
-    studio/wild mix. Writes RUN_DIR/model (stages [0, 1]) and prints its path
-    (with --json, the report instead)."""
+    """Train stage 1: the joint RGB + depth denoiser and its ReferenceNet (paper §3.2, §5.1).
+
+    The loss is paper eq. (5) on [eps_rgb, eps_depth], with a reference drawn from another
+    frame/view of the same identity, reference dropout for CFG, and a configurable
+    studio/wild mix. Writes RUN_DIR/model (stages [0, 1]) and prints its path (with --json,
+    the report instead)."""
     from rgbdface.training.loop import TrainRequest
 
     req = TrainRequest(stage=1, dataset=dataset, run_dir=output, model=model, base=base, tiny=tiny, image_size=image_size,

@@ -30,11 +30,12 @@ def train_motion_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train stage 3 on video clips with audio: F frames with n ground-truth motion frames before
-    them through the ReferenceNet, audio windows of k frames; only the audio projection, audio
-    attention and temporal modules learn, every stage-1 weight stays frozen. Writes
-    RUN_DIR/model (stage 3 added) and prints its path
-    (with --json, the report instead)."""
+    """Train stage 3: audio and temporal attention for talking heads, on video clips with audio (paper §4.2).
+
+    F frames with n ground-truth motion frames before them through the ReferenceNet, audio
+    windows of k frames; only the audio projection, audio attention and temporal modules
+    learn, every stage-1 weight stays frozen. Writes RUN_DIR/model (stage 3 added) and
+    prints its path (with --json, the report instead)."""
     from rgbdface.training.loop import TrainRequest
 
     req = TrainRequest(stage=3, dataset=dataset, run_dir=output, model=model, recipe=config, overrides=set_ or [],

@@ -29,6 +29,7 @@ def train_vae_command(
     """Train a small AutoencoderKL (the tiny configuration's codec) on a dataset's RGB crops and depth maps.
 
     Real work keeps the base model's VAE (SD-1.5) and needs no such step.
+
     --json adds: steps, final_loss, scaling_factor."""
     from rgbdface.data.manifest import read_samples
 
