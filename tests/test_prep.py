@@ -233,6 +233,42 @@ def test_writer_threads_change_no_file(tmp_path, examples_dir, odd_inputs):
     assert run(inputs[0], "-o", str(tmp_path / "bad"), "--threads", "-1").exit_code == 2
 
 
+def test_a_write_error_fails_its_own_input_while_the_next_is_fitted(monkeypatch, tmp_path, examples_dir):
+    """Input i's files are written while input i + 1 goes through MediaPipe; an error in them is input i's alone,
+    results come in input order, and input i has no rows file (it is redone on the next run)."""
+    from rgbdface.data import prep
+
+    write = prep.write_sample
+    fitted = []
+    real_prepare = prep.prepare_image
+
+    def prepare_image(path, *args):
+        fitted.append(path.name)
+        return real_prepare(path, *args)
+
+    def write_sample(root, clip, *args):
+        if clip == prep.input_key(examples_dir / "biden.jpg"):
+            assert fitted[-1] == "grace_hopper.jpg"  # the next input was fitted before this write ran
+            raise OSError(28, "No space left on device")
+        return write(root, clip, *args)
+
+    def slow_write(*args):  # makes sure input i's write is still queued when input i + 1 starts
+        import time
+
+        time.sleep(0.3)
+        return write_sample(*args)
+
+    monkeypatch.setattr(prep, "prepare_image", prepare_image)
+    monkeypatch.setattr(prep, "write_sample", slow_write)
+    inputs = [examples_dir / n for n in ("astronaut.jpg", "biden.jpg", "grace_hopper.jpg")]
+    seen = []
+    summary = prep.prepare_dataset(inputs, tmp_path / "d", prep.PrepConfig(size=64, threads=1), on_result=seen.append)
+    assert [Path(r.path).name for r in seen] == ["astronaut.jpg", "biden.jpg", "grace_hopper.jpg"]
+    assert [r.status for r in seen] == ["done", "failed", "done"] and "No space left" in seen[1].error
+    assert summary.done == 2 and len(summary.failed) == 1
+    assert not prep.manifest.rows_path(tmp_path / "d", prep.input_key(inputs[1])).exists()
+
+
 def test_image_over_the_pixel_limit_is_refused(monkeypatch, tmp_path, examples_dir):
     from rgbdface.data import face
 

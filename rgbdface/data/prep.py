@@ -10,6 +10,7 @@ rows (data/manifest.py). Everything after MediaPipe runs on a background thread 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -379,7 +380,7 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWri
 
 @contextmanager
 def _writer_for_input(cfg: PrepConfig, shared: BackgroundWriter | None) -> Iterator[BackgroundWriter]:
-    """The run's shared writer (its queue emptied if the input fails), or a thread writer of the input's own."""
+    """The run's shared writer (this input's tasks dropped if it fails), or a thread writer of the input's own."""
     if shared is None:
         with BackgroundWriter(cfg.threads) as writer:
             yield writer
@@ -391,10 +392,20 @@ def _writer_for_input(cfg: PrepConfig, shared: BackgroundWriter | None) -> Itera
         raise
 
 
-def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = False, writer: BackgroundWriter | None = None) -> InputResult:
-    """Process one image or video into `root`; never raises for a bad input (the result says why).
+@dataclass
+class _Started:
+    """An input whose MediaPipe work is done and whose files are being written on the writer's threads."""
 
-    `writer` is a pool shared by the run's inputs (by default, each input starts its own threads)."""
+    path: Path
+    key: str
+    makers: list[Callable[[], dict]]
+    frames: int
+    tasks: list[Future]
+    t0: float
+
+
+def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer: BackgroundWriter) -> InputResult | _Started:
+    """The MediaPipe part of one input, its files queued on `writer`; a result already if it is skipped or fails."""
     t0 = time.perf_counter()
     path = Path(path)
     key = input_key(path)
@@ -407,12 +418,30 @@ def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = Fal
             raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
         with _writer_for_input(cfg, writer) as w:
             makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, w)
-            w.results()  # every file is written (or the first error raised) ...
-        rows = [make() for make in makers]
-        manifest.write_rows(root, key, rows)  # ... before the rows file that marks the input done
-        return InputResult(str(path), "done", samples=len(rows), frames=frames, seconds=time.perf_counter() - t0)
+        return _Started(path, key, makers, frames, writer.take(), t0)
     except Exception as e:  # one bad file must not stop the batch
         return _failed(str(path), e, t0)
+
+
+def finish_input(started: _Started, root: Path, writer: BackgroundWriter) -> InputResult:
+    """Wait for an input's files, then write the rows file that marks it done."""
+    try:
+        writer.results(started.tasks)  # every file is written (or the first error raised) ...
+        rows = [make() for make in started.makers]
+        manifest.write_rows(root, started.key, rows)  # ... before the rows file that marks the input done
+        return InputResult(str(started.path), "done", samples=len(rows), frames=started.frames, seconds=time.perf_counter() - started.t0)
+    except Exception as e:
+        return _failed(str(started.path), e, started.t0)
+
+
+def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = False, writer: BackgroundWriter | None = None) -> InputResult:
+    """Process one image or video into `root`; never raises for a bad input (the result says why).
+
+    `writer` is a pool shared by the run's inputs (by default, the input starts its own threads)."""
+    with contextlib.ExitStack() as stack:
+        w = writer if writer is not None else stack.enter_context(BackgroundWriter(cfg.threads))
+        started = start_input(path, root, cfg, overwrite, w)
+        return finish_input(started, Path(root), w) if isinstance(started, _Started) else started
 
 
 def _failed(name: str, e: Exception, t0: float) -> InputResult:
@@ -458,8 +487,19 @@ def prepare_dataset(
                 for r in pool.map(_prepare_input_star, jobs):
                     _account(summary, r, on_result)
         else:
+            # Input i's files are written while input i + 1 goes through MediaPipe; results stay in input order.
+            writing: _Started | None = None
             for job in jobs:
-                _account(summary, prepare_input(*job, writer=writer), on_result)
+                started = start_input(*job, writer=writer)
+                if writing is not None:
+                    _account(summary, finish_input(writing, root, writer), on_result)
+                    writing = None
+                if isinstance(started, _Started):
+                    writing = started
+                else:
+                    _account(summary, started, on_result)
+            if writing is not None:
+                _account(summary, finish_input(writing, root, writer), on_result)
         if cfg.studio_mix:  # after every input, so that each pair can be made
             for key, shape, texture in mix_pairs(fitted_portraits(root)):
                 _account(summary, prepare_mix(key, shape, texture, root, cfg, overwrite, writer), on_result)

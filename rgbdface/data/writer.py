@@ -5,7 +5,8 @@ NumPy, OpenCV and zlib release the GIL for their heavy parts, so on a multi-core
 machine the two overlap. Each file is still written atomically by its task;
 `results()` waits for every task and raises the first error in submission order,
 so an input's rows file (written after it) stays the last thing written. One
-writer serves a whole run, input after input.
+writer serves a whole run: `take()` hands over an input's tasks so that the next
+input's MediaPipe runs while they finish, and its rows file is written later.
 """
 
 from __future__ import annotations
@@ -39,23 +40,29 @@ class BackgroundWriter:
             self.futures.append(f)
             return f
         while len(self._pending) >= self.max_pending:
-            self._pending.popleft().result()  # raises early if a task failed
+            wait([self._pending.popleft()])  # its error, if any, is raised by results() for its own input
         f = self.pool.submit(fn, *args, **kwargs)
         self.futures.append(f)
         self._pending.append(f)
         return f
 
-    def results(self) -> list[Any]:
+    def take(self) -> list[Future]:
+        """The tasks submitted since the last take, results or discard (one input's), without waiting for them."""
+        futures, self.futures = self.futures, []
+        return futures
+
+    def results(self, futures: list[Future] | None = None) -> list[Any]:
         """Every task's result in submission order, after all have finished; raises the first error.
 
-        Either way the writer is then empty and ready for the next input's tasks."""
-        futures, self.futures, self._pending = self.futures, [], deque()
+        `futures`: tasks handed over by `take()`; by default the ones submitted since then, after
+        which the writer is empty and ready for the next input's tasks."""
+        futures = self.take() if futures is None else futures
         wait(futures)
         return [f.result() for f in futures]
 
-    def discard(self) -> None:
-        """Drop the queued tasks (those not started are cancelled, the rest finish) and their results."""
-        futures, self.futures, self._pending = self.futures, [], deque()
+    def discard(self, futures: list[Future] | None = None) -> None:
+        """Drop tasks (by default those since the last take; those not started are cancelled, the rest finish)."""
+        futures = self.take() if futures is None else futures
         for f in futures:
             f.cancel()
         wait(futures)
