@@ -78,6 +78,16 @@ def test_audio_windows_are_clamped_at_the_ends():
         audio_windows(feats, k=4)
 
 
+def test_windows_of_chosen_frames_are_rows_of_the_full_windows():
+    """Training windows a clip's target frames, inference every frame: one function, the same windows."""
+    feats = torch.arange(20, dtype=torch.float32).reshape(10, 2)
+    full = audio_windows(feats, k=5)
+    assert torch.equal(audio_windows(feats, k=5, frames=[0, 3, 9]), full[[0, 3, 9]])
+    stored = feats.numpy().astype(np.float16)  # prep-depth's wav2vec.npy
+    w = audio_windows(stored, k=3, frames=[9])
+    assert w.dtype == torch.float32 and torch.equal(w, audio_windows(feats, k=3)[[9]])
+
+
 @pytest.fixture(scope="module")
 def wav2vec_dir(tmp_path_factory):
     """A tiny wav2vec 2.0 built from config and saved as safetensors (no download)."""

@@ -361,3 +361,13 @@ def test_no_inputs_found_is_an_error(tmp_path):
     r = run(str(tmp_path / "missing.png"), "-o", str(tmp_path / "ds"))
     assert r.exit_code == 1 and "missing.png: no such file" in r.stderr
     assert r.stdout == ""
+
+
+def test_wav2vec_features_come_from_the_caller(tmp_path):
+    """prep-depth (the data layer) stores wav2vec features computed by a function it is given."""
+    from rgbdface.data.prep import PrepConfig
+
+    (tmp_path / "w2v").mkdir()
+    with pytest.raises(ValueError, match="audio_features"):
+        PrepConfig(wav2vec=tmp_path / "w2v").check()
+    PrepConfig(wav2vec=tmp_path / "w2v", audio_features=lambda audio, frames: np.zeros((frames, 4), np.float16)).check()
