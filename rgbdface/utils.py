@@ -20,13 +20,23 @@ class UsageError(InputError):
 
 
 def check_input_file(path: str | os.PathLike, kind: str = "file") -> Path:
-    """`path` if it names an existing file, else the one-line error a command prints; cheap enough
-    to run on every input before the heavy libraries are imported."""
+    """`path` if it names an existing regular file, else the one-line error a command prints; cheap enough
+    to run on every input before the heavy libraries are imported. A FIFO or device is refused without
+    being opened: reading one could block for ever or never end."""
+    import stat
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file; check the path")
-    if p.is_dir():
-        raise InputError(f"{p}: is a folder, expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+    article = "an" if kind[0] in "aeiou" else "a"
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file; check the path") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot read it ({e.strerror or e}); check the path") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{p}: is a folder, expected {article} {kind}")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{p}: not a regular file (a pipe, socket or device); pass {article} {kind}")
     return p
 
 
@@ -88,11 +98,69 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
     return path
+
+
+class WriteError(InputError):
+    """A file could not be written (`write_error`); `os_error` is the system's reason."""
+
+    def __init__(self, message: str, os_error: OSError):
+        super().__init__(message)
+        self.os_error = os_error
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
+    """A failed write as a one-line error naming the file meant (never a temporary path)."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on the device; free some space and run again"
+    elif e.errno == errno.EFBIG:
+        why = "the file is too large for this device or its size limit; free space or raise the limit and run again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"cannot write it ({e.strerror}); choose another output location"
+    else:
+        why = f"cannot write it ({e.strerror or type(e).__name__}); check the output location"
+    return WriteError(f"{path}: {why}", e)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file beside it (`atomic_path`); a failed write
+    removes the temporary file, leaves `path` as it was and raises `write_error`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise write_error(path, e) from None
+    return path
+
+
+def write_together(writers: dict[Path, Any]) -> list[Path]:
+    """Write several files so that they appear together or not at all.
+
+    writers: target path → a function writing that file to the temporary path it is given.
+    Every file is written beside its target first; only when all succeeded are they renamed
+    onto their targets (renames do not need space). On any error every temporary file is
+    removed, the targets are left as they were, and an OSError becomes `write_error`.
+    """
+    with contextlib.ExitStack() as stack:
+        for path, write in writers.items():
+            tmp = stack.enter_context(atomic_path(path))
+            try:
+                write(tmp)
+            except WriteError as e:  # named after the temporary file: name the target
+                raise write_error(path, e.os_error) from None
+            except OSError as e:
+                raise write_error(path, e) from None
+    return list(writers)
 
 
 @contextlib.contextmanager

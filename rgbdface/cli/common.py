@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import glob
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
 from typer.core import TyperCommand
@@ -165,7 +167,11 @@ class ReportingCommand(TyperCommand):
         as_json = bool(ctx.params.get("as_json"))
         token = _REPORT.set(rep)
         try:
-            result = super().invoke(ctx)
+            with terminate_as_exit():
+                result = super().invoke(ctx)
+        except Terminated:
+            error_line("terminated (SIGTERM); unfinished outputs were removed")
+            raise
         except typer.Exit as e:
             if as_json:
                 rep.emit(e.exit_code)
@@ -175,6 +181,29 @@ class ReportingCommand(TyperCommand):
         if as_json:
             rep.emit(0)
         return result
+
+
+class Terminated(SystemExit):
+    """SIGTERM (`kill`, `timeout`, a scheduler) while a command runs: raised in the main thread so that the
+    command unwinds as it does on Ctrl-C (temporary files and folders removed, ffmpeg stopped); exit 143."""
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """While the block runs, SIGTERM raises `Terminated` instead of killing the process outright."""
+
+    def handler(signum, frame):
+        raise Terminated(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -211,11 +240,17 @@ def take_shard(items: list[T], index: int, count: int) -> list[T]:
     return items[index::count]
 
 
-def expand_inputs(args: Iterable[str], suffixes: set[str], stdin=None) -> list[Path]:
+def expand_inputs(args: Iterable[str], suffixes: set[str], stdin=None, exclude: Path | None = None) -> list[Path]:
     """Files, folders (recursive), globs, and '-' (one path per line on stdin) → sorted unique paths.
 
-    A path that does not exist is kept, so that the batch reports it by name.
+    A path that does not exist is kept, so that the batch reports it by name. A folder search
+    does not descend into `exclude` (the run's output folder: its files are no inputs).
     """
+    skip = Path(os.path.realpath(exclude)) if exclude is not None else None
+
+    def searched(q: Path) -> bool:
+        return q.is_file() and q.suffix.lower() in suffixes and not (skip is not None and skip in Path(os.path.realpath(q)).parents)
+
     out: list[Path] = []
     for a in args:
         if a == "-":
@@ -223,8 +258,10 @@ def expand_inputs(args: Iterable[str], suffixes: set[str], stdin=None) -> list[P
             out.extend(Path(line.strip()) for line in stream if line.strip())
             continue
         p = Path(a)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in suffixes))
+        if p.is_dir() and skip is not None and Path(os.path.realpath(p)) == skip:
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in suffixes))  # outputs beside inputs
+        elif p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if searched(q)))
         elif any(ch in a for ch in "*?[") and not p.exists():
             out.extend(sorted(Path(q) for q in glob.glob(a, recursive=True)))
         else:
@@ -235,18 +272,6 @@ def expand_inputs(args: Iterable[str], suffixes: set[str], stdin=None) -> list[P
             seen.add(p)
             unique.append(p)
     return unique
-
-
-def write_all(writers: dict[Path, Callable[[Path], object]]) -> None:
-    """Write every output or none: each writer writes a temporary file beside its target
-    (same suffix), and the files are renamed onto their targets only when all succeeded."""
-    import contextlib
-
-    from rgbdface.utils import atomic_path
-
-    with contextlib.ExitStack() as stack:
-        for path, write in writers.items():
-            write(stack.enter_context(atomic_path(path)))
 
 
 def progress_bar(total: int, quiet: bool = False, unit: str = "img"):

@@ -9,26 +9,127 @@ Conventions (see README, "File formats"):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from rgbdface.data.png import encode_png  # (also part of this module's API)
-from rgbdface.utils import InputError, atomic_path, check_input_file
+from rgbdface.utils import InputError, UsageError, check_input_file, write_bytes_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB [H, W, 3]; grayscale, RGBA and 16-bit inputs are converted."""
+MAX_PIXELS_ENV = "RGBDFACE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 megapixels, e.g. 8660 x 5773; larger images are refused before they are decoded
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) any command reads: RGBDFACE_MAX_PIXELS, else 50 megapixels."""
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        n = int(float(value))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels, e.g. {DEFAULT_MAX_PIXELS}")
+    return n
+
+
+def check_pixels(width: int, height: int, name: str) -> None:
+    """Refuse an image larger than `max_pixels()` (before it is decoded)."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise InputError(f"{name}: {width} x {height} is {width * height / 1e6:.1f} megapixels, over the limit of "
+                         f"{limit / 1e6:g}; downscale it first (or raise {MAX_PIXELS_ENV})")
+
+
+def _open_first_frame(path: Path):
+    """The file's first frame as a Pillow image, its size checked before any pixel is decoded (None: Pillow cannot read it)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        check_pixels(*_header_size(path), str(path))
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    check_pixels(*im.size, str(path))
+    return im
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _read_pixels(path: Path, what: str) -> np.ndarray:
+    """The first frame of an image file as an array, never decoding more than the size limit allows.
+
+    CMYK (and YCCK) JPEGs are converted to RGB by Pillow (through their ICC profile when they embed one);
+    every other image is decoded by imageio, first frame only."""
+    import warnings
+
     import imageio.v3 as iio
 
-    path = check_input_file(path, "image file")
+    im = _open_first_frame(path)
     try:
-        img = iio.imread(path)
-    except Exception as e:  # imageio raises many types for unreadable files
-        raise InputError(f"{path}: not a readable image ({type(e).__name__}); pass a JPEG or PNG file") from e
-    return to_rgb_uint8(img, name=str(path))
+        if im is not None and im.mode == "CMYK":
+            return _cmyk_to_rgb(im)
+        with warnings.catch_warnings():  # plugins that do not apply warn as imageio tries them
+            warnings.simplefilter("ignore")
+            if im is None:  # a format Pillow does not know: ask imageio for the size first
+                try:
+                    props = iio.improps(path, index=0)
+                except Exception as e:
+                    raise InputError(f"{path}: not a readable image ({type(e).__name__}); pass {what}") from e
+                if len(props.shape) >= 2:
+                    check_pixels(props.shape[1], props.shape[0], str(path))
+            try:
+                return iio.imread(path, index=0)
+            except Exception as e:  # imageio raises many types for unreadable files
+                raise InputError(f"{path}: not a readable image ({type(e).__name__}); pass {what}") from e
+    finally:
+        if im is not None:
+            im.close()
+
+
+def _cmyk_to_rgb(im) -> np.ndarray:
+    """RGB of a CMYK image: through its embedded ICC profile when Pillow's colour management can, else Pillow's conversion."""
+    import io
+
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return np.asarray(ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB"))
+        except Exception:  # a broken profile or no littlecms: the plain conversion below
+            pass
+    return np.asarray(im.convert("RGB"))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB [H, W, 3]; grayscale, RGBA, CMYK and 16-bit inputs are converted.
+
+    Only the first frame of an animated or multi-page file is decoded; files larger than
+    `max_pixels()` and non-regular files (pipes, devices) are refused with a one-line InputError."""
+    path = check_input_file(path, "image file")
+    return to_rgb_uint8(_read_pixels(path, "a JPEG or PNG file"), name=str(path))
 
 
 def to_rgb_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
@@ -65,12 +166,12 @@ def save_image(path: str | Path, img: np.ndarray) -> Path:
 
     path = Path(path)
     img = np.ascontiguousarray(img)
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".png" and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
-            tmp.write_bytes(encode_png(img))  # the fast encoder (data/png.py)
-        else:
-            iio.imwrite(tmp, img, extension=path.suffix.lower())
-    return path
+    # encoded in memory, then written: a failed write (a full disk) leaves no half-open encoder behind
+    if path.suffix.lower() == ".png" and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
+        data = encode_png(img)  # the fast encoder (data/png.py)
+    else:
+        data = iio.imwrite("<bytes>", img, extension=path.suffix.lower())
+    return write_bytes_atomic(path, data)
 
 
 def load_depth(path: str | Path, single_channel: bool = False) -> np.ndarray:
@@ -78,21 +179,17 @@ def load_depth(path: str | Path, single_channel: bool = False) -> np.ndarray:
 
     A colour image gives its first channel, unless `single_channel`: then it is refused (an RGB
     picture, such as a depth preview, is not a depth map)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
+    path = check_input_file(path, "depth map (16-bit PNG or .npy)")
     if path.suffix.lower() == ".npy":
         try:
-            d = np.load(path, allow_pickle=False)
+            d = np.load(path, allow_pickle=False, mmap_mode="r")  # the header first: its size is checked before reading
         except Exception as e:
             raise InputError(f"{path}: not a readable .npy array ({type(e).__name__})") from e
+        if d.ndim >= 2:
+            check_pixels(d.shape[1], d.shape[0], str(path))
+        d = np.array(d)
     else:
-        try:
-            d = iio.imread(path)
-        except Exception as e:
-            raise InputError(f"{path}: not a readable depth image ({type(e).__name__}); pass a 16-bit PNG or .npy") from e
+        d = _read_pixels(path, "a 16-bit PNG or .npy")
     d = np.asarray(d)
     if d.ndim == 3 and single_channel and d.shape[-1] > 1:
         raise InputError(f"{path}: a {d.shape[-1]}-channel colour image, not a depth map; pass a single-channel 16-bit PNG or .npy "
@@ -109,17 +206,15 @@ def load_depth(path: str | Path, single_channel: bool = False) -> np.ndarray:
     return d
 
 
-def save_depth16(path: str | Path, depth_u16: np.ndarray) -> Path:
-    """Write a uint16 depth map [H, W] as a 16-bit PNG, atomically."""
-    import imageio.v3 as iio
+def save_depth16(path: str | Path, depth_u16: np.ndarray, text: dict[str, str] | None = None) -> Path:
+    """Write a uint16 depth map [H, W] as a 16-bit PNG, atomically; `text`: PNG text chunks (key → value)."""
+    from rgbdface.data.png import add_png_text
 
     depth_u16 = np.asarray(depth_u16)
     if depth_u16.dtype != np.uint16 or depth_u16.ndim != 2:
         raise ValueError(f"save_depth16 expects uint16 [H, W], got {depth_u16.dtype} {depth_u16.shape}")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encode_png(depth_u16))  # about 5x faster than imageio's encoder, files about 8% larger
-    return path
+    data = encode_png(depth_u16)  # about 5x faster than imageio's encoder, files about 8% larger
+    return write_bytes_atomic(path, add_png_text(data, text) if text else data)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -134,11 +229,12 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 
 
 def save_npy(path: str | Path, arr: np.ndarray) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-    return path
+    """Write an array as .npy (no pickles), atomically."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def relative_depth_to_u16(depth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

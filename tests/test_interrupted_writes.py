@@ -1,0 +1,94 @@
+"""Outputs of one command appear together or not at all: a write that fails (a full disk, a file size limit)
+or a SIGTERM leaves no partial output, no temporary file and no traceback."""
+
+import contextlib
+import resource
+import signal
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rgbdface.cli.app import app
+
+runner = CliRunner()
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """Writes past `nbytes` in any one file fail in the kernel (EFBIG; Python ignores SIGXFSZ), as on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_generate_writes_all_its_samples_or_none(tiny_model_dir, portrait_path, tmp_path):
+    out = tmp_path / "out"
+    # an RGB sample is ~2.7 KB and a depth map ~2.1 KB, a preview ~5.5 KB: the first preview cannot be written
+    with file_size_limit(4000):
+        r = runner.invoke(app, ["generate", str(portrait_path), "-o", str(out), "-n", "2", "--steps", "1", "--model", str(tiny_model_dir), "-q"])
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rgbdface: error:") and "astronaut_00_preview.png" in lines[0], r.stderr
+    assert "Traceback" not in r.output and ".tmp" not in lines[0]
+    assert sorted(out.iterdir()) == []  # no sample 00 alone, no temporary files
+    r = runner.invoke(app, ["generate", str(portrait_path), "-o", str(out), "-n", "2", "--steps", "1", "--model", str(tiny_model_dir), "-q"])
+    assert r.exit_code == 0 and len(list(out.iterdir())) == 6
+
+
+def test_prep_depth_leaves_no_orphan_samples_when_writes_fail(portrait_path, tmp_path):
+    from rgbdface.data import manifest
+    from rgbdface.data.prep import PrepConfig, prepare_dataset
+
+    root = tmp_path / "data"
+    with file_size_limit(5000):  # a sample's landmarks (5.9 KB) cannot be written, its crop and depth can
+        summary = prepare_dataset([portrait_path], root, PrepConfig(size=64, studio_views=2))
+    assert len(summary.failed) == 1 and "too large" in summary.failed[0][1]
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    named = {row[k] for row in manifest.collect_rows(root) for k in ("rgb", "depth", "mask", "landmarks")} if (root / "rows").is_dir() else set()
+    assert [f for f in files if f not in named and "/" in f and not f.startswith("rows/")] == []  # every sample file is named by a row
+    summary = prepare_dataset([portrait_path], root, PrepConfig(size=64, studio_views=2))
+    assert summary.done == 1 and summary.samples == 3
+
+
+def test_sigterm_during_talk_removes_temporary_videos_and_frame_folders(tmp_path, monkeypatch):
+    from motion_helpers import speech_like, tiny_motion_model, write_wav
+
+    import rgbdface.pipelines.talk as talk_module
+
+    model_dir = tmp_path / "tiny3"
+    tiny_motion_model().save_pretrained(model_dir)
+    speech = write_wav(tmp_path / "speech.wav", speech_like(0.9))
+    portrait = tmp_path / "me.png"
+    import imageio.v3 as iio
+
+    from rgbdface.data.io import load_image
+    from tests_helpers import two_faces  # noqa: F401  (keeps the helper module importable here)
+
+    iio.imwrite(portrait, load_image(talk_module.Path(__file__).resolve().parent.parent / "examples" / "astronaut.jpg"))
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = []
+    denoise = talk_module.denoise_clip
+
+    def terminated_on_the_second_clip(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the videos are being encoded and frames written by now
+            assert any(p.name.startswith(".") for p in out.iterdir())
+            signal.raise_signal(signal.SIGTERM)
+        return denoise(*args, **kwargs)
+
+    monkeypatch.setattr(talk_module, "denoise_clip", terminated_on_the_second_clip)
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # without the command's own handling: ignored, not fatal
+    try:
+        r = runner.invoke(app, ["talk", str(portrait), str(speech), "-o", str(out / "t.mp4"), "--depth-video", str(out / "d.mp4"),
+                                "--rgb-frames", str(out / "rgb"), "--steps", "1", "--model", str(model_dir), "-q"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(calls) == 2, "the run went on after SIGTERM"
+    assert r.exit_code == 143, r.output
+    assert "terminated" in r.stderr and "Traceback" not in r.output
+    assert sorted(out.iterdir()) == []
