@@ -116,17 +116,9 @@ class WriteError(InputError):
 
 
 def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
-    """A failed write as a one-line error naming the file meant (never a temporary path)."""
-    import errno
-
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = "no space left on the device; free some space and run again"
-    elif e.errno == errno.EFBIG:
-        why = "the file is too large for this device or its size limit; free space or raise the limit and run again"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why = f"cannot write it ({e.strerror}); choose another output location"
-    else:
-        why = f"cannot write it ({e.strerror or type(e).__name__}); check the output location"
+    """A failed write as a one-line error naming the file meant (never a temporary path), with what to do
+    (`OS_ERROR_HINTS`)."""
+    why = OS_ERROR_HINTS.get(e.errno) or f"cannot write it ({e.strerror or type(e).__name__}); check the output location"
     return WriteError(f"{path}: {why}", e)
 
 
@@ -237,6 +229,7 @@ OS_ERROR_HINTS = {
     errno.EROFS: "the file system is read-only; choose another location",
     errno.ENOSPC: "no space left on the device; free some space or choose another location",
     errno.EDQUOT: "disk quota exceeded; free some space or choose another location",
+    errno.EFBIG: "the file is too large for this device or the file size limit; free space or raise the limit",
     errno.ENOENT: "no such file or folder",
     errno.ENAMETOOLONG: "the name is too long",
 }

@@ -268,7 +268,7 @@ def test_cli_unknown_output_suffix(files):
 def test_cli_outputs_must_differ(files):
     image, depth, out, _ = files
     r = run(image, "-d", depth, "-l", "0,0,1", "-o", out / "o.png", "--normals", out / "o.png")
-    assert_failed_cleanly(r, out, 2, "different files")
+    assert_failed_cleanly(r, out, 2, "would both write")
 
 
 def test_smoothing_removes_upsampling_facets_and_keeps_the_region():

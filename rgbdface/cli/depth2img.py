@@ -47,6 +47,7 @@ def depth2img_command(
     --json adds: mode ('full' or 'region'), changed_pixels (region mode; null in full mode).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_depth, load_image, save_image
+    from rgbdface.data.outputs import OutputPlan
     from rgbdface.models.folder import model_crop_margin
 
     # 1. Check options and that every input is there (before the model's libraries load)
@@ -59,6 +60,11 @@ def depth2img_command(
     for path in (depth, reference, image, region):
         if path is not None:
             check_input_file(path)
+    plan = OutputPlan().file(output, "-o").input(depth, "the depth")
+    for flag, path in (("--reference", reference), ("--image", image), ("--region", region)):
+        if path is not None:
+            plan.input(path, flag)
+    plan.check()  # the output is no input, and its location is writable
     from rgbdface.pipelines.depth2img import prepare_depth2img, run_depth2img
 
     # 2. Read and align every input before loading the model

@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from rgbdface.cli.common import (ReportingCommand, error_line, expand_inputs, fail, handle_errors, log, parse_shard, progress_bar, report,
-                                 take_shard, write_all)
+                                 take_shard)
+from rgbdface.cli.loading import load_for_command
 from rgbdface.cli.options import (
     DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, OverwriteOpt, QuietOpt, SchedulerOpt, SeedOpt, ShardOpt, DepthStepsOpt, DepthFlipOpt,
 )
 from rgbdface.utils import InputError, check_input_file
 
-if TYPE_CHECKING:
-    from rgbdface.pipelines.depth import DepthResult
-
-DEPTH_SUFFIXES = (".png", ".npy")
-MESH_FORMATS = ("ply", "obj", "glb")
-
 # Shared with `relight`, which estimates depth when it is not given one.
 EnsembleOpt = Annotated[int, typer.Option("--ensemble", "-e", min=1, help="Ensemble size: N samples per image (seeds drawn from --seed), aligned by least-squares scale/shift and combined by their median.")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per model batch. Default: 8 on CUDA, 1 on the CPU.")]
-
-
-@dataclass
-class Job:
-    """One input image and every file it produces (the first is the depth map)."""
-
-    source: Path
-    outputs: dict[str, Path] = field(default_factory=dict)  # kind ("depth", "npy", "preview", "uncertainty", "mesh") → path
-
-    def done(self) -> bool:
-        return all(p.exists() for p in self.outputs.values())
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per model batch; results agree across batch sizes within 1 unit of 65535 (floating-point rounding). Default: 8 on CUDA, 1 on the CPU.")]
 
 
 @handle_errors
@@ -74,29 +56,47 @@ def estimate_depth_command(
 
     --mesh: the relight camera, orthographic in pixels, x right, y up, z toward the viewer: pixel (row v, column u) becomes the vertex (u + 0.5, -(v + 0.5), -s (d - d_min)), s chosen so that the face's depth range spans --relief times its width; two triangles per 2 x 2 block of face pixels, counter-clockwise seen from the viewer, coloured by the image.
 
-    Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together, and an image's depth does not depend on its batch. A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
+    Outputs: every output path of the run is planned before any work. Two inputs that would write the same file (a.jpg and a.png; a_preview.jpg's depth and a.jpg's preview), an output that is an input, or an output location that cannot be written (-o naming a folder for a file, or a file for a folder) stop the run before a model is loaded (exit 2 for collisions, 1 for locations). A folder search never descends into the -o folder. Each depth PNG records the options that made it (a PNG text chunk, 'rgbdface').
+
+    Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; skipped outputs made with other options are counted and the option named. A depth file named by -o is redone when it was made with other options. --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together with the same noise as alone, so an image's depth depends on its batch only through floating-point rounding of batched kernels: maps from different batch sizes agree within 1 unit of 65535 (the same face region). A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
 
     --json: `written` lists every file written, `skipped` the inputs whose outputs existed, `failed` the bad inputs; it adds images (inputs estimated in this run), shard, and estimate_seconds (model loading and estimation, without writing).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES
+    from rgbdface.models.folder import model_crop_margin
+    from rgbdface.pipelines.depth_files import (DepthBatchRunner, DepthFileOptions, estimate_depth_files, plan_depth_jobs,
+                                                read_record, record_differences)
 
-    # 1. Inputs, outputs and options, before any work
+    # 1. Inputs, every output path, and options, before any work
     if not relief > 0:
         raise fail(f"--relief {relief}: expected a number > 0", 2)
     if uncertainty and ensemble < 2 and not flip:
         raise fail("--uncertainty needs several estimates: --ensemble N with N > 1, or --flip", 2)
-    sources = expand_inputs(inputs, IMAGE_SUFFIXES, stdin=sys.stdin)
+    sources = expand_inputs(inputs, IMAGE_SUFFIXES, stdin=sys.stdin, exclude=output)  # not the outputs of an earlier run
     if not sources:
         raise fail(f"no input images in {' '.join(inputs)}", 1)
-    jobs = plan_jobs(sources, output, npy=npy, preview=preview, uncertainty=uncertainty, mesh=mesh,
-                     single=_names_one_file(inputs))
+    files = DepthFileOptions(npy=npy, preview=preview, uncertainty=uncertainty, mesh=mesh, relief=relief)
+    jobs = plan_depth_jobs(sources, output, files, single=_names_one_file(inputs))
     index, count = parse_shard(shard)
     mine = take_shard(jobs, index, count)
-    todo = [j for j in mine if overwrite or not j.done()]
+    record = _record(model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)
+    todo, stale = [], {}
+    for job in mine:
+        differs = [] if overwrite or not job.done() else record_differences(read_record(job.outputs["depth"]), record)
+        if overwrite or not job.done() or (job.named and differs):  # a named output made otherwise is redone
+            if job.named and differs and differs != ["unknown"]:
+                log(f"{job.outputs['depth']} was made with other options ({', '.join(differs)}); redoing it", quiet)
+            todo.append(job)
+        elif differs and differs != ["unknown"]:
+            stale[job.source] = differs
     report().skip(*(j.source for j in mine if j not in todo))
     report().add(images=0, shard=f"{index}/{count}", estimate_seconds=0.0)
     if len(todo) < len(mine):
         log(f"skipping {len(mine) - len(todo)} input(s) whose outputs exist (--overwrite to redo)", quiet)
+    if stale:
+        first = next(iter(stale.values()))
+        log(f"warning: {len(stale)} of the skipped outputs were made with other options ({', '.join(first)} for "
+            f"{next(iter(stale))}); --overwrite redoes them", quiet)
     if count > 1:
         log(f"shard {index}/{count}: {len(mine)} of {len(jobs)} inputs", quiet)
     # A missing input is reported now, before the model and its libraries load (seconds)
@@ -112,38 +112,25 @@ def estimate_depth_command(
     if not todo:
         return
 
-    # 2. Estimate batch by batch; a bad input is reported and skipped
-    runner = _Runner(model, device, dtype, quiet, dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance, flip=flip))
-    estimate_seconds = 0.0
+    # 2. Estimate batch by batch; a bad input is reported and skipped, each input's files appear together
+    options = dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance, flip=flip)
+    runner = DepthBatchRunner(lambda: load_for_command(model, device, dtype, quiet), model_crop_margin(model), options)
     with progress_bar(len(present), quiet or not present) as bar:
-        size = batch_size or (runner.default_batch_size() if present else 1)
-        for start in range(0, len(present), size):
-            batch = present[start : start + size]
-            t0 = time.perf_counter()
-            outcomes = runner.run(batch)
-            estimate_seconds += time.perf_counter() - t0
-            from rgbdface.utils import describe_os_error
-
-            for job, outcome in zip(batch, outcomes):
-                if isinstance(outcome, str):
-                    failed.append((job.source, outcome))
-                    if len(jobs) > 1:
-                        bar.write(f"rgbdface: error: {outcome}", file=sys.stderr)
+        size = batch_size or (default_batch_size(device) if present else 1)
+        for outcomes in estimate_depth_files(present, runner, size, relief, record):
+            for o in outcomes:
+                if o.error is None:
+                    report().wrote(*o.job.outputs.values())
                     continue
-                try:
-                    write_all(_writers(job, outcome, runner.images[job.source], relief))
-                    report().wrote(*job.outputs.values())
-                except (InputError, OSError, ValueError) as e:
-                    failed.append((job.source, f"{job.source}: {describe_os_error(e) if isinstance(e, OSError) else e}"))
-                    if len(jobs) > 1:  # one input: its error is the command's one line, below
-                        bar.write(f"rgbdface: error: {failed[-1][1]}", file=sys.stderr)
-            bar.update(len(batch))
-            runner.images.clear()
+                failed.append((o.job.source, o.error))
+                if len(jobs) > 1:
+                    bar.write(f"rgbdface: error: {o.error}", file=sys.stderr)
+            bar.update(len(outcomes))
 
     # 3. Report: bad inputs are failures of the batch (exit 1), not of the command
     for source, error in failed:
         report().fail_input(source, error)
-    report().add(images=len(todo) - len(failed), estimate_seconds=round(estimate_seconds, 3))
+    report().add(images=len(todo) - len(failed), estimate_seconds=round(runner.seconds, 3))
     if failed:
         if len(jobs) == 1:
             error_line(failed[0][1])
@@ -163,108 +150,20 @@ def _names_one_file(inputs: list[str]) -> bool:
     return p.is_file() or not (p.is_dir() or any(ch in inputs[0] for ch in "*?["))
 
 
-def plan_jobs(sources: list[Path], output: Path, npy: bool = False, preview: bool = False, uncertainty: bool = False,
-              mesh: str | None = None, single: bool = False) -> list[Job]:
-    """The files each input produces. `-o FILE.png|.npy` for one input; otherwise a folder of STEM.png."""
-    file_mode = output.suffix.lower() in DEPTH_SUFFIXES
-    if file_mode and not (single and len(sources) == 1):
-        raise fail(f"-o {output}: with several inputs (or a folder, glob or '-') -o must be a folder", 2)
-    if output.suffix and not file_mode and output.suffix.lower() in {".jpg", ".jpeg", ".tif", ".tiff", ".exr"}:
-        raise fail(f"-o {output}: depth is written as .png (16-bit) or .npy", 2)
-    mesh_suffix, mesh_path = None, None
-    if mesh is not None:
-        fmt = mesh.lower().lstrip(".")
-        if fmt in MESH_FORMATS:
-            mesh_suffix = f".{fmt}"
-        elif Path(mesh).suffix.lower().lstrip(".") in MESH_FORMATS:
-            if len(sources) > 1 or not single:
-                raise fail(f"--mesh {mesh}: with several inputs give a format (ply, obj or glb), not a file", 2)
-            mesh_path = Path(mesh)
-        else:
-            raise fail(f"--mesh {mesh}: expected a .ply, .obj or .glb file, or one of ply, obj, glb", 2)
+def _record(model: Path | None, steps: int | None, flip: bool | None, **options) -> dict:
+    """The options a depth map records: the model folder, and steps and flip as the model resolves them."""
+    from rgbdface.models.folder import model_folder, read_meta
 
-    jobs, seen = [], {}
-    for src in sources:
-        base = output.with_suffix("") if file_mode else output / src.stem
-        main = output if file_mode else base.with_suffix(".png")
-        outputs = {"depth": main}
-        if npy and main.suffix.lower() != ".npy":
-            outputs["npy"] = base.with_suffix(".npy")
-        if preview:
-            outputs["preview"] = base.with_name(base.name + "_preview.png")
-        if uncertainty:
-            outputs["uncertainty"] = base.with_name(base.name + "_uncertainty.npy")
-        if mesh_path or mesh_suffix:
-            outputs["mesh"] = mesh_path or base.with_suffix(mesh_suffix)
-        if main in seen:
-            raise fail(f"{seen[main]} and {src} would both write {main}; rename one or run them into different folders", 2)
-        seen[main] = src
-        jobs.append(Job(src, outputs))
-    return jobs
+    meta = read_meta(model)
+    steps = steps if steps is not None else meta.get("depth_steps") or 25
+    flip = bool(meta.get("depth_flip")) if flip is None else flip
+    return dict(model=str(model_folder(model).resolve()), steps=steps, flip=flip, **options)
 
 
-class _Runner:
-    """Loads the model when the first image needs it, then estimates a batch of jobs."""
+def default_batch_size(device: str) -> int:
+    from rgbdface.cli.common import resolve_device
 
-    def __init__(self, model, device, dtype, quiet, options: dict):
-        from rgbdface.models.folder import model_crop_margin
-
-        self.model_path, self.device, self.dtype, self.quiet, self.options = model, device, dtype, quiet, options
-        self.model = None
-        self.margin = model_crop_margin(model)  # images are cropped the model's way before it is loaded
-        self.images: dict[Path, object] = {}
-
-    def default_batch_size(self) -> int:
-        from rgbdface.cli.common import resolve_device
-
-        return 8 if resolve_device(self.device).startswith("cuda") else 1
-
-    def load(self):
-        if self.model is None:
-            from rgbdface.cli.loading import load_for_command
-
-            self.model = load_for_command(self.model_path, self.device, self.dtype, self.quiet)
-            self.model.require_stage(2, "estimate-depth")
-        return self.model
-
-    def run(self, batch: list[Job]) -> list["DepthResult | str"]:
-        """A DepthResult per job, or the one-line reason it failed."""
-        from rgbdface.data.io import load_image
-        from rgbdface.pipelines.depth import estimate_depths, prepare_depth_input
-
-        prepared, outcome = {}, {}
-        for job in batch:
-            try:
-                image = load_image(job.source)
-                prepared[job.source] = prepare_depth_input(image, name=str(job.source), margin=self.margin)
-                self.images[job.source] = image
-            except InputError as e:
-                outcome[job.source] = str(e)
-        if prepared:
-            results = estimate_depths(self.load(), list(prepared.values()), **self.options)
-            outcome.update(zip(prepared, results))
-        return [outcome[job.source] for job in batch]
-
-
-def _writers(job: Job, result: "DepthResult", image, relief: float) -> dict[Path, Callable[[Path], object]]:
-    """How to write each output of a job (to a temporary path; `write_all` renames them together)."""
-    import numpy as np
-
-    from rgbdface.data.io import colorize_depth, save_depth16, save_image, save_npy
-    from rgbdface.data.surface import depth_to_mesh, save_mesh
-    from rgbdface.pipelines.depth import U16_PER_UNIT
-
-    def depth_file(tmp):
-        return save_npy(tmp, result.to_units()) if job.outputs["depth"].suffix.lower() == ".npy" else save_depth16(tmp, result.to_u16())
-
-    makers = {
-        "depth": depth_file,
-        "npy": lambda tmp: save_npy(tmp, result.to_units()),
-        "preview": lambda tmp: save_image(tmp, colorize_depth(result.depth, result.valid)),
-        "uncertainty": lambda tmp: save_npy(tmp, np.where(result.valid, result.uncertainty * U16_PER_UNIT, 0.0).astype(np.float32)),
-        "mesh": lambda tmp: save_mesh(tmp, depth_to_mesh(result.depth, result.valid, image, relief=relief)),
-    }
-    return {path: makers[kind] for kind, path in job.outputs.items()}
+    return 8 if resolve_device(device).startswith("cuda") else 1
 
 
 def register(app: typer.Typer) -> None:

@@ -37,16 +37,24 @@ def generate_command(
 
     Writes, per sample i: STEM_i_rgb.png, STEM_i_depth.png (16-bit, relative depth:
     1..65535, larger = farther, 0 = no depth) and STEM_i_preview.png (RGB | depth).
+    All the files appear together once every one is written, or none does.
 
     Output size: the model's own (rgbdface.json's image_size; the bundled model: 64 x 64 px,
     the preview twice as wide); the log states it.
     --json adds: samples, generate_seconds (sampling only).
     """
-    from rgbdface.utils import check_input_file
+    from rgbdface.data.outputs import OutputPlan
+    from rgbdface.utils import check_input_file, write_together
 
-    # Everything that can fail on bad input happens before anything is written; a missing file before
-    # the model's libraries are imported.
+    # 1. Every output path, then the reference: everything that can fail on bad input happens before anything
+    #    is written; a missing file or an unusable output before the model's libraries are imported.
     check_input_file(reference, "image file")
+    stems = [output / f"{reference.stem}_{i:02d}" for i in range(num)]
+    files = [Path(f"{stem}_{kind}.png") for stem in stems for kind in ("rgb", "depth", "preview")]
+    plan = OutputPlan().input(reference, "the reference").folder(output, "-o", replaced=False)
+    for path in files:
+        plan.file(path, "the sample")
+    plan.check()
     import numpy as np
 
     from rgbdface.data.face import crop_face
@@ -62,14 +70,16 @@ def generate_command(
     out = generate(m, crop.image, num_samples=num, steps=steps, guidance=guidance, scheduler=scheduler, seed=seed, progress=not quiet)
     generate_seconds = time.perf_counter() - t0
 
-    output.mkdir(parents=True, exist_ok=True)
-    for i in range(num):
-        stem = output / f"{reference.stem}_{i:02d}"
-        preview = colorize_depth(out.depth[i], out.valid[i])
-        save_image(f"{stem}_rgb.png", out.rgb[i])
-        save_depth16(f"{stem}_depth.png", relative_depth_to_u16(out.depth[i], out.valid[i]))
-        save_image(f"{stem}_preview.png", np.concatenate([out.rgb[i], preview], axis=1))
-        report().wrote(f"{stem}_rgb.png", f"{stem}_depth.png", f"{stem}_preview.png")
+    # 2. Every sample's files appear together, or none (a full disk leaves nothing behind)
+    writers = {}
+    for i, stem in enumerate(stems):
+        rgb, depth16 = out.rgb[i], relative_depth_to_u16(out.depth[i], out.valid[i])
+        preview = np.concatenate([rgb, colorize_depth(out.depth[i], out.valid[i])], axis=1)
+        writers[Path(f"{stem}_rgb.png")] = lambda tmp, a=rgb: save_image(tmp, a)
+        writers[Path(f"{stem}_depth.png")] = lambda tmp, a=depth16: save_depth16(tmp, a)
+        writers[Path(f"{stem}_preview.png")] = lambda tmp, a=preview: save_image(tmp, a)
+    write_together(writers)
+    report().wrote(*files)
     report().add(samples=num, generate_seconds=round(generate_seconds, 3))
     log(f"wrote {num} RGB + depth samples of {m.meta.image_size}x{m.meta.image_size} px (the model's size) to {output}", quiet)
 

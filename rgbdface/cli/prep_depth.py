@@ -56,7 +56,7 @@ def prep_depth(
                      export_mesh=export_mesh, wav2vec=wav2vec, audio_features=features, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
     cfg.check()
     index, count = parse_shard(shard)
-    paths = take_shard(expand_inputs(inputs, input_suffixes()), index, count)
+    paths = take_shard(expand_inputs(inputs, input_suffixes(), exclude=output), index, count)  # never the dataset's own crops
     if not paths:
         log(f"prep-depth: no inputs in shard {index}/{count}", quiet)
     progress = _Progress(len(paths), quiet)

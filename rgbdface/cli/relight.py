@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Iterable, Optional
 
 import typer
 
-from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report, write_all
+from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
 from rgbdface.cli.estimate_depth import EnsembleOpt
 from rgbdface.cli.options import DepthFlipOpt, DepthStepsOpt, DeviceOpt, DtypeOpt, JsonOpt, ThreadsOpt, ModelOpt, OutputFileOpt, QuietOpt, SchedulerOpt, SeedOpt
 
@@ -69,6 +69,7 @@ def relight_command(
     --json adds: lights (their count), relit_pixels (inside the region), feather (pixels), depth ('given' or 'estimated'), frames (with --orbit).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_image
+    from rgbdface.data.outputs import OutputPlan
     from rgbdface.pipelines.relight import REGIONS, Light, parse_ambient
 
     # 1. Check options before reading anything
@@ -92,9 +93,14 @@ def relight_command(
     for flag, path in list(outputs.items())[1:]:
         if path is not None and path.suffix.lower() not in IMAGE_SUFFIXES:
             raise fail(f"{flag} {path}: unknown image suffix {path.suffix!r}; use .png or .jpg", 2)
-    given = [p.resolve() for p in outputs.values() if p is not None]
-    if len(set(given)) != len(given):
-        raise fail("-o, --normals, --shading and --albedo must name different files", 2)
+    plan = OutputPlan().input(image, "the image")
+    for flag, path in (("--depth", depth), ("--env", env)):
+        if path is not None:
+            plan.input(path, flag)
+    for flag, path in outputs.items():
+        if path is not None:
+            plan.file(path, flag)
+    plan.check()  # no two outputs the same file, none an input, each location writable
     for flag, value in (("--feather", feather), ("--smooth", smooth)):
         if value is not None and not value >= 0:
             raise fail(f"{flag} {value}: expected a number of pixels >= 0", 2)
@@ -215,12 +221,13 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
 def _write_all(layers: dict[Path, "np.ndarray"], video: tuple[Path, Iterable["np.ndarray"]] | None = None) -> None:
     """Write each image (and the video) to a temporary file beside its target; rename them all only if every write succeeded."""
     from rgbdface.data.io import save_image
+    from rgbdface.utils import write_together
 
     writers = {path: (lambda tmp, img=img: save_image(tmp, img)) for path, img in layers.items()}
     if video is not None:
         path, frames = video
         writers[path] = lambda tmp: _write_video(tmp, frames)
-    write_all(writers)
+    write_together(writers)
 
 
 def _write_video(path: Path, frames: Iterable["np.ndarray"]) -> None:

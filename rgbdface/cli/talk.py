@@ -71,7 +71,7 @@ def talk_command(
 
     # Everything that can fail on bad input happens before the model is loaded; a missing file or a
     # bad option even before the model's libraries are imported.
-    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames)
+    check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames, inputs=(reference, audio))
     check_input_file(reference, "image file")
     check_input_file(audio)
     _require_motion_stage(model)

@@ -104,3 +104,35 @@ def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
     a = (a1 + a2 - 1) % _ADLER_MOD
     b = (b1 + b2 + len2 * (a1 - 1)) % _ADLER_MOD
     return b << 16 | a
+
+
+def add_png_text(png: bytes, text: dict[str, str]) -> bytes:
+    """The PNG with uncompressed text chunks (tEXt, Latin-1 key → value) inserted after its header,
+    so that `read_png_text` finds them without reading the image data."""
+    if not png.startswith(PNG_SIGNATURE) or png[12:16] != b"IHDR":
+        raise ValueError("add_png_text: not a PNG with its header first")
+    end = len(PNG_SIGNATURE) + 8 + 13 + 4  # after the IHDR chunk
+    chunks = b"".join(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")) for key, value in text.items())
+    return png[:end] + chunks + png[end:]
+
+
+def read_png_text(path) -> dict[str, str]:
+    """The tEXt chunks before a PNG file's image data (key → value); {} for a PNG without them.
+
+    Raises ValueError for a file that is not a PNG."""
+    out: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            raise ValueError(f"{path}: not a PNG file")
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return out
+            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return out
+            data = f.read(length)
+            f.read(4)  # CRC
+            if kind == b"tEXt" and b"\0" in data:
+                key, value = data.split(b"\0", 1)
+                out[key.decode("latin-1")] = value.decode("latin-1")

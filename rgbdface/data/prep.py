@@ -37,6 +37,7 @@ from rgbdface.data.face import (
     square_box,
 )
 from rgbdface.data.io import IMAGE_SUFFIXES, encode_jpeg, encode_png, load_image
+from rgbdface.data.outputs import OutputPlan
 from rgbdface.data.video import VIDEO_SUFFIXES
 from rgbdface.data.writer import BackgroundWriter
 from rgbdface.utils import InputError, UsageError, atomic_path, atomic_write_bytes, exists
@@ -279,24 +280,27 @@ def prepare_mix(key: str, shape: dict, texture: dict, root: Path, cfg: PrepConfi
     if not overwrite and manifest.rows_path(root, key).exists():
         return InputResult(name, "skipped")
     try:
-        image = load_image(root / texture["rgb"])
-        tex_lm, shape_lm = (np.load(root / row["landmarks"], allow_pickle=False) for row in (texture, shape))
-        if image.shape[0] != cfg.size:
-            raise InputError(f"{name}: the fitted crop is {image.shape[0]} px, not {cfg.size}; mix within one dataset")
-        vertices = landmarks_to_camera(shape_lm, Camera.for_crop(cfg.size))
-        rng = _rng(cfg, key)
-        albedo = random_albedo(rng)
-        identity = f"{shape['identity']}+{texture['identity']}"
-        rows = []
-        with _writer_for_input(cfg, writer) as w:
-            for k in range(cfg.studio_mix):
-                view = replace(random_view(rng), albedo=albedo)
-                f = w.submit(_render_and_write, root, key, k, image, tex_lm, vertices, view, cfg.rgb_format, shape_lm)
-                rows.append(_rows_of(f, clip=key, frame=k, identity=identity, source="studio", cfg=cfg, input_path=f"{shape['input']} + {texture['input']}",
-                                     view={**view.to_dict(), "shape": shape["id"], "texture": texture["id"]}))
-            w.results()
-        manifest.write_rows(root, key, [make() for make in rows])
-        return InputResult(name, "done", samples=len(rows), seconds=time.perf_counter() - t0)
+        with _removed_on_failure(root, key):
+            image = load_image(root / texture["rgb"])
+            tex_lm, shape_lm = (np.load(root / row["landmarks"], allow_pickle=False) for row in (texture, shape))
+            if image.shape[0] != cfg.size:
+                raise InputError(f"{name}: the fitted crop is {image.shape[0]} px, not {cfg.size}; mix within one dataset")
+            vertices = landmarks_to_camera(shape_lm, Camera.for_crop(cfg.size))
+            rng = _rng(cfg, key)
+            albedo = random_albedo(rng)
+            identity = f"{shape['identity']}+{texture['identity']}"
+            rows = []
+            with _writer_for_input(cfg, writer) as w:
+                for k in range(cfg.studio_mix):
+                    view = replace(random_view(rng), albedo=albedo)
+                    f = w.submit(_render_and_write, root, key, k, image, tex_lm, vertices, view, cfg.rgb_format, shape_lm)
+                    rows.append(_rows_of(f, clip=key, frame=k, identity=identity, source="studio", cfg=cfg, input_path=f"{shape['input']} + {texture['input']}",
+                                         view={**view.to_dict(), "shape": shape["id"], "texture": texture["id"]}))
+                w.results()
+            manifest.write_rows(root, key, [make() for make in rows])
+            return InputResult(name, "done", samples=len(rows), seconds=time.perf_counter() - t0)
+    except InputError as e:
+        return _failed(name, e, t0)
     except OSError as e:
         error = f"{name}: cannot read {e.filename or 'a fitted sample'} ({e.strerror or e}); re-run prep-depth on that portrait with --overwrite"
         return InputResult(name, "failed", error=error, seconds=time.perf_counter() - t0)
@@ -412,12 +416,13 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
     if not overwrite and manifest.rows_path(root, key).exists():
         return InputResult(str(path), "skipped")
     try:
-        if not path.exists():
-            raise InputError(f"{path}: no such file; check the path")
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
-        with _writer_for_input(cfg, writer) as w:
-            makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, w)
+        with _removed_on_failure(Path(root), key):
+            if not path.exists():
+                raise InputError(f"{path}: no such file; check the path")
+            if path.is_dir():
+                raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
+            with _writer_for_input(cfg, writer) as w:
+                makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, w)
         return _Started(path, key, makers, frames, writer.take(), t0)
     except Exception as e:  # one bad file must not stop the batch
         return _failed(str(path), e, t0)
@@ -426,9 +431,10 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
 def finish_input(started: _Started, root: Path, writer: BackgroundWriter) -> InputResult:
     """Wait for an input's files, then write the rows file that marks it done."""
     try:
-        writer.results(started.tasks)  # every file is written (or the first error raised) ...
-        rows = [make() for make in started.makers]
-        manifest.write_rows(root, started.key, rows)  # ... before the rows file that marks the input done
+        with _removed_on_failure(root, started.key):
+            writer.results(started.tasks)  # every file is written (or the first error raised) ...
+            rows = [make() for make in started.makers]
+            manifest.write_rows(root, started.key, rows)  # ... before the rows file that marks the input done
         return InputResult(str(started.path), "done", samples=len(rows), frames=started.frames, seconds=time.perf_counter() - started.t0)
     except Exception as e:
         return _failed(str(started.path), e, started.t0)
@@ -442,6 +448,29 @@ def prepare_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool = Fal
         w = writer if writer is not None else stack.enter_context(BackgroundWriter(cfg.threads))
         started = start_input(path, root, cfg, overwrite, w)
         return finish_input(started, Path(root), w) if isinstance(started, _Started) else started
+
+
+@contextmanager
+def _removed_on_failure(root: Path, key: str) -> Iterator[None]:
+    """On any error or interrupt, remove every file of the input `key` (its clip folders and rows file):
+    a failed input leaves no sample that no manifest row names, and no row that names a missing sample."""
+    try:
+        yield
+    except BaseException:
+        remove_input_files(root, key)
+        raise
+
+
+def remove_input_files(root: Path, key: str) -> None:
+    """Remove the clip folders (KEY, KEY-f0, KEY-studio, KEY-talk0, ...) and the rows file of the input `key`."""
+    import re
+    import shutil
+
+    own = re.compile(rf"{re.escape(key)}(-f\d+)?(-studio|-talk\d+)?")
+    for clip in root.iterdir() if root.is_dir() else []:
+        if clip.is_dir() and own.fullmatch(clip.name):
+            shutil.rmtree(clip, ignore_errors=True)
+    manifest.rows_path(root, key).unlink(missing_ok=True)
 
 
 def _failed(name: str, e: Exception, t0: float) -> InputResult:
@@ -471,6 +500,10 @@ def prepare_dataset(
     """
     cfg.check()
     root = Path(root)
+    plan = OutputPlan().folder(root, "the dataset", replaced=False, exclusive=True)
+    for p in inputs:
+        plan.input(p)
+    plan.check()  # no input inside the dataset, and the dataset's place is writable
     root.mkdir(parents=True, exist_ok=True)
     manifest.write_info(root, manifest.CropSpec(cfg.size, cfg.margin))
     t0 = time.perf_counter()
@@ -489,17 +522,23 @@ def prepare_dataset(
         else:
             # Input i's files are written while input i + 1 goes through MediaPipe; results stay in input order.
             writing: _Started | None = None
-            for job in jobs:
-                started = start_input(*job, writer=writer)
+            try:
+                for job in jobs:
+                    started = start_input(*job, writer=writer)
+                    if writing is not None:
+                        _account(summary, finish_input(writing, root, writer), on_result)
+                        writing = None
+                    if isinstance(started, _Started):
+                        writing = started
+                    else:
+                        _account(summary, started, on_result)
                 if writing is not None:
                     _account(summary, finish_input(writing, root, writer), on_result)
-                    writing = None
-                if isinstance(started, _Started):
-                    writing = started
-                else:
-                    _account(summary, started, on_result)
-            if writing is not None:
-                _account(summary, finish_input(writing, root, writer), on_result)
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM) with an input's files still being written
+                if writing is not None:
+                    writer.discard(writing.tasks)
+                    remove_input_files(root, writing.key)
+                raise
         if cfg.studio_mix:  # after every input, so that each pair can be made
             for key, shape, texture in mix_pairs(fitted_portraits(root)):
                 _account(summary, prepare_mix(key, shape, texture, root, cfg, overwrite, writer), on_result)

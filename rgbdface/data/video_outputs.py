@@ -15,45 +15,34 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
-from rgbdface.utils import InputError, UsageError, atomic_dir, atomic_path, exists
+from rgbdface.utils import UsageError, atomic_dir, atomic_path, exists
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv"}
 
 
-def _writable(path: Path, what: str) -> None:
-    """Fail early, before any work and without creating anything, when `path` cannot be written."""
-    if path.is_dir() and what in ("--output", "--depth-video"):
-        raise InputError(f"{what} {path}: is a folder; give a file name such as out.mp4")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"{what} {path}: cannot write there ({parent} is not a folder); choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: cannot write there (no permission in {parent}); choose another path")
-
-
 def check_outputs(output: Path, depth_video: Path | None = None, rgb_frames: Path | None = None,
-                  depth_frames: Path | None = None, mesh_frames: Path | None = None) -> None:
-    """Every output can be written and has a video suffix; raises InputError naming the first that cannot."""
+                  depth_frames: Path | None = None, mesh_frames: Path | None = None, inputs: tuple = ()) -> None:
+    """Every output has a video suffix or is a folder, no two are the same, none is (or holds) one of `inputs`,
+    and each can be written (`rgbdface.data.outputs.OutputPlan`); raises UsageError / InputError naming the first that cannot."""
+    from rgbdface.data.outputs import OutputPlan
+
+    plan = OutputPlan()
+    for path in inputs:
+        if exists(path):
+            plan.input(path)
     for opt, path in (("--output", output), ("--depth-video", depth_video)):
         if exists(path):
             if path.suffix.lower() not in VIDEO_SUFFIXES:
                 raise UsageError(f"{opt} {path}: expected a video file ending in {', '.join(sorted(VIDEO_SUFFIXES))}")
-            _writable(path, opt)
+            plan.file(path, opt)
     for opt, path in (("--rgb-frames", rgb_frames), ("--depth-frames", depth_frames), ("--mesh-frames", mesh_frames)):
         if exists(path):
-            if path.exists() and not path.is_dir():
-                raise InputError(f"{opt} {path}: exists and is not a folder")
-            _writable(path, opt)
-    paths = [p.resolve() for p in (output, depth_video, rgb_frames, depth_frames, mesh_frames) if exists(p)]
-    if len(set(paths)) != len(paths):
-        raise UsageError("two outputs have the same path; give each output its own name")
+            plan.folder(path, opt)
+    plan.check()
 
 
 class VideoOutputs:
