@@ -64,7 +64,7 @@ def estimate_depth_command(
     """
     from rgbdface.data.io import IMAGE_SUFFIXES
     from rgbdface.models.folder import model_crop_margin
-    from rgbdface.pipelines.depth_files import (DepthBatchRunner, DepthFileOptions, estimate_depth_files, plan_depth_jobs,
+    from rgbdface.pipelines.depth_files import (DepthBatchRunner, DepthFileOptions, depth_record, estimate_depth_files, plan_depth_jobs,
                                                 read_record, record_differences)
 
     # 1. Inputs, every output path, and options, before any work
@@ -79,7 +79,7 @@ def estimate_depth_command(
     jobs = plan_depth_jobs(sources, output, files, single=_names_one_file(inputs))
     index, count = parse_shard(shard)
     mine = take_shard(jobs, index, count)
-    record = _record(model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)
+    record = depth_record(model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)
     todo, stale = [], {}
     for job in mine:
         differs = [] if overwrite or not job.done() else record_differences(read_record(job.outputs["depth"]), record)
@@ -148,16 +148,6 @@ def _names_one_file(inputs: list[str]) -> bool:
         return False
     p = Path(inputs[0])
     return p.is_file() or not (p.is_dir() or any(ch in inputs[0] for ch in "*?["))
-
-
-def _record(model: Path | None, steps: int | None, flip: bool | None, **options) -> dict:
-    """The options a depth map records: the model folder, and steps and flip as the model resolves them."""
-    from rgbdface.models.folder import model_folder, read_meta
-
-    meta = read_meta(model)
-    steps = steps if steps is not None else meta.get("depth_steps") or 25
-    flip = bool(meta.get("depth_flip")) if flip is None else flip
-    return dict(model=str(model_folder(model).resolve()), steps=steps, flip=flip, **options)
 
 
 def default_batch_size(device: str) -> int:

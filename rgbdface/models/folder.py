@@ -18,6 +18,7 @@ from rgbdface.utils import InputError
 META_FILE = "rgbdface.json"
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "rgbdface-tiny"
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the denoisers may be trained to predict
+DEFAULT_DEPTH_STEPS = 25  # image-to-depth denoising steps of a model whose meta names none (depth_steps)
 STAGE_NAMES = {0: "initialised (untrained)", 1: "joint RGB+depth", 2: "masked (image↔depth)", 3: "motion (audio+temporal)"}
 
 

@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 
 from rgbdface.data.face import DEFAULT_MARGIN, FaceCrop, crop_face, paste_back
+from rgbdface.models.folder import DEFAULT_DEPTH_STEPS  # (also part of this module's API)
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, resize_map
 from rgbdface.pipelines.ensemble import REFERENCES, ensemble_depth
@@ -100,9 +101,6 @@ def prepare_depth_input(image: np.ndarray, name: str = "image", crop_size: int =
     """
     crop = crop_face(image, size=crop_size, margin=margin, name=name, with_landmarks=True)
     return DepthInput(image=image, crop=crop, mask=face_region_mask(crop), name=name, margin=margin)
-
-
-DEFAULT_DEPTH_STEPS = 25
 
 
 def depth_steps(model: RGBDFaceModel, steps: int | None) -> int:

@@ -107,9 +107,16 @@ def plan_depth_jobs(sources: list[Path], output: Path, options: DepthFileOptions
 
 
 # ----------------------------------------------------------------------------- the options record
-def depth_record(options: dict) -> dict:
-    """What a depth map records of the run that made it: the options that change its values."""
-    return {k: options[k] for k in sorted(options)}
+def depth_record(model: Path | None, steps: int | None = None, flip: bool | None = None, **options) -> dict:
+    """What a depth map records of the run that made it: the options that change its values (the model
+    folder, steps and flip as the model resolves them, and `options`: seed, scheduler, ensemble, guidance).
+    Reads the model's rgbdface.json only, not its weights."""
+    from rgbdface.models.folder import DEFAULT_DEPTH_STEPS, model_folder, read_meta
+
+    meta = read_meta(model)
+    steps = steps if steps is not None else meta.get("depth_steps") or DEFAULT_DEPTH_STEPS
+    flip = bool(meta.get("depth_flip")) if flip is None else bool(flip)
+    return dict(model=str(model_folder(model).resolve()), steps=steps, flip=flip, **options)
 
 
 def read_record(path: Path) -> dict | None:
