@@ -73,3 +73,22 @@ def test_batch_size_changes_a_map_by_at_most_one_unit(tiny_masked_model_dir, por
         assert np.abs(a - b).max() <= 1  # the documented bound: float rounding of batched kernels, not the batch's content
         fa, fb = (np.load(tmp_path / f"b{k}" / f"{p.stem}.npy") for k in ("1", "3"))
         assert np.abs(fa - fb).max() < 1.0
+
+
+def test_the_batch_runner_works_from_python(tiny_masked_model, portraits, tmp_path):
+    from rgbdface.pipelines.depth_files import (DepthBatchRunner, DepthFileOptions, depth_record, estimate_depth_files, plan_depth_jobs,
+                                                select_jobs)
+
+    jobs = plan_depth_jobs(portraits[:2], tmp_path / "out", DepthFileOptions(preview=True))
+    record = dict(steps=1, seed=0)
+    chosen = select_jobs(jobs, record)
+    assert chosen.todo == jobs and not chosen.skipped
+    runner = DepthBatchRunner(lambda: tiny_masked_model, tiny_masked_model.meta.crop_margin, dict(steps=1))
+    outcomes = [o for batch in estimate_depth_files(chosen.todo, runner, batch_size=2, record=record) for o in batch]
+    assert [o.error for o in outcomes] == [None, None]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{p.stem}{end}" for p in portraits[:2] for end in (".png", "_preview.png"))
+    again = select_jobs(jobs, record)
+    assert again.skipped == jobs and not again.stale
+    assert select_jobs(jobs, dict(steps=1, seed=5)).stale[jobs[0].source] == ["--seed 0 (now 5)"]
+    assert depth_record(None)["steps"] >= 1  # the bundled model's own steps, read from its rgbdface.json

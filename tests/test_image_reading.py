@@ -122,3 +122,22 @@ def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
     assert "not a regular file" in result["error"]
     with pytest.raises(InputError, match="not a regular file"):
         load_depth(fifo)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_prep_depth_refuses_a_fifo_named_like_a_video(portrait_path, tmp_path):
+    from rgbdface.data.prep import PrepConfig, prepare_dataset
+
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(s=prepare_dataset([fifo, portrait_path], tmp_path / "data", PrepConfig(size=64))),
+                         daemon=True)
+    t.start()
+    t.join(60)
+    if t.is_alive():
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("prep-depth blocked on a FIFO")
+    summary = result["s"]
+    assert summary.done == 1 and len(summary.failed) == 1 and "not a regular file" in summary.failed[0][1]

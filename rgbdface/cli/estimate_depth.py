@@ -65,7 +65,7 @@ def estimate_depth_command(
     from rgbdface.data.io import IMAGE_SUFFIXES
     from rgbdface.models.folder import model_crop_margin
     from rgbdface.pipelines.depth_files import (DepthBatchRunner, DepthFileOptions, depth_record, estimate_depth_files, plan_depth_jobs,
-                                                read_record, record_differences)
+                                                select_jobs)
 
     # 1. Inputs, every output path, and options, before any work
     if not relief > 0:
@@ -80,16 +80,11 @@ def estimate_depth_command(
     index, count = parse_shard(shard)
     mine = take_shard(jobs, index, count)
     record = depth_record(model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)
-    todo, stale = [], {}
-    for job in mine:
-        differs = [] if overwrite or not job.done() else record_differences(read_record(job.outputs["depth"]), record)
-        if overwrite or not job.done() or (job.named and differs):  # a named output made otherwise is redone
-            if job.named and differs and differs != ["unknown"]:
-                log(f"{job.outputs['depth']} was made with other options ({', '.join(differs)}); redoing it", quiet)
-            todo.append(job)
-        elif differs and differs != ["unknown"]:
-            stale[job.source] = differs
-    report().skip(*(j.source for j in mine if j not in todo))
+    chosen = select_jobs(mine, record, overwrite)
+    todo, stale = chosen.todo, chosen.stale
+    for path, differs in chosen.redone.items():
+        log(f"{path} was made with other options ({', '.join(differs)}); redoing it", quiet)
+    report().skip(*(j.source for j in chosen.skipped))
     report().add(images=0, shard=f"{index}/{count}", estimate_seconds=0.0)
     if len(todo) < len(mine):
         log(f"skipping {len(mine) - len(todo)} input(s) whose outputs exist (--overwrite to redo)", quiet)

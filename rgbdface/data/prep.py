@@ -40,7 +40,7 @@ from rgbdface.data.io import IMAGE_SUFFIXES, encode_jpeg, encode_png, load_image
 from rgbdface.data.outputs import OutputPlan
 from rgbdface.data.video import VIDEO_SUFFIXES
 from rgbdface.data.writer import BackgroundWriter
-from rgbdface.utils import InputError, UsageError, atomic_path, atomic_write_bytes, exists
+from rgbdface.utils import InputError, UsageError, atomic_path, atomic_write_bytes, check_input_file, exists
 
 MESH_FORMATS = ("ply", "obj", "glb")
 
@@ -417,10 +417,9 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
         return InputResult(str(path), "skipped")
     try:
         with _removed_on_failure(Path(root), key):
-            if not path.exists():
-                raise InputError(f"{path}: no such file; check the path")
             if path.is_dir():
                 raise InputError(f"{path}: is a folder; pass image or video files, or the folder as an input argument")
+            check_input_file(path, "image or video file")  # missing, or a pipe or device (never opened)
             with _writer_for_input(cfg, writer) as w:
                 makers, frames = (prepare_video if is_video(path) else prepare_image)(path, Path(root), cfg, w)
         return _Started(path, key, makers, frames, writer.take(), t0)

@@ -147,6 +147,39 @@ def _show(value) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+@dataclass
+class JobSelection:
+    """Which jobs a run does: `todo`; `skipped` (outputs exist, made alike or without a record);
+    `stale`: source → the options that differ ('--seed 0 (now 3)') for skipped outputs made otherwise;
+    `redone`: depth file → the options that differ, for named outputs that are redone."""
+
+    todo: list[DepthJob] = field(default_factory=list)
+    skipped: list[DepthJob] = field(default_factory=list)
+    stale: dict[Path, list[str]] = field(default_factory=dict)
+    redone: dict[Path, list[str]] = field(default_factory=dict)
+
+
+def select_jobs(jobs: list[DepthJob], record: dict, overwrite: bool = False) -> JobSelection:
+    """Jobs whose outputs are missing are done; with all outputs present a job is skipped (so an
+    interrupted run resumes), unless `overwrite`, or its depth file was named by the caller and
+    records other options than `record` (or none): then it is redone."""
+    out = JobSelection()
+    for job in jobs:
+        if overwrite or not job.done():
+            out.todo.append(job)
+            continue
+        differs = record_differences(read_record(job.outputs["depth"]), record)
+        if job.named and differs:
+            out.todo.append(job)
+            if differs != ["unknown"]:
+                out.redone[job.outputs["depth"]] = differs
+            continue
+        out.skipped.append(job)
+        if differs and differs != ["unknown"]:
+            out.stale[job.source] = differs
+    return out
+
+
 # ----------------------------------------------------------------------------- estimating
 class DepthBatchRunner:
     """Reads and crops a batch of jobs' images, loads the model when the first image needs it, estimates.
