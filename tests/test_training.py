@@ -247,7 +247,8 @@ def test_errors_are_one_line_before_work(case, data, tiny_model_dir, stage1_dir,
         (run / "checkpoints" / "step-00000001").mkdir(parents=True)
         (run / "checkpoints" / "step-00000001" / "state.json").write_text("{}")
     r = runner.invoke(app, args)
-    assert r.exit_code == (2 if case == "no_model_source" else 1), r.output  # options that conflict: a usage error
+    # options that conflict and bad --set items are usage errors
+    assert r.exit_code == (2 if case in ("no_model_source", "unknown_key", "other_stage_key", "bad_value") else 1), r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("rgbdface: error:") and expect in lines[0], r.stderr
     assert r.stdout == ""

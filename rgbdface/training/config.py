@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from rgbdface.utils import InputError
+from rgbdface.utils import InputError, UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 STAGE_SECTIONS = ("defaults", "stage1", "stage2", "stage3")
@@ -262,25 +263,54 @@ def resolve_config(stage: int, recipe: str = "tiny", overrides: list[str] | None
         if isinstance(d, dict) and "stage" in d and int(d["stage"]) != stage:
             raise InputError(f"--config {path}: a stage-{d['stage']} config, but this command trains stage {stage}")
         apply_dict(cfg, d, str(path))
-    apply_overrides(cfg, overrides or [])
-    validate(cfg)
+    validate(cfg)  # the recipe alone: a bad file is bad input (exit 1)
+    apply_overrides(cfg, overrides or [])  # then --set: a bad value is a usage error (exit 2)
     return cfg
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> None:
-    """`--set key=value` items, in order, on top of `cfg`."""
+    """`--set key=value` items, in order, on top of `cfg`, then the whole config checked.
+
+    A bad item is a usage error (exit 2), like any bad option value; `cfg` must be valid before.
+    """
     for item in overrides:
         if "=" not in item:
-            raise InputError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
+            raise UsageError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-4")
         k, v = item.split("=", 1)
-        _apply(cfg, k.strip(), v.strip())
+        try:
+            _apply(cfg, k.strip(), v.strip())
+        except InputError as e:
+            raise UsageError(f"--set {item}: {e}") from None
+    if overrides:
+        validate(cfg, UsageError, where="--set: ")
 
 
-def validate(cfg: RunConfig) -> None:
-    """Values that type-check but cannot work: one line each."""
+def _non_finite(cfg: RunConfig) -> str | None:
+    """The first float value of `cfg` that is NaN or infinite, as 'key=value'."""
+    for name in SECTION_TYPES:
+        section = getattr(cfg, name)
+        if section is None:
+            continue
+        for f in dataclasses.fields(section):
+            v = getattr(section, f.name)
+            for x in (v if isinstance(v, (tuple, list)) else (v,)):
+                if isinstance(x, float) and not math.isfinite(x):
+                    return f"{name}.{f.name}={v}"
+    return None
+
+
+def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "") -> None:
+    """Values that type-check but cannot work: one line each (raised as `error`, the message after `where`)."""
+    bad = _non_finite(cfg)
+    if bad is not None:
+        raise error(f"{where}config {bad}: every number must be finite (no nan or inf)")
     o = cfg.optim
     checks = [
+        (0 <= cfg.seed < 2**63, f"seed must be in [0, 2**63), got {cfg.seed}"),
         (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+        (o.eps > 0, f"optim.eps must be > 0, got {o.eps}"),
+        (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+        (all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), got {o.betas}"),
         (o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}"),
         (o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}"),
         (o.max_steps >= 1, f"optim.max_steps must be >= 1, got {o.max_steps}"),
@@ -323,7 +353,7 @@ def validate(cfg: RunConfig) -> None:
         ]
     for ok, msg in checks:
         if not ok:
-            raise InputError(msg)
+            raise error(where + msg)
 
 
 def config_from_dict(d: dict) -> RunConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -157,8 +158,8 @@ def plan(req: TrainRequest) -> Plan:
         cfg = config_from_dict(saved)
         from rgbdface.training.config import apply_overrides, validate
 
-        apply_overrides(cfg, overrides)
         validate(cfg)
+        apply_overrides(cfg, overrides)
         init = state.init_model or init
     else:
         recipe = req.recipe or ("sd15" if image_size >= 256 else "tiny")
@@ -352,6 +353,8 @@ def run(p: Plan) -> Path:
         # Losses averaged over processes (for the log only; training uses each process's own)
         reduced = accelerator.reduce(torch.tensor([parts_sum[k] for k in sorted(parts_sum)], device=accelerator.device), "mean")
         metrics = dict(zip(sorted(parts_sum), (float(v) for v in reduced)))
+        if not math.isfinite(metrics["loss"]):  # the weights are lost from here on: stop, keep the last good checkpoint
+            _diverged(run_dir, state.step, f"the loss is {metrics['loss']}", main)
         state.last_loss = metrics["loss"]
         sps = samples_per_step / max(time.perf_counter() - t0, 1e-9)
         window_loss, window_n = window_loss + metrics["loss"], window_n + 1
@@ -372,6 +375,7 @@ def run(p: Plan) -> Path:
             grid = sample_grid(inner, grid_batch, cfg.log.sample_steps, cfg.seed)
             write_grid(run_dir / "samples" / f"step-{state.step:08d}.png", grid)
         if cfg.log.checkpoint_every and state.step % cfg.log.checkpoint_every == 0 and state.step < o.max_steps:
+            _check_finite(params, run_dir, state.step, main)
             state.digests = _digests(accelerator, params, digest)
             save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
                             cfg.log.keep_checkpoints)
@@ -379,6 +383,9 @@ def run(p: Plan) -> Path:
     bar.close()
 
     # 7. Final checkpoint (so a later --resume --max-steps N goes on) and the model folder
+    _check_finite(params, run_dir, state.step, main)
+    if ema is not None:
+        _check_finite(ema.shadow, run_dir, state.step, main)
     state.digests = _digests(accelerator, params, digest)
     if len(set(state.digests)) > 1:
         raise RuntimeError(f"processes ended with different weights ({state.digests}); check the launcher setup")
@@ -405,6 +412,27 @@ def run(p: Plan) -> Path:
     if req.tracker:
         accelerator.end_training()
     return out
+
+
+def _diverged(run_dir: Path, step: int, what: str, main: bool) -> None:
+    """Stop a run whose loss (or weights) went non-finite: nothing of it is saved, its checkpoints stay."""
+    from rgbdface.training.state import latest_checkpoint
+
+    if main:
+        with open(run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({"event": "diverged", "step": step, "why": what}) + "\n")
+    ckpt = latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint is {ckpt} (--resume goes on from it)" if ckpt else "no checkpoint had been written"
+    raise InputError(f"step {step}: {what}, not finite; training stopped and nothing of this step was saved; "
+                     f"{kept}; lower optim.lr, or check the data and the model")
+
+
+def _check_finite(tensors: dict, run_dir: Path, step: int, main: bool) -> None:
+    """Before anything is saved: every weight finite (one host sync, at save time only)."""
+    import torch
+
+    if not bool(torch.stack([t.detach().isfinite().all() for t in tensors.values()]).all()):
+        _diverged(run_dir, step, "a weight is", main)
 
 
 def _digests(accelerator, params, digest) -> list[str]:
