@@ -43,3 +43,5 @@ model.meta.depth_steps = 1
 model.save_pretrained(sys.argv[2], half=True)
 PY
 rgbdface eval --data "$W/heldout" --method model --method mesh --method plane --method "mean-face:$W/data"
+# 5. The README's tables from eval's own output (the cross-validation table after crossval_identities.sh)
+python examples/readme_tables.py "$W"

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from typer.core import TyperGroup
 
 from rgbdface import __version__
 
+
+class RGBDFaceGroup(TyperGroup):
+    """The app's group: a usage error (unknown option or command, bad value, missing argument) is one line on
+    stderr and exit 2, where click draws a box; help pages keep their rich layout. A library's warning is
+    one line too ('rgbdface: warning: ...')."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import warnings
+
+        from rgbdface.cli.common import one_line_warning, usage_error_line
+
+        shown, warnings.showwarning = warnings.showwarning, one_line_warning
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's usage errors, as typer runs click
+            usage_error_line(e)
+            rv = getattr(e, "exit_code", 2)
+        except typer.Abort:  # end of input at a prompt
+            rv = 1
+        finally:
+            warnings.showwarning = shown
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
 app = typer.Typer(
+    cls=RGBDFaceGroup,
     name="rgbdface",
     help="Portraits that move with depth: joint RGB + depth diffusion for faces.",
     no_args_is_help=True,

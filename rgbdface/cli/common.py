@@ -24,21 +24,29 @@ DEBUG_ENV = "RGBDFACE_DEBUG"
 T = TypeVar("T")
 
 
-def _stderr_console():
-    from rich.console import Console
+def stderr_line(line: str) -> None:
+    """One line on stderr, never wrapped (grep finds it whole); a progress bar on screen is cleared first
+    and drawn again below it, so the two never share a line."""
+    from tqdm import tqdm
 
-    return Console(stderr=True, highlight=False)
+    with tqdm.external_write_mode(file=sys.stderr):
+        print(line, file=sys.stderr, flush=True)
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the command line: a library's warning as one line, like ours."""
+    stderr_line(f"rgbdface: warning: {' '.join(str(message).split())} ({category.__name__})")
 
 
 def log(msg: str, quiet: bool = False) -> None:
     """Progress and information: always stderr, never stdout."""
     if not quiet:
-        _stderr_console().print(msg, markup=False)
+        stderr_line(msg)
 
 
 def error_line(msg: str) -> None:
     """One error line on stderr (a bad input of a batch that goes on, or the end of a command)."""
-    print(f"rgbdface: error: {msg}", file=sys.stderr)
+    stderr_line(f"rgbdface: error: {msg}")
 
 
 def fail(msg: str, code: int = 1) -> "typer.Exit":
@@ -51,6 +59,20 @@ def fail(msg: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
+INTERRUPTED = "rgbdface: interrupted (Ctrl-C); outputs already complete are kept, none is left half-written"
+
+
+def usage_error_line(e) -> None:
+    """A usage error found while parsing the command line (click's), as one line on stderr:
+    'rgbdface: error: MESSAGE (see `rgbdface COMMAND --help`)'. Rich help pages stay as they are."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # the help page was shown instead
+        return
+    ctx = getattr(e, "ctx", None)
+    message = " ".join(e.format_message().split())
+    see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    print(f"rgbdface: error: {message}{see}", file=sys.stderr)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn known errors into one stderr line and a non-zero exit; RGBDFACE_DEBUG=1 shows the traceback."""
 
@@ -58,7 +80,10 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            raise
+        except (typer.Exit, typer.Abort):
             raise
         except UsageError as e:
             if os.environ.get(DEBUG_ENV):
@@ -275,7 +300,8 @@ def expand_inputs(args: Iterable[str], suffixes: set[str], stdin=None, exclude: 
 
 
 def progress_bar(total: int, quiet: bool = False, unit: str = "img"):
-    """A progress bar with rate and ETA on stderr (nothing when quiet)."""
+    """A progress bar with rate and ETA on stderr, drawn on a terminal only (a log file gets the command's
+    lines, not redrawn bars); nothing when quiet."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True)

@@ -147,7 +147,7 @@ def to_rgb_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     if img.shape[2] != 3:
-        raise InputError(f"{name}: unsupported number of channels ({c})")
+        raise InputError(f"{name}: not a readable image (it decodes to {c} channels, not gray, RGB or RGBA); pass a JPEG or PNG file")
     if img.dtype == np.uint8:
         return np.ascontiguousarray(img)
     if img.dtype == np.uint16:
