@@ -112,14 +112,14 @@ def test_atomic_write_onto_a_folder_names_the_target(tmp_path):
 
 
 def test_a_single_input_write_error_is_printed_once(monkeypatch, tmp_path, portrait_path):
-    import rgbdface.cli.estimate_depth as ed
+    import rgbdface.utils
 
     out = tmp_path / "d.png"
 
-    def full_disk(writers):
-        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+    def full_disk(writers):  # as write_together reports a full disk met while writing the temporary file
+        raise rgbdface.utils.write_error(out, OSError(errno.ENOSPC, "No space left on device", str(out.parent / ".d.x.tmp.png")))
 
-    monkeypatch.setattr(ed, "write_all", full_disk)
+    monkeypatch.setattr(rgbdface.utils, "write_together", full_disk)
     r = runner.invoke(app, ["estimate-depth", str(portrait_path), "-o", str(out), "--steps", "1"])
     assert r.exit_code == 1
     assert error_lines(r.stderr) == [f"rgbdface: error: {portrait_path}: {out}: no space left on the device; free some space "
