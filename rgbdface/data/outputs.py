@@ -35,17 +35,35 @@ class Planned:
     exclusive: bool = False  # INTO only: no input may lie inside (the folder is the command's own)
 
 
-def _real(path: Path) -> Path:
-    """The path with symlinks, '..' and '.' resolved (parts that do not exist yet are kept as named)."""
-    return Path(os.path.realpath(os.path.abspath(path)))
+class _Resolver:
+    """Paths as strings with symlinks, '..' and '.' resolved (parts that do not exist yet kept as named), and
+    their inode when they exist; each folder is resolved once, so that planning thousands of files stays fast."""
 
+    def __init__(self):
+        self.folders: dict[str, tuple[str, bool]] = {}  # folder as given → (resolved, exists)
 
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+    def _folder(self, folder: str) -> tuple[str, bool]:
+        known = self.folders.get(folder)
+        if known is None:
+            known = self.folders[folder] = (os.path.realpath(os.path.abspath(folder or ".")), os.path.isdir(folder or "."))
+        return known
+
+    def real(self, path: Path) -> str:
+        text = os.fspath(path)
+        folder, name = os.path.split(text)
+        if name in ("", ".", "..") or (self._folder(folder)[1] and os.path.islink(text)):
+            return os.path.realpath(os.path.abspath(text))
+        return os.path.join(self._folder(folder)[0], name)
+
+    def inode(self, path: Path) -> tuple[int, int] | None:
+        text = os.fspath(path)
+        if not self._folder(os.path.dirname(text))[1]:
+            return None  # its folder does not exist yet: neither does it
+        try:
+            st = os.stat(text)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
 
 def _name(what: str, path: Path) -> str:
@@ -53,8 +71,8 @@ def _name(what: str, path: Path) -> str:
     return f"{what} ({path})" if " of " in what else f"{what} {path}"
 
 
-def _inside(child: Path, folder: Path) -> bool:
-    return child != folder and folder in child.parents
+def _inside(child: str, folder: str) -> bool:
+    return child.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 @dataclass
@@ -86,7 +104,9 @@ class OutputPlan:
 
     # ------------------------------------------------------------------ collisions
     def check_collisions(self) -> None:
-        by_path: dict[Path, Planned] = {}
+        paths = _Resolver()
+        _real, _inode = paths.real, paths.inode
+        by_path: dict[str, Planned] = {}
         by_inode: dict[tuple[int, int], Planned] = {}
         for out in self.outputs:
             if out.kind == INTO:
@@ -118,22 +138,24 @@ class OutputPlan:
 
     # ------------------------------------------------------------------ locations
     def check_locations(self) -> None:
-        seen: set[Path] = set()
+        seen: set[str] = set()
         for out in self.outputs:
-            path = out.path
-            name = _name(out.what, path)
+            path = os.fspath(out.path)
+            parent = path if out.kind == INTO else os.path.dirname(path)  # where files (or the replacing folder) are made
             if out.kind == FILE:
-                if path.is_dir():
-                    raise InputError(f"{name}: is a folder; give a file name (or another path)")
-            elif path.exists() and not path.is_dir():
-                raise InputError(f"{name}: exists and is not a folder; give a folder name")
-            parent = path if out.kind == INTO else path.parent  # where files (or the replacing folder) are made
-            while not parent.exists() and parent != parent.parent:
-                parent = parent.parent
+                if parent in seen and not os.path.lexists(path):
+                    continue  # a new file in a folder already checked
+                if os.path.isdir(path):
+                    raise InputError(f"{_name(out.what, out.path)}: is a folder; give a file name (or another path)")
+            elif os.path.exists(path) and not os.path.isdir(path):
+                raise InputError(f"{_name(out.what, out.path)}: exists and is not a folder; give a folder name")
             if parent in seen:
                 continue
             seen.add(parent)
-            if not parent.is_dir():
-                raise InputError(f"{name}: cannot write there ({parent} is a file, not a folder); choose another path")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(f"{name}: cannot write there (no permission in {parent}); choose another path")
+            existing = Path(parent or ".")
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise InputError(f"{_name(out.what, out.path)}: cannot write there ({existing} is a file, not a folder); choose another path")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise InputError(f"{_name(out.what, out.path)}: cannot write there (no permission in {existing}); choose another path")
