@@ -60,7 +60,7 @@ def _root(
 
 
 # Command modules, in the order `--help` lists them. Each defines `register(app)`.
-COMMANDS: list[str] = ["prep_depth", "train_vae", "init_model", "generate", "estimate_depth", "depth2img", "relight", "eval", "talk",
+COMMANDS: list[str] = ["prep_depth", "train_vae", "init_model", "generate", "estimate_depth", "depth2img", "relight", "eval", "score", "talk",
                        "train", "finetune_mask", "train_motion"]
 
 

@@ -1,0 +1,158 @@
+"""The faces a model makes, measured on an identity held out of its training (`rgbdface score`).
+
+    python benchmarks/measure_faces.py --heldout WORK/heldout [--model DIR] [--label NAME] [--speech FILE]
+
+WORK/heldout is `prep-depth examples/obama.jpg -o WORK/heldout --size 64 --studio-views 32
+--talking-clips 1` (examples/train_bundled_model.sh makes it). obama.jpg is never seen in
+training. What runs, all with the default seed:
+
+- talk: obama.jpg speaking 4 s of real speech (espeak-ng's voice reading a fixed sentence,
+  or --speech FILE), 25 steps; face found, flicker, colour dE, mouth-audio r, depth face;
+- reconstruction: talk from the first frame of obama's rendered talking clip with its audio;
+  PSNR / SSIM / depth RMSE (mm) against the rendered frames;
+- generate: 4 samples (25 steps) of each of three references made from obama.jpg: the colour
+  photo, the same photo in black and white, and a cold-tinted copy; face found, colour dE,
+  chroma, and the reference sensitivity of colour against black and white (same seed), at
+  guidance 1 and 3;
+- depth: `eval --data WORK/heldout` (studio renders with exact depth, and the photo's
+  mesh-fit depth), RMSE in mm, against the mean face of the training data when --train-data
+  is given.
+
+The table goes to stdout and to benchmarks/results/faces_LABEL.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SENTENCE = "The quick brown fox jumps over the lazy dog. Portraits that move with depth, one word at a time."
+
+
+def rgbdface(*args: str, capture: bool = False) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "rgbdface.cli.app", *map(str, args)], env=env, text=True,
+                       stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise SystemExit(f"rgbdface {' '.join(map(str, args))} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return r.stdout
+
+
+def score(*args: str) -> dict:
+    return json.loads(rgbdface("score", *args, "--format", "json", "-q", capture=True))
+
+
+def speech(tmp: Path, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    raw = tmp / "speech_raw.wav"
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng is not installed: pass --speech FILE (4 s or more of speech)")
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SENTENCE], check=True)
+    return raw
+
+
+def references(tmp: Path) -> dict[str, Path]:
+    from rgbdface.data.io import load_image, save_image
+
+    img = load_image(ROOT / "examples" / "obama.jpg").astype(np.float32)
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    cold = img * np.array([0.75, 0.9, 1.2], np.float32)
+    out = {"colour": ROOT / "examples" / "obama.jpg", "bw": tmp / "obama_bw.png", "cold": tmp / "obama_cold.png"}
+    save_image(out["bw"], np.repeat(grey[..., None], 3, -1).clip(0, 255).round().astype(np.uint8))
+    save_image(out["cold"], cold.clip(0, 255).round().astype(np.uint8))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heldout", required=True, type=Path)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--label", default="bundled")
+    ap.add_argument("--speech", default=None)
+    ap.add_argument("--train-data", default=None, type=Path)
+    ap.add_argument("--keep", default=None, type=Path, help="keep the generated files here")
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    model = ["--model", a.model] if a.model else []
+    tmp = Path(tempfile.mkdtemp(prefix="measure-faces-")) if a.keep is None else a.keep
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str]] = []
+
+    # 1. talk on real speech
+    wav = speech(tmp, a.speech)
+    obama = ROOT / "examples" / "obama.jpg"
+    if not (tmp / "talk_rgb").exists():  # (a --keep folder of an interrupted run keeps its talk)
+        rgbdface("talk", obama, wav, "-o", tmp / "talk.mp4", "--max-seconds", "4", "--rgb-frames", tmp / "talk_rgb",
+                 "--depth-frames", tmp / "talk_depth", "-q", *model)
+    t = score(tmp / "talk_rgb", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / "talk_depth")
+    rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}"), ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
+             ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}"), ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}"),
+             ("talk: depth face share", f"{t['depth_face']:.2f}")]
+
+    # 2. reconstruction of the held-out rendered talking clip from its first frame and its audio
+    clip = next(p for p in sorted(a.heldout.iterdir()) if p.is_dir() and "-talk" in p.name)
+    from rgbdface.data.io import load_image, save_image
+    from rgbdface.metrics.generated import resize
+
+    first = tmp / "clip_first_frame.png"  # upscaled: the detector needs a face of 32 px or more
+    save_image(first, resize(load_image(sorted(clip.glob("rgb_*"))[0]), 256, "cubic"))
+    rgbdface("talk", first, clip / "audio.wav", "-o", tmp / "rec.mp4", "--rgb-frames", tmp / "rec_rgb", "--depth-frames",
+             tmp / "rec_depth", "-q", *model)
+    r = score(tmp / "rec_rgb", "-r", first, "--audio", clip / "audio.wav", "--depth-frames", tmp / "rec_depth", "--gt", clip)
+    unit = json.loads((a.heldout / "dataset.json").read_text()).get("depth_unit_mm", 0.1)
+    rows += [("reconstruction: PSNR (dB)", f"{r['psnr']:.1f}"), ("reconstruction: SSIM", f"{r['ssim']:.3f}"),
+             ("reconstruction: depth RMSE (mm)", f"{r['depth_rmse'] * unit:.1f}"),
+             ("reconstruction: mouth-audio r (rendered clip itself: see score on it)", f"{r['mouth_audio_r']:.2f}")]
+
+    # 3. generate from three references; sensitivity colour vs black-and-white at the same seed
+    refs = references(tmp)
+    gen = {}
+    for g in ("1", "3"):
+        for name, ref in refs.items():
+            if g == "3" and name == "cold":
+                continue
+            out = tmp / f"gen_g{g}_{name}"
+            rgbdface("generate", ref, "-o", out, "-n", "4", "--guidance", g, "-q", *model)
+            gen[g, name] = out
+    s = {name: score(gen["1", name], "-r", refs[name]) for name in refs}
+    sens1 = score(gen["1", "colour"], "-r", refs["colour"], "--against", gen["1", "bw"], "--no-detect")
+    sens3 = score(gen["3", "colour"], "-r", refs["colour"], "--against", gen["3", "bw"], "--no-detect")
+    found = np.mean([s[n]["face_found"] for n in s])
+    de = np.mean([s[n]["colour_de"] for n in s])
+    rows += [("generate: face found, 12 samples (goal >= 0.9)", f"{found:.2f}"), ("generate: colour dE (goal <= 8)", f"{de:.1f}"),
+             ("generate: chroma of b/w samples (reference: %.1f)" % s["bw"]["reference_chroma"], f"{s['bw']['chroma']:.1f}"),
+             ("generate: chroma of colour samples (reference: %.1f)" % s["colour"]["reference_chroma"], f"{s['colour']['chroma']:.1f}"),
+             ("generate: reference sensitivity colour vs b/w, 0..255", f"{sens1['reference_sensitivity']:.1f}"),
+             ("generate: the same at --guidance 3", f"{sens3['reference_sensitivity']:.1f}")]
+
+    # 4. depth on the held-out identity: studio renders (exact) and the photo's mesh-fit depth
+    for source in ("studio", "wild"):
+        methods = ["--method", f"model:{a.model}" if a.model else "model", "--method", "plane"]
+        if a.train_data:
+            methods += ["--method", f"mean-face:{a.train_data}"]
+        e = json.loads(rgbdface("eval", "--data", a.heldout, "--source", source, *methods, "--format", "json", "-q", capture=True))
+        for label, rep in e.items():
+            rows.append((f"depth ({source}, {rep['n_images']} images): RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse'] * unit:.1f}"))
+
+    lines = [f"# Faces of model `{a.label}` on a held-out identity (obama.jpg)", "",
+             f"`python benchmarks/measure_faces.py --heldout WORK/heldout --label {a.label}"
+             + (f" --model {a.model}" if a.model else "") + (" --train-data WORK/data" if a.train_data else "") + "`", "",
+             "| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = ROOT / "benchmarks" / "results" / f"faces_{a.label}.md"
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
