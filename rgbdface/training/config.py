@@ -50,6 +50,8 @@ class DataConfig:
     hflip: float = 0.0  # stages 1-2: per-sample probability of mirroring target, depth and reference together
     num_workers: int = 0  # data-loading worker processes per training process
     exclude_identities: list[str] = field(default_factory=list)  # train without these identities (e.g. one held out for evaluation)
+    photo_background: float = 0.0  # probability that a studio sample (and its studio reference) is drawn over its identity's photo
+    colour_jitter: float = 0.0  # probability of one random colour transform on a sample's RGB, its reference and motion frames
 
 
 @dataclass
@@ -324,6 +326,8 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
         (cfg.precision.mixed_precision in ("auto", "no", "fp16", "bf16"),
          f"precision.mixed_precision must be auto, no, fp16 or bf16, got {cfg.precision.mixed_precision!r}"),
         (0 <= cfg.data.hflip <= 1, f"data.hflip must be in [0, 1], got {cfg.data.hflip}"),
+        (0 <= cfg.data.photo_background <= 1, f"data.photo_background must be in [0, 1], got {cfg.data.photo_background}"),
+        (0 <= cfg.data.colour_jitter <= 1, f"data.colour_jitter must be in [0, 1], got {cfg.data.colour_jitter}"),
         (0 <= cfg.loss.reference_dropout <= 1, f"loss.reference_dropout must be in [0, 1], got {cfg.loss.reference_dropout}"),
         (cfg.loss.depth_weight >= 0 and cfg.loss.depth_background_weight >= 0, "loss weights must be >= 0"),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),

@@ -29,7 +29,7 @@ from rgbdface.utils import InputError
 log = logging.getLogger("rgbdface.training")
 
 # Salts keep the independent draws for one sample apart.
-SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF = range(8)
+SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR = range(10)
 
 
 def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:
@@ -125,6 +125,49 @@ def load_depth_map(path: Path | None, size: int) -> torch.Tensor:
     return d
 
 
+# ----------------------------------------------------------------------------- appearance augmentation
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+GREY_PROB = 0.2  # share of colour transforms that make the image black and white
+GAINS = (0.6, 1.4)  # per-channel gain (white balance, tint)
+SATURATION = (0.0, 1.6)  # 0 = grey, 1 = as is
+BRIGHTNESS = (0.7, 1.3)
+
+
+def random_colour_matrix(rng: np.random.Generator) -> torch.Tensor:
+    """A random colour transform of RGB in [0, 1] as a 3 x 3 matrix: black and white (GREY_PROB), or a
+    saturation change, per-channel gains and a brightness change. Applied alike to a target and its
+    reference, it leaves the reference as the only source of the target's colours."""
+    grey = np.tile(LUMA, (3, 1))
+    if rng.random() < GREY_PROB:
+        m = grey * rng.uniform(*BRIGHTNESS)
+    else:
+        sat = rng.uniform(*SATURATION)
+        m = rng.uniform(*BRIGHTNESS) * np.diag(rng.uniform(*GAINS, 3)) @ (sat * np.eye(3) + (1 - sat) * grey)
+    return torch.from_numpy(m.astype(np.float32))
+
+
+def apply_colour(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """RGB in [-1, 1] [..., 3, H, W] through a colour matrix (in [0, 1] space), clipped back to [-1, 1]."""
+    u = (x + 1.0) / 2.0
+    u = torch.einsum("ij,...jhw->...ihw", matrix, u)
+    return u.clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+def over_photo(rgb: torch.Tensor, depth: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+    """A studio render [3, S, S] drawn over a photo [3, S, S]: the render where it has depth (the rendered
+    face), the photo elsewhere, so that the background of a render is the identity's own."""
+    return torch.where(depth > 0, rgb, photo)
+
+
+def photos_by_identity(samples: list) -> dict[str, list[int]]:
+    """identity → indices of its photographs (non-studio samples), for data.photo_background."""
+    out: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.source != "studio":
+            out.setdefault(s.identity, []).append(i)
+    return out
+
+
 @dataclass
 class LatentSpec:
     """What the data side needs to know of the model: sizes and the noise schedule length."""
@@ -142,6 +185,25 @@ def noise_and_timestep(seed: int, n: int, shape: tuple[int, ...], T: int) -> tup
     return torch.randn(shape, generator=g), t
 
 
+def photo_for(stream, n: int, s) -> torch.Tensor | None:
+    """Stream helper: the photo of `s`'s identity that studio sample n is drawn over (data.photo_background), or None."""
+    photos = stream.photos.get(s.identity)
+    if stream.photo_background <= 0 or s.source != "studio" or not photos:
+        return None
+    rng = rng_for(stream.seed, SALT_PHOTO, n)
+    if rng.random() >= stream.photo_background:
+        return None
+    return load_rgb(stream.samples[photos[int(rng.integers(len(photos)))]].rgb, stream.spec.image_size)
+
+
+def colour_for(stream, n: int) -> torch.Tensor | None:
+    """Stream helper: the colour matrix of sample n (data.colour_jitter), or None."""
+    if stream.colour_jitter <= 0:
+        return None
+    rng = rng_for(stream.seed, SALT_COLOUR, n)
+    return random_colour_matrix(rng) if rng.random() < stream.colour_jitter else None
+
+
 # ----------------------------------------------------------------------------- stages 1 and 2
 class ImageStream(torch.utils.data.Dataset):
     """Sample n of a run: target RGB + depth, a reference of the same identity, noise, timestep, keep.
@@ -155,12 +217,20 @@ class ImageStream(torch.utils.data.Dataset):
     probability `self_reference`, a stage-2 sample whose RGB is wholly kept (image → depth)
     takes its own image as the reference, as depth estimation does at inference: the
     reference then tells nothing the kept RGB does not.
+
+    Appearance (both off by default): with probability `photo_background` a studio target is drawn
+    over a photo of its identity, and so is its reference when that is a studio render too, so the
+    background is the reference's to copy; with probability `colour_jitter` one random colour
+    transform (random_colour_matrix) changes the target and its reference alike, so the colours are
+    the reference's to copy. Such samples are encoded afresh (`fresh`), never cached.
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
                  single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None, hflip: float = 0.0,
-                 self_reference: float = 0.0):
+                 self_reference: float = 0.0, photo_background: float = 0.0, colour_jitter: float = 0.0):
         self.samples, self.spec, self.seed, self.hflip = samples, spec, seed, hflip
+        self.photo_background, self.colour_jitter = photo_background, colour_jitter
+        self.photos = photos_by_identity(samples)
         self.self_reference = self_reference
         self.reference_dropout, self.mask_sampler = reference_dropout, mask_sampler
         by_id: dict[str, list[int]] = {}
@@ -187,6 +257,14 @@ class ImageStream(torch.utils.data.Dataset):
     def __len__(self) -> int:  # one epoch
         return len(self.pool)
 
+    def photo_for(self, n: int, s) -> torch.Tensor | None:
+        """The photo [3, S, S] that studio sample n (row `s`) is drawn over, or None."""
+        return photo_for(self, n, s)
+
+    def colour_for(self, n: int) -> torch.Tensor | None:
+        """The colour matrix of sample n, or None."""
+        return colour_for(self, n)
+
     def reference_of(self, n: int, i: int) -> tuple[int, bool]:
         """(reference index, mirrored) for sample n whose target is i."""
         others = [j for j in self.by_id[self.samples[i].identity] if j != i]
@@ -201,6 +279,9 @@ class ImageStream(torch.utils.data.Dataset):
         s = self.samples[i]
         flip = self.hflip > 0 and bool(rng_for(self.seed, SALT_FLIP, n).random() < self.hflip)
         rgb, depth = load_rgb(s.rgb, spec.image_size), load_depth_map(s.depth, spec.image_size)
+        photo = self.photo_for(n, s)
+        if photo is not None:
+            rgb = over_photo(rgb, depth, photo)
         if flip:
             rgb, depth = rgb.flip(-1), depth.flip(-1)
         masks = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size) if self.mask_sampler is not None else None
@@ -209,8 +290,13 @@ class ImageStream(torch.utils.data.Dataset):
             j, mirrored, ref = i, False, rgb  # image → depth: its own (possibly flipped) image, as at inference
         else:
             ref = load_rgb(self.samples[j].rgb, spec.image_size)
+            if photo is not None and self.samples[j].source == "studio":
+                ref = over_photo(ref, load_depth_map(self.samples[j].depth, spec.image_size), photo)
             if mirrored != flip:  # a single image's other "view" is its mirror image (never the target pixels); a flip mirrors it too
                 ref = ref.flip(-1)
+        colour = self.colour_for(n)
+        if colour is not None:
+            rgb, ref = apply_colour(rgb, colour), apply_colour(ref, colour)
         keep = bool(rng_for(self.seed, SALT_KEEP, n).random() >= self.reference_dropout)
         noise, t = noise_and_timestep(self.seed, n, (2 * spec.latent_channels, spec.latent_size, spec.latent_size),
                                       spec.num_train_timesteps)
@@ -220,6 +306,7 @@ class ImageStream(torch.utils.data.Dataset):
             "depth": depth,  # [1, S, S], 0 = invalid
             "reference": ref,  # [3, S, S]
             "keep": keep, "noise": noise, "timestep": t,
+            "fresh": photo is not None or colour is not None,  # RGB latents not to be cached
         }
         if masks is not None:
             item["m_rgb"], item["m_depth"] = masks
@@ -260,11 +347,16 @@ class ClipStream(torch.utils.data.Dataset):
     probability `first_clip_prob` they are the reference repeated instead, as for the first
     clip at inference. The reference is a frame of the same identity outside the window
     when there is one. Audio features are per frame [T, A] of the clip, windowed by k.
+    `photo_background` and `colour_jitter` act as in ImageStream, alike on every frame of the clip,
+    its motion frames and its reference.
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, frames: int, motion_frames: int,
-                 audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0):
+                 audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0,
+                 photo_background: float = 0.0, colour_jitter: float = 0.0):
         self.samples, self.spec, self.seed = samples, spec, seed
+        self.photo_background, self.colour_jitter = photo_background, colour_jitter
+        self.photos = photos_by_identity(samples)
         self.frames, self.motion_frames, self.window = frames, motion_frames, window
         self.first_clip_prob, self.reference_dropout = first_clip_prob, reference_dropout
         self.audio_features = audio_features  # callable: sample → per-frame features [T_clip, A] indexed by frame
@@ -293,11 +385,20 @@ class ClipStream(torch.utils.data.Dataset):
         window = set(run.indices[start - M:start + F_])
         others = [j for j in self.by_id[run.identity] if j not in window] or [j for j in run.indices if j not in target]
         ref_i = others[int(rng.integers(len(others)))]
-        reference = load_rgb(self.samples[ref_i].rgb, spec.image_size)
+        photo = photo_for(self, n, self.samples[target[0]])
+        colour = colour_for(self, n)
+
+        def frame(j: int) -> torch.Tensor:
+            x = load_rgb(self.samples[j].rgb, spec.image_size)
+            if photo is not None and self.samples[j].source == "studio":
+                x = over_photo(x, load_depth_map(self.samples[j].depth, spec.image_size), photo)
+            return x if colour is None else apply_colour(x, colour)
+
+        reference = frame(ref_i)
         if M and rng.random() < self.first_clip_prob:
             motion = reference[None].expand(M, -1, -1, -1).clone()
         else:
-            motion = torch.stack([load_rgb(self.samples[j].rgb, spec.image_size) for j in run.indices[start - M:start]]) \
+            motion = torch.stack([frame(j) for j in run.indices[start - M:start]]) \
                 if M else torch.zeros(0, 3, spec.image_size, spec.image_size)
         feats = self.audio_features(self.samples[target[0]])  # [T_clip, A], row f = frame f
         frame_ids = [self.samples[j].frame for j in target]
@@ -307,7 +408,7 @@ class ClipStream(torch.utils.data.Dataset):
                                       spec.num_train_timesteps)
         return {
             "n": n, "indices": torch.tensor(target), "ref_index": ref_i,
-            "rgb": torch.stack([load_rgb(self.samples[j].rgb, spec.image_size) for j in target]),  # [F, 3, S, S]
+            "rgb": torch.stack([frame(j) for j in target]),  # [F, 3, S, S]
             "depth": torch.stack([load_depth_map(self.samples[j].depth, spec.image_size) for j in target]),  # [F, 1, S, S]
             "reference": reference,  # [3, S, S]
             "motion": motion,  # [M, 3, S, S]

@@ -106,6 +106,9 @@ class Objective(nn.Module):
             return enc(x)
         out = []
         for xi, k in zip(x, keys):
+            if k is None:  # an augmented image: encoded afresh, alone (a latent does not depend on its batch)
+                out.append(enc(xi[None])[0])
+                continue
             key = (kind, k)
             if key not in self.cache:
                 self.cache[key] = enc(xi[None])[0]
@@ -178,8 +181,11 @@ class JointObjective(Objective):
         # 1. Latents of target RGB, target depth and reference (VAE, frozen)
         keys = [(int(i), bool(f)) for i, f in zip(batch["index"], batch["flipped"])]  # a mirrored sample has latents of its own
         ref_keys = [(int(j), bool(m) != bool(f)) for j, m, f in zip(batch["ref_index"], batch["mirrored"], batch["flipped"])]
-        z_rgb = self._encode("rgb", batch["rgb"], keys)  # [B, C, h, w]
+        fresh = [bool(x) for x in batch["fresh"]] if "fresh" in batch else [False] * len(keys)
         z_depth = self._encode("depth", batch["depth"], keys)  # [B, C, h, w]
+        keys = [None if f else k for k, f in zip(keys, fresh)]  # augmented RGB: not cached
+        ref_keys = [None if f else k for k, f in zip(ref_keys, fresh)]
+        z_rgb = self._encode("rgb", batch["rgb"], keys)  # [B, C, h, w]
         z_ref = self._encode("reference", batch["reference"], ref_keys)  # [B, C, h, w]
 
         # 2. Forward diffusion of both latents with independent noise (eqs. 3–4)

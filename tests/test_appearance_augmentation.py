@@ -1,0 +1,116 @@
+"""data.photo_background and data.colour_jitter: studio renders over their identity's photo, and one colour
+transform on a target, its reference and its motion frames alike (real prep-depth data of an example portrait)."""
+
+import numpy as np
+import pytest
+import torch
+
+from rgbdface.training.data import (ClipStream, ImageStream, LatentSpec, apply_colour, collate, colour_for, load_depth_map,
+                                    load_rgb, random_colour_matrix, read_samples)
+
+SPEC = LatentSpec(64, 4, 8, 1000)
+
+
+@pytest.fixture(scope="module")
+def clip_dataset(tmp_path_factory, examples_dir):
+    """obama.jpg at 64 px with 3 studio renders and one 1.2 s talking clip."""
+    from rgbdface.data.prep import PrepConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("data") / "obama"
+    summary = prepare_dataset([examples_dir / "obama.jpg"], root, PrepConfig(size=64, studio_views=3, talking_clips=1, clip_seconds=1.2))
+    assert not summary.failed
+    return root
+
+
+def test_colour_matrix_applies_alike_and_can_make_black_and_white():
+    rng = np.random.default_rng(0)
+    mats = [random_colour_matrix(rng) for _ in range(200)]
+    grey = [m for m in mats if torch.allclose(m[0], m[1]) and torch.allclose(m[1], m[2])]
+    assert 20 < len(grey) < 70  # GREY_PROB = 0.2
+    x = torch.rand(3, 4, 4) * 2 - 1
+    y = apply_colour(x, grey[0])
+    assert torch.allclose(y[0], y[1]) and torch.allclose(y[1], y[2])  # black and white
+    assert torch.equal(apply_colour(x, torch.eye(3)), x.clamp(-1, 1))  # the identity leaves colours alone
+    assert y.min() >= -1 and y.max() <= 1
+
+
+def test_studio_targets_and_references_over_the_identity_photo(clip_dataset):
+    samples = read_samples(clip_dataset)
+    photo_i = next(i for i, s in enumerate(samples) if s.source != "studio")
+    photo = load_rgb(samples[photo_i].rgb, 64)
+    on = ImageStream(samples, SPEC, 0, None, photo_background=1.0)
+    off = ImageStream(samples, SPEC, 0, None)
+    seen = 0
+    for n in range(12):
+        a, b = on[n], off[n]
+        s = samples[a["index"]]
+        assert a["index"] == b["index"] and a["ref_index"] == b["ref_index"]
+        if s.source != "studio":
+            assert torch.equal(a["rgb"], b["rgb"]) and not a["fresh"]  # the photo itself is left alone
+            continue
+        seen += 1
+        face = load_depth_map(s.depth, 64) > 0
+        assert torch.equal(a["rgb"][:, face[0]], b["rgb"][:, face[0]])  # the rendered face is kept
+        assert torch.equal(a["rgb"][:, ~face[0]], photo[:, ~face[0]])  # around it, the photo
+        assert a["fresh"] and torch.equal(a["depth"], b["depth"])
+        r = samples[a["ref_index"]]
+        if r.source == "studio":  # the reference shares the background
+            rface = load_depth_map(r.depth, 64)[0] > 0
+            assert torch.equal(a["reference"][:, ~rface], photo[:, ~rface])
+    assert seen > 3
+
+
+def test_colour_jitter_changes_target_and_reference_alike(clip_dataset):
+    samples = read_samples(clip_dataset)
+    on, off = ImageStream(samples, SPEC, 0, None, colour_jitter=1.0), ImageStream(samples, SPEC, 0, None)
+    for n in range(6):
+        a, b = on[n], off[n]
+        m = on.colour_for(n)
+        assert a["fresh"] and torch.equal(a["rgb"], apply_colour(b["rgb"], m)) and torch.equal(a["reference"], apply_colour(b["reference"], m))
+        assert torch.equal(a["depth"], b["depth"])
+    assert not torch.equal(on.colour_for(0), on.colour_for(1))  # a transform per sample
+
+
+def test_augmented_samples_are_not_cached(clip_dataset):
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.objectives import make_objective
+
+    model = build_tiny(image_size=64, seed=0)
+    samples = read_samples(clip_dataset)
+    cfg = resolve_config(1, "tiny", ["data.cache_latents=true", "data.colour_jitter=1.0"])
+    stream = ImageStream(samples, LatentSpec(64, 4, model.latent_size, 1000), 0, None, colour_jitter=1.0)
+    obj = make_objective(model, cfg)
+    with torch.no_grad():
+        loss, _ = obj(collate([stream[0], stream[1]]))
+    assert torch.isfinite(loss)
+    assert obj.cache and all(k[0] == "depth" for k in obj.cache)  # depth latents cached, jittered RGB never
+
+
+def test_clip_frames_motion_and_reference_share_background_and_colour(clip_dataset):
+    samples = read_samples(clip_dataset)
+
+    def feats(sample):
+        return np.zeros((100, 2), np.float32)
+
+    kw = dict(frames=4, motion_frames=2, audio_features=feats, window=3)
+    on = ClipStream(samples, SPEC, 0, photo_background=1.0, colour_jitter=1.0, **kw)
+    off = ClipStream(samples, SPEC, 0, **kw)
+    photo = load_rgb(next(s for s in samples if s.source != "studio").rgb, 64)
+    a, b = on[0], off[0]
+    m = colour_for(on, 0)
+    assert m is not None
+    for k, j in enumerate(a["indices"].tolist()):
+        face = load_depth_map(samples[j].depth, 64)[0] > 0
+        expected = apply_colour(torch.where(face, b["rgb"][k], photo), m)
+        assert torch.allclose(a["rgb"][k], expected)
+    # the background of every frame is the same photo through the same colour transform
+    bg = ~torch.stack([load_depth_map(samples[j].depth, 64)[0] > 0 for j in a["indices"].tolist()]).any(0)
+    assert torch.allclose(a["rgb"][:, :, bg], apply_colour(photo, m)[:, bg].expand(4, -1, -1))
+    # the reference and the motion frames too: outside every face of the clip, the same coloured photo
+    clip = samples[int(a["indices"][0])].clip
+    anywhere = torch.stack([load_depth_map(s.depth, 64)[0] > 0 for s in samples if s.clip == clip]).any(0)
+    ref = samples[a["ref_index"]]
+    anywhere |= load_depth_map(ref.depth, 64)[0] > 0 if ref.source == "studio" else False
+    for x in [a["reference"], *a["motion"]]:
+        assert torch.allclose(x[:, ~anywhere], apply_colour(photo, m)[:, ~anywhere])
