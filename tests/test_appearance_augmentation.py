@@ -114,3 +114,17 @@ def test_clip_frames_motion_and_reference_share_background_and_colour(clip_datas
     anywhere |= load_depth_map(ref.depth, 64)[0] > 0 if ref.source == "studio" else False
     for x in [a["reference"], *a["motion"]]:
         assert torch.allclose(x[:, ~anywhere], apply_colour(photo, m)[:, ~anywhere])
+
+
+def test_same_reference_makes_the_target_its_own_reference(clip_dataset):
+    samples = read_samples(clip_dataset)
+    on = ImageStream(samples, SPEC, 0, None, same_reference=0.5, colour_jitter=1.0, photo_background=1.0)
+    own = [on[n] for n in range(30)]
+    same = [it for it in own if it["ref_index"] == it["index"]]
+    assert 5 < len(same) < 25
+    assert all(torch.equal(it["reference"], it["rgb"]) for it in same)  # after the background and colour change
+    assert all(not torch.equal(it["reference"], it["rgb"]) for it in own if it["ref_index"] != it["index"])
+    from rgbdface.training.masks import MaskSampler
+
+    stage2 = ImageStream(samples, SPEC, 0, None, mask_sampler=MaskSampler(1.0, 0.0, 0.0, 0.0), same_reference=1.0)
+    assert all(stage2[n]["ref_index"] != stage2[n]["index"] for n in range(10))  # stage 1 only

@@ -29,7 +29,7 @@ from rgbdface.utils import InputError
 log = logging.getLogger("rgbdface.training")
 
 # Salts keep the independent draws for one sample apart.
-SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR = range(10)
+SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR, SALT_SAME = range(11)
 
 
 def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:
@@ -222,13 +222,17 @@ class ImageStream(torch.utils.data.Dataset):
     over a photo of its identity, and so is its reference when that is a studio render too, so the
     background is the reference's to copy; with probability `colour_jitter` one random colour
     transform (random_colour_matrix) changes the target and its reference alike, so the colours are
-    the reference's to copy. Such samples are encoded afresh (`fresh`), never cached.
+    the reference's to copy. Such samples are encoded afresh (`fresh`), never cached. With
+    probability `same_reference` (stage 1) the target is its own reference: copying it is then
+    the whole task, which teaches the ReferenceNet path to carry appearance at all.
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
                  single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None, hflip: float = 0.0,
-                 self_reference: float = 0.0, photo_background: float = 0.0, colour_jitter: float = 0.0):
+                 self_reference: float = 0.0, photo_background: float = 0.0, colour_jitter: float = 0.0,
+                 same_reference: float = 0.0):
         self.samples, self.spec, self.seed, self.hflip = samples, spec, seed, hflip
+        self.same_reference = same_reference
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.photos = photos_by_identity(samples)
         self.self_reference = self_reference
@@ -288,6 +292,8 @@ class ImageStream(torch.utils.data.Dataset):
         if (masks is not None and self.self_reference > 0 and not masks[0].any()
                 and rng_for(self.seed, SALT_SELF, n).random() < self.self_reference):
             j, mirrored, ref = i, False, rgb  # image → depth: its own (possibly flipped) image, as at inference
+        elif masks is None and self.same_reference > 0 and rng_for(self.seed, SALT_SAME, n).random() < self.same_reference:
+            j, mirrored, ref = i, False, rgb  # stage 1: the target is its own reference
         else:
             ref = load_rgb(self.samples[j].rgb, spec.image_size)
             if photo is not None and self.samples[j].source == "studio":
