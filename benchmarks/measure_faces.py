@@ -60,7 +60,7 @@ def score(*args: str) -> dict:
 def clip_ceiling(clip: Path) -> dict:
     """The talk measures of the rendered clip itself (its mouth follows its audio by construction)."""
     from rgbdface.data.io import load_depth, load_image
-    from rgbdface.data.video import read_wav
+    from rgbdface.data.audio import read_wav
     from rgbdface.metrics.generated import score_frames
 
     rgb = np.stack([load_image(p) for p in sorted(clip.glob("rgb_*"))])

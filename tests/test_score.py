@@ -171,7 +171,7 @@ def test_score_cli_talk_frames(tmp_path, portrait_path):
         save_image(frames / f"{i:06d}.png", uniform((v, v, v)))
         save_depth16(depth / f"{i:06d}.png", face_depth(1100.0 if i % 2 else None).astype(np.uint16))
     wav = tmp_path / "s.wav"
-    from rgbdface.data.video import write_wav
+    from rgbdface.data.audio import write_wav
 
     write_wav(wav, np.concatenate([a * np.where(np.arange(640) % 2, 1.0, -1.0) for a in (0.05, 0.8, 0.05, 0.8)]).astype(np.float32))
     r = runner.invoke(app, ["score", str(frames), "-r", str(portrait_path), "--audio", str(wav), "--depth-frames", str(depth),

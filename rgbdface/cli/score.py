@@ -85,7 +85,7 @@ def score_command(
     depth = _depth(depth_frames) if depth_frames is not None else None
     wave = None
     if kind == "talk" and (depth is not None) and (audio is not None or is_video):
-        from rgbdface.models.audio import load_audio
+        from rgbdface.data.audio import load_audio
 
         wave = load_audio(audio or result)
     log(f"scoring {len(frames)} {'frames' if kind == 'talk' else 'samples'} of {result}", quiet)
