@@ -4,9 +4,10 @@ transform on a target, its reference and its motion frames alike (real prep-dept
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate as collate
 
-from rgbdface.training.data import (ClipStream, ImageStream, LatentSpec, apply_colour, collate, colour_for, load_depth_map,
-                                    load_rgb, random_colour_matrix, read_samples)
+from rgbdface.training.data import (ClipStream, ImageStream, LatentSpec, apply_colour, colour_for, load_depth_map, load_rgb,
+                                    random_colour_matrix, read_samples)
 
 SPEC = LatentSpec(64, 4, 8, 1000)
 
