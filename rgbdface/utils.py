@@ -55,6 +55,7 @@ def _read_umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file here (mkstemp gives 0600)
+DIR_MODE = 0o777 & ~_read_umask()  # what mkdir() would give a new folder here (mkdtemp gives 0700)
 
 
 @contextlib.contextmanager
@@ -161,6 +162,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
         if path.exists():

@@ -54,21 +54,34 @@ def test_prep_depth_leaves_no_orphan_samples_when_writes_fail(portrait_path, tmp
     assert summary.done == 1 and summary.samples == 3
 
 
-def test_sigterm_during_talk_removes_temporary_videos_and_frame_folders(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def talk_inputs(tmp_path_factory):
+    """A tiny stage-3 model folder and 0.9 s of speech-like audio."""
     from motion_helpers import speech_like, tiny_motion_model, write_wav
 
+    folder = tmp_path_factory.mktemp("talk")
+    tiny_motion_model().save_pretrained(folder / "tiny3")
+    return folder / "tiny3", write_wav(folder / "speech.wav", speech_like(0.9))
+
+
+def test_talk_on_a_full_disk_leaves_no_video_and_no_frames(talk_inputs, portrait_path, tmp_path):
+    model_dir, speech = talk_inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    with file_size_limit(6000):  # frames (~3 KB each) can be written, the video (~20 KB with its audio) cannot
+        r = runner.invoke(app, ["talk", str(portrait_path), str(speech), "-o", str(out / "t.mp4"), "--rgb-frames", str(out / "rgb"),
+                                "--steps", "1", "--model", str(model_dir), "-q"])
+    assert r.exit_code == 1, r.output  # not a truncated video with exit 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(out / "t.mp4") in lines[0] and "ffmpeg could not finish" in lines[0], r.stderr
+    assert sorted(out.iterdir()) == []  # the frames did not appear without the video
+
+
+def test_sigterm_during_talk_removes_temporary_videos_and_frame_folders(talk_inputs, portrait_path, tmp_path, monkeypatch):
     import rgbdface.pipelines.talk as talk_module
 
-    model_dir = tmp_path / "tiny3"
-    tiny_motion_model().save_pretrained(model_dir)
-    speech = write_wav(tmp_path / "speech.wav", speech_like(0.9))
-    portrait = tmp_path / "me.png"
-    import imageio.v3 as iio
-
-    from rgbdface.data.io import load_image
-    from tests_helpers import two_faces  # noqa: F401  (keeps the helper module importable here)
-
-    iio.imwrite(portrait, load_image(talk_module.Path(__file__).resolve().parent.parent / "examples" / "astronaut.jpg"))
+    model_dir, speech = talk_inputs
+    portrait = portrait_path
     out = tmp_path / "out"
     out.mkdir()
     calls = []

@@ -82,6 +82,15 @@ def smooth_boxes(boxes: list[tuple[float, float, float, float] | None], sigma: f
     return [(float(a - s / 2), float(b - s / 2), float(a + s / 2), float(b + s / 2)) for a, b, s in zip(cx, cy, side)]
 
 
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 class VideoWriter:
     """uint8 RGB frames [H, W, 3] → an H.264 (yuv420p) video at `fps`, optionally with an audio track.
 
@@ -93,11 +102,13 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: int = 25, audio: str | Path | None = None,
-                 audio_seconds: float | None = None, crf: int = 18):
+                 audio_seconds: float | None = None, crf: int = 18, name: str | Path | None = None):
         self.path, self.fps, self.audio, self.audio_seconds, self.crf = Path(path), fps, audio, audio_seconds, crf
+        self.name = name or self.path  # how messages name the video (the target of a temporary path)
         self.size: tuple[int, int] | None = None  # (H, W)
         self.frames = 0
         self._gen = None
+        self._proc = None  # the ffmpeg process
 
     def _start(self, h: int, w: int) -> None:
         import imageio_ffmpeg
@@ -109,6 +120,8 @@ class VideoWriter:
             str(self.path), (w, h), fps=self.fps, codec="libx264", quality=None, macro_block_size=1, ffmpeg_log_level="error",
             output_params=params, audio_path=str(self.audio) if exists(self.audio) else None, audio_codec="aac")
         self._gen.send(None)
+        # write_frames does not check how ffmpeg ended: keep its process to read the exit status at close
+        self._proc = self._gen.gi_frame.f_locals.get("p") if self._gen.gi_frame is not None else None
         self.size = (h, w)
 
     def write(self, frame: np.ndarray) -> None:
@@ -123,7 +136,7 @@ class VideoWriter:
             self._gen.send(frame)
         except OSError:  # ffmpeg has exited (its own message is on stderr)
             self._gen = None
-            raise InputError(f"{self.path}: ffmpeg stopped while writing the video; check the disk and the path") from None
+            raise InputError(f"{self.name}: ffmpeg stopped while writing the video; check the free space and the path") from None
         self.frames += 1
 
     def close(self) -> None:
@@ -132,8 +145,10 @@ class VideoWriter:
             raise ValueError(f"{self.path}: no frames were written")
         self._gen.close()  # waits for ffmpeg to finish the file
         self._gen = None
-        if not self.path.is_file() or self.path.stat().st_size == 0:
-            raise InputError(f"{self.path}: ffmpeg could not write the video; check the disk and the path")
+        status = self._proc.poll() if self._proc is not None else 0
+        if status != 0 or not self.path.is_file() or self.path.stat().st_size == 0:  # e.g. a full disk: a truncated file
+            how = f"stopped by {_signal_name(-status)}" if status and status < 0 else f"exit status {status}"
+            raise InputError(f"{self.name}: ffmpeg could not finish the video ({how}); check the free space and the path")
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -72,13 +72,14 @@ class VideoOutputs:
         from rgbdface.data.video import VideoWriter
 
         with contextlib.ExitStack() as stack:  # a failure while opening undoes what was opened
-            # Temporary paths, renamed only after the last frame (LIFO: writers close before the renames).
-            def video(path):
-                return stack.enter_context(VideoWriter(stack.enter_context(atomic_path(path)), self.fps, self.audio, self.seconds))
-
-            self._videos = [video(self.output)] + ([video(self.depth_video)] if exists(self.depth_video) else [])
+            # Every output at a temporary path first, the video writers last: on exit (LIFO) every writer is
+            # closed (ffmpeg finishes, or fails on a full disk) before any output is renamed into place.
+            videos = [p for p in (self.output, self.depth_video) if exists(p)]
+            temporary = [stack.enter_context(atomic_path(p)) for p in videos]
             self._rgb_dir, self._depth_dir, self._mesh_dir = (
                 stack.enter_context(atomic_dir(p)) if exists(p) else None for p in (self.rgb_frames, self.depth_frames, self.mesh_frames))
+            self._videos = [stack.enter_context(VideoWriter(tmp, self.fps, self.audio, self.seconds, name=path))
+                            for tmp, path in zip(temporary, videos)]
             self._stack = stack.pop_all()
         return self
 
