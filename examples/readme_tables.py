@@ -4,8 +4,8 @@
     python examples/readme_tables.py WORKDIR --check    # only say whether the README is up to date
 
 WORKDIR is the work folder of `examples/train_bundled_model.sh` (its data/ and heldout/ datasets);
-the cross-validation table also needs `examples/crossval_identities.sh WORKDIR` to have run (its
-WORKDIR/crossval/NAME-no-flip.json files; without them that table is left as it is).
+the cross-validation table's fold rows need `examples/crossval_identities.sh WORKDIR` to have run (its
+WORKDIR/crossval/NAME-no-flip.json files; without them only its held-out row is rewritten).
 
 The held-out table runs `rgbdface eval --data WORKDIR/heldout --method model --method mesh --method
 plane --method mean-face:WORKDIR/data --format json` on the bundled model (saved as
@@ -52,25 +52,33 @@ def heldout_table(reports: dict) -> str:
     return "\n".join(rows)
 
 
-def crossval_table(folder: Path, heldout: dict) -> str | None:
-    """One row per held-out training identity (its crossval JSON), then the bundled model's held-out row."""
+def _pick(reports: dict, prefix: str) -> dict:
+    return next(v for k, v in reports.items() if k.startswith(prefix))
+
+
+def _row(name: str, reports: dict) -> str:
+    model, mean, plane = _pick(reports, "model"), _pick(reports, "mean-face"), reports["plane"]
+    return f"| {name} | {model['n_images']} | **{_mm(model):.2f}** | {_mm(mean):.2f} | {_mm(plane):.2f} |"
+
+
+def crossval_table(folder: Path, heldout: dict, current: str | None = None) -> str | None:
+    """One row per held-out training identity (its crossval JSON), then the bundled model's held-out row.
+
+    Without fold JSONs, the `current` table (the README's) keeps its fold rows and gets the held-out row anew."""
     files = sorted(folder.glob("*-no-flip.json"))
+    obama = _row("obama (the bundled model, above)", heldout)
     if not files:
-        return None
+        if current is None:
+            return None
+        return "\n".join(obama if line.startswith("| obama") else line for line in current.splitlines())
     rows = ["| held out | images | model | mean face of the other three | constant plane |", "|---|---:|---:|---:|---:|"]
+    rows += [_row(f.name[: -len("-no-flip.json")], json.loads(f.read_text())) for f in files]
+    return "\n".join(rows + [obama])
 
-    def pick(reports, prefix):
-        return next(v for k, v in reports.items() if k.startswith(prefix))
 
-    for f in files:
-        reports = json.loads(f.read_text())
-        model, mean, plane = pick(reports, "model"), pick(reports, "mean-face"), reports["plane"]
-        rows.append(f"| {f.name[: -len('-no-flip.json')]} | {model['n_images']} | **{_mm(model):.2f}** | {_mm(mean):.2f} | "
-                    f"{_mm(plane):.2f} |")
-    model, mean, plane = pick(heldout, "model"), pick(heldout, "mean-face"), heldout["plane"]
-    rows.append(f"| obama (the bundled model, above) | {model['n_images']} | **{_mm(model):.2f}** | {_mm(mean):.2f} | "
-                f"{_mm(plane):.2f} |")
-    return "\n".join(rows)
+def current_block(text: str, name: str) -> str | None:
+    m = re.search(rf"<!-- table:{name} -->\n(.*?)\n<!-- /table -->", text, re.S)
+    return m.group(1) if m else None
 
 
 def replace_block(text: str, name: str, table: str) -> str:
@@ -89,7 +97,7 @@ def main() -> None:
     heldout = json.loads((args.workdir / "heldout.json").read_text()) if args.from_json else run_eval(args.workdir)
     text = README.read_text()
     new = replace_block(text, "heldout", heldout_table(heldout))
-    cross = crossval_table(args.workdir / "crossval", heldout)
+    cross = crossval_table(args.workdir / "crossval", heldout, current_block(text, "crossval"))
     if cross is not None:
         new = replace_block(new, "crossval", cross)
     if args.check:
@@ -97,7 +105,7 @@ def main() -> None:
         raise SystemExit(0 if new == text else 1)
     README.write_text(new)
     print(heldout_table(heldout) + ("\n\n" + cross if cross else ""))
-    print(f"README.md: held-out table{' and cross-validation table' if cross else ''} written from eval's output", file=sys.stderr)
+    print("README.md: held-out table and the cross-validation table's rows written from eval's output", file=sys.stderr)
 
 
 if __name__ == "__main__":

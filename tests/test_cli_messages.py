@@ -124,3 +124,10 @@ def test_a_single_input_write_error_is_printed_once(monkeypatch, tmp_path, portr
     assert r.exit_code == 1
     assert error_lines(r.stderr) == [f"rgbdface: error: {portrait_path}: {out}: no space left on the device; free some space "
                                      "or choose another location"]
+
+
+@pytest.mark.parametrize("command", ["generate", "estimate-depth", "depth2img", "relight", "talk"])
+def test_generating_commands_state_their_output_size_in_help(command):
+    r = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    assert "Output size:" in r.stdout and ("64 x 64 px" in r.stdout or "image's own" in r.stdout), r.stdout

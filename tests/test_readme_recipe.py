@@ -58,11 +58,20 @@ def test_readme_recipe_end_to_end(tmp_path, monkeypatch, caplog):
     assert {"estimate-depth", "generate", "depth2img", "relight", "talk", "eval"} <= inference
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").symlink_to(ROOT / "examples")
+    logs = {}
     for command in train + use:
         small = shrink(command)
         r = run(small)
         assert r.exit_code == 0, f"{small}\n{r.output}"
         assert "Traceback" not in r.output
+        logs[command.split()[1]] = r.stderr
+    # every generating command states its output size in its log (the recipe's model works at 64 px)
+    assert "samples of 64x64 px (the model's size)" in logs["generate"]
+    assert "frames of 64x64 px (the model's size)" in logs["talk"]
+    assert "at the model's 64x64 px" in logs["depth2img"] and "(512x512)" in logs["depth2img"]
+    assert "a full-frame depth map" in logs["depth2img"]  # estimate-depth's map of another photo, cropped around its face
+    assert "each at its own size (the face estimated at the model's 64 px)" in logs["estimate-depth"]
+    assert "(448x560, the image's size)" in logs["relight"]
     # a trained codec: no warning about an untrained one
     assert "untrained latent codec" not in caplog.text
     model = json.loads((tmp_path / "runs/s3/model/rgbdface.json").read_text())

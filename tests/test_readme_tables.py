@@ -38,6 +38,11 @@ def test_tables_come_from_eval_json_in_mm(portrait_dataset, tmp_path):
     (folder / "biden-no-flip.json").write_text(json.dumps(fold))
     cross = t.crossval_table(folder, fold)
     assert cross.splitlines()[2].startswith("| biden | 3 | **") and cross.splitlines()[3].startswith("| obama")
+    # without fold results, the README's fold rows stay and the held-out (obama) row is rewritten
+    current = "| held out | x |\n|---|\n| astronaut | 380 | **9.38** | 12.30 | 16.97 |\n| obama (old) | 32 | **1.00** | 2.00 | 3.00 |"
+    kept = t.crossval_table(tmp_path / "none", fold, current).splitlines()
+    assert kept[2] == "| astronaut | 380 | **9.38** | 12.30 | 16.97 |"
+    assert kept[3] == f"| obama (the bundled model, above) | 3 | **{reports['mesh']['rmse']:.2f}** | {reports['plane']['rmse']:.2f} | {reports['plane']['rmse']:.2f} |"
     # eval in the ground truth's units is refused, never silently converted
     gt_units = json.loads(CliRunner().invoke(app, ["eval", "--data", str(portrait_dataset), "--method", "plane", "--source", "all",
                                                    "--units", "gt", "--format", "json"]).stdout)

@@ -36,7 +36,7 @@ def depth2img_command(
 
     The stage-2 model generates the RGB latent with the depth latent known (m_rgb = 1, m_depth = 0); the ReferenceNet carries the identity. DEPTH is a 16-bit PNG or .npy, larger = farther, 0 = no depth, in any units (normalised per image by its 2%/98% quantiles, as in training), e.g. from estimate-depth, prep-depth or generate. Depth maps are cropped and resized by normalised interpolation, so pixels without depth never blend into pixels with depth.
 
-    Output size: the model generates at its own size (rgbdface.json's image_size; the bundled model: 64 x 64) and the result is resized to the face crop's: 512 x 512, or a face-crop DEPTH's own size; region mode writes the image's size. The log states both.
+    Output size: the model generates at its own size (rgbdface.json's image_size; the bundled model: 64 x 64 px) and the result is resized to the face crop's: 512 x 512, or a face-crop DEPTH's own size; region mode writes the image's size. The log states both.
 
     Full mode (--reference): DEPTH of the reference's size is a full-frame depth of the reference's framing; it is cropped with the reference's face box and the output is that 512 x 512 face crop. A DEPTH of another size framed like a face crop (the face about 40% of its width, centred: from generate or prep-depth) is used as it is and the output has its size. Any other DEPTH is a full frame of another photo (e.g. from estimate-depth): it is cropped around its depth pixels with the model's framing (the log says so) and the output is a 512 x 512 face crop.
 

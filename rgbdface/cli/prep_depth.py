@@ -15,7 +15,7 @@ from rgbdface.cli.options import JsonOpt, OverwriteOpt, QuietOpt, ShardOpt
 def prep_depth(
     inputs: Annotated[list[str], typer.Argument(help="Images, videos, folders (recursive), globs, or '-' for paths on stdin.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write (created if needed).")],
-    size: Annotated[int, typer.Option("--size", help="Side of the square face crop in pixels (an existing dataset keeps the size it was made with).")] = 512,
+    size: Annotated[int, typer.Option("--size", help="Side of the square face crop in pixels; adding to an existing dataset needs the size it was made with (another is a usage error, exit 2).")] = 512,
     margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin on each side, in face-box sizes (default 0.6); recorded in dataset.json, and models trained on the dataset crop their inputs with it. An existing dataset keeps its margin.")] = None,
     studio_views: Annotated[int, typer.Option("--studio-views", help="Studio-like renders with exact depth per fitted portrait (new pose, jaw, light, background).")] = 0,
     studio_mix: Annotated[int, typer.Option("--studio-mix", help="Studio-like renders of mixed identities: for each ordered pair of fitted portraits of different identities, the face shape of one under the skin of the other, with a skin tone of its own (and each portrait under a new skin tone); identity 'SHAPE+TEXTURE'. Mixes every portrait in the dataset; after sharded runs, run once more unsharded.")] = 0,

@@ -66,6 +66,8 @@ def relight_command(
 
     The depth (given, or estimated with the stage-2 model) is smoothed at the image's resolution, guided by the image, into a surface; with --region head it is extended to the hair, ears and neck. Normals come from it under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the face's width. The photo's shading is a second-order spherical-harmonic fit of its luminance over the face; relit = image * new shading / that shading, in linear light, faded in over --feather pixels from the region's outline. Outside the region the image is unchanged. Outputs are written only when everything has succeeded.
 
+    Output size: the image's own (only an estimated depth is made at the model's size, 64 x 64 px for the bundled model, and resized onto the face).
+
     --json adds: lights (their count), relit_pixels (inside the region), feather (pixels), depth ('given' or 'estimated'), frames (with --orbit).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_image
@@ -148,7 +150,7 @@ def relight_command(
     report().wrote(*([output] if orbit is not None else []), *layers)
     relit = int(result.region.sum())
     report().add(lights=len(lights), relit_pixels=relit, feather=round(result.feather, 2), depth="given" if depth is not None else "estimated")
-    log(f"relit {image} with {len(lights) or 'an orbiting'} light(s){' and an environment' if env is not None else ''} over {relit} pixels → {output}", quiet)
+    log(f"relit {image} with {len(lights) or 'an orbiting'} light(s){' and an environment' if env is not None else ''} over {relit} pixels → {output} ({rgb.shape[1]}x{rgb.shape[0]}, the image's size)", quiet)
 
 
 def load_environment(path: Path, intensity: float = 1.0) -> "np.ndarray":

@@ -62,7 +62,7 @@ class PrepConfig:
     fps: float = 25.0  # video frame rate
     rgb_format: str = "jpg"  # "jpg" (quality 95) or "png"
     identity_from: str = "stem"  # "stem": the file name; "parent": its folder's name
-    seed: int = 0  # studio views are drawn from (seed, input)
+    seed: int = 0  # studio views and talking clips are drawn from (seed, the input's name), wherever the input lies
     threads: int = 1  # background threads that rasterise, encode and write while MediaPipe runs (1 beats 2 on 2 cores: benchmarks/)
 
     def check(self) -> None:
@@ -209,6 +209,12 @@ def _rows_of(future: Future, **row) -> Callable[[], dict]:
     return lambda: _row(future.result(), **row)
 
 
+def seed_name(key: str) -> str:
+    """What an input's studio views and talking clips are drawn from: its key without the hash of its full
+    path (`input_key`), so that a dataset made in another folder, or from another clone, is the same."""
+    return key.rsplit("-", 1)[0]
+
+
 def _rng(cfg: PrepConfig, *parts) -> np.random.Generator:
     return np.random.default_rng(int(hashlib.sha1(":".join(map(str, (cfg.seed, *parts))).encode()).hexdigest()[:8], 16))
 
@@ -220,7 +226,7 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
 
     rows = []
     vertices = landmarks_to_camera(crop.landmarks, Camera.for_crop(cfg.size))
-    rng = _rng(cfg, key)
+    rng = _rng(cfg, seed_name(key))
     clip = f"{key}-studio"
     for k in range(cfg.studio_views):
         view = random_view(rng)
@@ -228,7 +234,7 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
         rows.append(_rows_of(f, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict()))
     for c in range(cfg.talking_clips):
         clip = f"{key}-talk{c}"
-        plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, key, "talk", c))
+        plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, seed_name(key), "talk", c))
         audio_rel, features_rel = f"{clip}/audio.wav", None
         writer.submit(write_wav, root / audio_rel, plan.audio, plan.sample_rate)
         if exists(cfg.wav2vec):
