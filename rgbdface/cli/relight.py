@@ -228,14 +228,14 @@ def _write_all(layers: dict[Path, "np.ndarray"], video: tuple[Path, Iterable["np
     writers = {path: (lambda tmp, img=img: save_image(tmp, img)) for path, img in layers.items()}
     if video is not None:
         path, frames = video
-        writers[path] = lambda tmp: _write_video(tmp, frames)
+        writers[path] = lambda tmp: _write_video(tmp, frames, name=path)
     write_together(writers)
 
 
-def _write_video(path: Path, frames: Iterable["np.ndarray"]) -> None:
+def _write_video(path: Path, frames: Iterable["np.ndarray"], name: Path | None = None) -> None:
     from rgbdface.data.video import VideoWriter
 
-    with VideoWriter(path, fps=ORBIT_FPS) as writer:
+    with VideoWriter(path, fps=ORBIT_FPS, name=name) as writer:  # messages name the target, not the temporary file
         for frame in frames:
             writer.write(frame)
 
