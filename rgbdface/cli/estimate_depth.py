@@ -18,7 +18,7 @@ from rgbdface.utils import InputError, check_input_file
 
 # Shared with `relight`, which estimates depth when it is not given one.
 EnsembleOpt = Annotated[int, typer.Option("--ensemble", "-e", min=1, help="Ensemble size: N samples per image (seeds drawn from --seed), aligned by least-squares scale/shift and combined by their median.")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per model batch; results agree across batch sizes within 1 unit of 65535 (floating-point rounding). Default: 8 on CUDA, 1 on the CPU.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per model batch; results differ across batch sizes only by floating-point rounding (on the CPU within 1 unit of 65535). Default: 8 on CUDA, 1 on the CPU.")]
 
 
 @handle_errors
@@ -58,7 +58,7 @@ def estimate_depth_command(
 
     Outputs: every output path of the run is planned before any work. Two inputs that would write the same file (a.jpg and a.png; a_preview.jpg's depth and a.jpg's preview), an output that is an input, or an output location that cannot be written (-o naming a folder for a file, or a file for a folder) stop the run before a model is loaded (exit 2 for collisions, 1 for locations). A folder search never descends into the -o folder. Each depth PNG records the options that made it (a PNG text chunk, 'rgbdface').
 
-    Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; skipped outputs made with other options are counted and the option named. A depth file named by -o is redone when it was made with other options. --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together with the same noise as alone, so an image's depth depends on its batch only through floating-point rounding of batched kernels: maps from different batch sizes agree within 1 unit of 65535 (the same face region). A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
+    Batches and clusters: outputs that exist are skipped (--overwrite redoes them), so an interrupted run resumes; skipped outputs made with other options are counted and the option named. A depth file named by -o is redone when it was made with other options. --shard i/n (or RANK/WORLD_SIZE) takes every n-th input from the i-th; --batch-size images go through the model together with the same noise as alone, so an image's depth depends on its batch only through floating-point rounding of batched kernels: on the CPU (float32) maps from different batch sizes agree within 1 unit of 65535, with the same face region; under CUDA's fp16 autocast the rounding is coarser. A progress bar with ETA goes to stderr. A bad input (unreadable, no face, a face too small) is reported by name and the rest are done; the exit status is then 1. A model without stage 2 is an error before anything is written. On CUDA the model runs under fp16 autocast.
 
     --json: `written` lists every file written, `skipped` the inputs whose outputs existed, `failed` the bad inputs; it adds images (inputs estimated in this run), shard, and estimate_seconds (model loading and estimation, without writing).
     """
