@@ -19,6 +19,25 @@ class UsageError(InputError):
     """A command line that cannot work as given (options that conflict or are missing); commands exit 2."""
 
 
+def launcher_rank() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) as a launcher (torchrun, accelerate launch, a cluster script) set them, or None.
+
+    A usage error if only one is set, or they are not whole numbers with 0 <= RANK < WORLD_SIZE.
+    """
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world is None:
+        return None
+    where = f"RANK={rank} WORLD_SIZE={world} (from the environment)"
+    try:
+        r, w = int(rank), int(world)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: a launcher sets both, as whole numbers with 0 <= RANK < WORLD_SIZE; "
+                         "fix or unset them") from None
+    if w < 1 or not 0 <= r < w:
+        raise UsageError(f"{where}: need 0 <= RANK < WORLD_SIZE; fix or unset them")
+    return r, w
+
+
 def check_input_file(path: str | os.PathLike, kind: str = "file") -> Path:
     """`path` if it names an existing regular file, else the one-line error a command prints; cheap enough
     to run on every input before the heavy libraries are imported. A FIFO or device is refused without

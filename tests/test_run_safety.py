@@ -4,6 +4,8 @@ torn logs, leftovers of killed runs, two trainers on one folder, launcher variab
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,147 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(data, tmp_path
     assert not (run / "model").exists()
     rows = log_rows(run)
     assert rows[0]["step"] == 1 and rows[-1] == {"event": "diverged", "step": 2, "why": "the loss is nan"}
+
+
+# ----------------------------------------------------------------------------- resume, overwrite, leftovers, locks
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory) -> Path:
+    """A finished 3-step run with a checkpoint at every step (all kept)."""
+    run = tmp_path_factory.mktemp("safety") / "finished"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "3",
+                            "--set", "log.checkpoint_every=1", "--set", "log.keep_checkpoints=0", *FAST])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, to)
+    return to
+
+
+def step_names(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "garbage_state", "no_optimizer"])
+def test_resume_falls_back_to_the_newest_whole_checkpoint(finished, damage, tmp_path, data, caplog):
+    run = copy_run(finished, tmp_path / "run")
+    newest = run / "checkpoints" / "step-00000003"
+    if damage == "truncated_weights":
+        f = newest / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "garbage_state":
+        (newest / "state.json").write_text('{"step": 3, "micro')
+    else:
+        (newest / "optimizer.safetensors").unlink()
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a line torn by a kill
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32",
+                            "--resume", "--max-steps", "4", "--set", "log.sample_every=0", "--set", "log.log_every=1"])
+    assert r.exit_code == 0, r.output
+    assert f"{run}/checkpoints/step-00000003 is damaged" in caplog.text
+    assert f"resuming from {run}/checkpoints/step-00000002 instead" in caplog.text
+    assert "damaged-step-00000003" in step_names(run) and "step-00000004" in step_names(run)
+    rows = log_rows(run)  # the torn line is gone; steps 3 and 4 are written again
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4]
+
+
+def test_resume_with_no_whole_checkpoint_says_so(finished, tmp_path, data):
+    run = copy_run(finished, tmp_path / "run")
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / "config.json").write_text("{")
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--resume", *FAST])
+    assert r.exit_code == 1, r.output
+    assert "step-00000003: damaged (config.json is not valid JSON) and no older checkpoint is whole; pass --overwrite" in one_line_error(r)
+
+
+def test_overwrite_trains_a_finished_run_again(finished, tmp_path, data):
+    run = copy_run(finished, tmp_path / "run")
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "2", *FAST])
+    assert r.exit_code == 1 and "--overwrite to train again from the start" in one_line_error(r)
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "2", "--overwrite",
+                            "--set", "log.checkpoint_every=0", *FAST])
+    assert r.exit_code == 0, r.output
+    assert step_names(run) == ["step-00000002"]  # the earlier run's checkpoints are gone
+    assert [row.get("step") for row in log_rows(run)] == [1, 2, 2]  # its log too: two steps and "done"
+    assert json.loads((run / "model" / "rgbdface.json").read_text())["extra"]["stage1"]["steps"] == 2
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--resume", "--overwrite", *FAST])
+    assert r.exit_code == 2 and "pass one" in one_line_error(r)
+
+
+def test_leftovers_of_killed_runs_are_swept(finished, tmp_path, data, caplog):
+    caplog.set_level(logging.INFO, logger="rgbdface.training")
+    run = copy_run(finished, tmp_path / "run")
+    ckpts = run / "checkpoints"
+    # kill -9 during the final model save, during a checkpoint write, during pruning, during a log-file write
+    (run / ".model.x1y2.tmp" / "unet").mkdir(parents=True)
+    (run / ".model.x1y2.tmp" / "unet" / "w.safetensors").write_bytes(b"x" * 100)
+    (ckpts / ".step-00000004.tmp" / "model").mkdir(parents=True)
+    (ckpts / ".step-00000001.trash").mkdir()
+    (ckpts / "step-00000001" / "state.json").unlink()  # pruning got this far
+    (run / ".config.abc.tmp.json").write_text("{")
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--resume", "--max-steps", "4",
+                            "--set", "log.keep_checkpoints=2", "--set", "log.sample_every=0"])
+    assert r.exit_code == 0, r.output
+    assert "removed 5 leftovers of an interrupted run" in caplog.text
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.json", "log.jsonl", "model"]
+    assert step_names(run) == ["step-00000003", "step-00000004"]  # pruned to 2, nothing else left
+
+
+def test_a_kill_between_the_renames_of_a_model_save_restores_the_model(finished, tmp_path, data):
+    run = copy_run(finished, tmp_path / "run")
+    (run / "model").rename(run / ".model.old")
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "1", *FAST])
+    assert r.exit_code == 1 and "holds checkpoints" in one_line_error(r)
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--resume", "--max-steps", "3", *FAST])
+    assert r.exit_code == 0, r.output
+    assert (run / "model" / "rgbdface.json").is_file() and not (run / ".model.old").exists()
+
+
+def test_a_second_trainer_on_the_same_run_folder_stops(data, tmp_path):
+    from rgbdface.training.state import lock_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    held = lock_run(run)  # as a running trainer holds it (flock: per open file, so this process counts as another)
+    try:
+        r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "1", *FAST])
+        assert r.exit_code == 1, r.output
+        assert f"another training process (pid {os.getpid()}) is using this run folder" in one_line_error(r)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
+    finally:
+        held.close()
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "1", *FAST])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({"RANK": "5", "WORLD_SIZE": "3"}, "RANK=5 WORLD_SIZE=3 (from the environment): need 0 <= RANK < WORLD_SIZE"),
+    ({"RANK": "1", "WORLD_SIZE": "2"}, "RANK=1 WORLD_SIZE=2 are set, but no launcher started this process"),
+    ({"RANK": "0"}, "RANK=0 WORLD_SIZE=None (from the environment): a launcher sets both"),
+])
+def test_launcher_variables_without_a_launcher(data, env, expect, tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "1", *FAST])
+    assert r.exit_code == 2, r.output
+    assert expect in one_line_error(r)
+    assert not run.exists()
+
+
+def test_shard_from_the_environment_is_not_blamed_on_shard(monkeypatch):
+    from rgbdface.cli.common import parse_shard
+    from rgbdface.utils import UsageError
+
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UsageError) as e:
+        parse_shard(None)
+    assert "--shard" not in str(e.value) and "RANK=5 WORLD_SIZE=3 (from the environment)" in str(e.value)
+    monkeypatch.setenv("RANK", "2")
+    assert parse_shard(None) == (2, 3)

@@ -246,11 +246,9 @@ def resolve_device(device: str = "auto") -> str:
 def parse_shard(shard: str | None) -> tuple[int, int]:
     """'i/n' → (i, n); without it, RANK/WORLD_SIZE from a launcher, else (0, 1)."""
     if shard is None:
-        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-        if rank is not None and world is not None:
-            shard = f"{rank}/{world}"
-        else:
-            return 0, 1
+        from rgbdface.utils import launcher_rank
+
+        return launcher_rank() or (0, 1)
     try:
         i, n = (int(v) for v in shard.split("/"))
     except ValueError:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from rgbdface.cli.common import log, report
-from rgbdface.utils import UsageError
+from rgbdface.utils import UsageError, launcher_rank
 
 DatasetArg = Annotated[Path, typer.Argument(help="Dataset folder made by `rgbdface prep-depth` (dataset.json + manifest).", show_default=False)]
 RunDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Run folder: config.json, log.jsonl, samples/, checkpoints/, and the trained model/ at the end.")]
@@ -17,7 +17,7 @@ ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Recipe
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config value, e.g. --set optim.lr=1e-4 (repeatable; see `--show-config`).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Optimizer steps in total (same as --set optim.max_steps=N).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue exactly from the newest checkpoint in the run folder (starts fresh if it has none).")]
-OverwriteRunOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the trained model/ of a finished run in the same folder.")]
+OverwriteRunOpt = Annotated[bool, typer.Option("--overwrite", help="Train again from the start in a run folder that has a run: its checkpoints, log and samples are removed when training starts, its model/ is replaced at the end. Not with --resume.")]
 TrackerOpt = Annotated[Optional[str], typer.Option("--tracker", help="Also log to an Accelerate tracker: tensorboard, wandb, ... (must be installed).")]
 CpuOpt = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even where CUDA is available.")]
 ShowConfigOpt = Annotated[bool, typer.Option("--show-config", help="Print the resolved config as JSON on stdout and exit (nothing is trained).")]
@@ -35,8 +35,13 @@ def run_training(req, show_config: bool, quiet: bool, as_json: bool = False) -> 
 
     if show_config and as_json:
         raise UsageError("--show-config prints the config as JSON; leave out --json")
-    # Under a launcher (accelerate launch, torchrun) only the main process talks.
-    main = int(os.environ.get("RANK", "0")) == 0
+    # Under a launcher (accelerate launch, torchrun) only the main process talks. RANK/WORLD_SIZE
+    # without the rendezvous a launcher sets would train one process that thinks it is one of many.
+    world = launcher_rank()
+    if world is not None and world[1] > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise UsageError(f"RANK={world[0]} WORLD_SIZE={world[1]} are set, but no launcher started this process "
+                         "(no MASTER_ADDR/MASTER_PORT); start it with `accelerate launch` or `torchrun`, or unset RANK and WORLD_SIZE")
+    main = world is None or world[0] == 0
     quiet = quiet or not main
     report().printed = main
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="rgbdface: %(message)s")

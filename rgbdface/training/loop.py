@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rgbdface.training.config import RunConfig, config_from_dict, resolve_config
-from rgbdface.utils import InputError, UsageError
+from rgbdface.utils import InputError, UsageError, atomic_path, launcher_rank
 
 log = logging.getLogger("rgbdface.training")
 
@@ -112,6 +112,7 @@ class Plan:
     model_dir: Path | None  # starting model folder (None: build from base/tiny)
     resume_from: Path | None  # checkpoint to continue from
     crop_margin: float  # the dataset's face-crop margin (dataset.json), which the trained model takes
+    damaged: list[Path] = field(default_factory=list)  # newer checkpoints than resume_from that are damaged (set aside)
 
 
 def plan(req: TrainRequest) -> Plan:
@@ -125,6 +126,8 @@ def plan(req: TrainRequest) -> Plan:
         raise UsageError("train: give exactly one of --model STAGE0_DIR, --base SD15_DIR or --tiny")
     if stage != 1 and (req.base is not None or req.tiny):
         raise UsageError(f"{COMMAND[stage]}: --base/--tiny build an untrained model; pass --model STAGE1_DIR instead")
+    if req.resume and req.overwrite:
+        raise UsageError(f"{COMMAND[stage]}: --resume continues the run, --overwrite trains it again from the start; pass one")
     if stage != 1 and req.model is None:
         raise UsageError(f"{COMMAND[stage]}: --model STAGE1_DIR is required (a model trained by `rgbdface train`)")
     model_dir, image_size = None, req.image_size
@@ -140,7 +143,7 @@ def plan(req: TrainRequest) -> Plan:
     dataset = read_samples(req.dataset)  # a missing dataset fails here, before torch is imported
 
     from rgbdface.training.data import exclude_identities
-    from rgbdface.training.state import latest_checkpoint, read_state
+    from rgbdface.training.state import newest_valid_checkpoint, read_state
 
     if req.tiny or (model_dir is not None and not json.loads((model_dir / "rgbdface.json").read_text()).get("codec_trained", True)):
         log.warning(UNTRAINED_CODEC.format(what="--tiny builds a model with" if req.tiny else f"--model {req.model} has"))
@@ -148,9 +151,17 @@ def plan(req: TrainRequest) -> Plan:
     # 2. Config: saved config on resume, else recipe; --set on top; unknown keys fail here
     overrides = list(req.overrides) + ([f"optim.max_steps={req.max_steps}"] if req.max_steps is not None else [])
     run_dir = Path(req.run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not req.resume:
-        raise InputError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another -o")
+    ckpt, damaged = newest_valid_checkpoint(run_dir)
+    if (ckpt is not None or damaged) and not req.resume and not req.overwrite:
+        raise InputError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to "
+                         "train again from the start, or choose another -o")
+    if not req.resume:
+        ckpt, damaged = None, []  # --overwrite: the earlier run's checkpoints, log and samples go when training starts
+    elif ckpt is None and damaged:
+        path, why = damaged[0]
+        raise InputError(f"{path}: damaged ({why}) and no older checkpoint is whole; pass --overwrite to train again from the start")
+    for path, why in damaged:
+        log.warning("warning: %s is damaged (%s); resuming from %s instead", path, why, ckpt)
     if ckpt is not None:
         state, saved = read_state(ckpt)
         if state.stage != stage:
@@ -179,7 +190,7 @@ def plan(req: TrainRequest) -> Plan:
     if stage == 3:
         check_files(samples, audio_fields(cfg), Path(req.dataset))
     check_tracker(req.tracker)
-    return Plan(req, cfg, samples, init, model_dir, ckpt, read_crop(req.dataset).margin)
+    return Plan(req, cfg, samples, init, model_dir, ckpt, read_crop(req.dataset).margin, [path for path, _ in damaged])
 
 
 def make_stream(samples: list, cfg: RunConfig, spec, audio_features=None):
@@ -238,7 +249,7 @@ def run(p: Plan) -> Path:
     from rgbdface.training.ema import EMA
     from rgbdface.training.grids import sample_grid, write_grid
     from rgbdface.training.objectives import digest, make_objective
-    from rgbdface.training.state import TrainState, load_training_state, save_checkpoint
+    from rgbdface.training.state import TrainState, load_training_state, lock_run, prepare_run_dir, save_checkpoint
 
     diffusers_logging.set_verbosity_error()
     req, cfg = p.request, p.config
@@ -259,9 +270,17 @@ def run(p: Plan) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
+    world = launcher_rank()
+    if world is not None and world[1] != accelerator.num_processes:
+        raise UsageError(f"WORLD_SIZE={world[1]} is set, but {accelerator.num_processes} process(es) were started; "
+                         "start them with `accelerate launch` or `torchrun`, or unset RANK and WORLD_SIZE")
+    lock = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        lock = lock_run(run_dir)  # held until the run ends (or this process does): one trainer per run folder
+        prepare_run_dir(run_dir, fresh=req.overwrite and not req.resume, damaged=p.damaged)
+        with atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # 2. Model and what trains (the stage's trainable set; the rest frozen)
     model = _load_model(p, accelerator)
@@ -412,6 +431,8 @@ def run(p: Plan) -> Path:
     accelerator.wait_for_everyone()
     if req.tracker:
         accelerator.end_training()
+    if lock is not None:
+        lock.close()
     return out
 
 
@@ -446,12 +467,20 @@ def _digests(accelerator, params, digest) -> list[str]:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint we resume from (they will be written again)."""
+    """Drop log lines past the checkpoint we resume from (they will be written again), and any line
+    torn by a kill (not valid JSON)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step
-            and json.loads(line).get("event") != "done"]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step and "event" not in row:
+            keep.append(line)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

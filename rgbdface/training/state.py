@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,162 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
+
+
+def discard(folder: Path) -> None:
+    """Remove a folder so that a kill midway leaves no half of it under its name: rename, then delete.
+
+    The hidden `.NAME.trash` left by a kill is swept by the next run (`sweep_leftovers`).
+    """
+    trash = folder.with_name(f".{folder.name}.trash")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+REQUIRED_FILES = ("state.json", "config.json", "optimizer.json", "optimizer.safetensors", "scheduler.json",
+                  "rng-0.json", "rng-0.safetensors", "model/rgbdface.json")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be whole (bad header, or a size that does not match it), else None."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "truncated"
+        n = struct.unpack("<Q", head)[0]
+        if n > size - 8:
+            return "truncated"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "not a safetensors file"
+    return None if 8 + n + end == size else "truncated"
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint folder (a missing file, invalid JSON, a cut safetensors file), or None.
+
+    A fast check of every file's structure (headers and sizes, not the tensor bytes), so that
+    resuming never stops on a raw library error from a checkpoint cut by a crash or a full disk.
+    """
+    for name in REQUIRED_FILES:
+        if not (ckpt / name).is_file():
+            return f"no {name}"
+    for path in sorted(ckpt.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(ckpt)
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                why = _safetensors_problem(path)
+                if why:
+                    return f"{rel} is {why}"
+        except (ValueError, OSError):
+            return f"{rel} is not valid JSON"
+    state = json.loads((ckpt / "state.json").read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "state.json has no step"
+    return None
+
+
+def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest whole checkpoint of a run, and the newer ones that are damaged (with what is wrong)."""
+    damaged = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        why = checkpoint_problem(ckpt)
+        if why is None:
+            return ckpt, damaged
+        damaged.append((ckpt, why))
+    return None, damaged
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a damaged checkpoint out of the run's way (kept for inspection, never resumed or pruned)."""
+    target = ckpt.with_name(f"damaged-{ckpt.name}")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(ckpt, target)
+    return target
+
+
+# ----------------------------------------------------------------------------- the run folder
+LOCK = ".lock"
+
+
+def lock_run(run_dir: Path):
+    """Hold RUN_DIR/.lock (an exclusive advisory lock) until the returned file is closed or the process ends.
+
+    Two trainers in one run folder would interleave their log and checkpoints: the second stops here.
+    The lock goes with the process, so a killed run never leaves a stale one.
+    """
+    import fcntl
+
+    f = open(Path(run_dir) / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise InputError(f"{run_dir}: another training process (pid {holder}) is using this run folder; "
+                         "wait for it to end or choose another -o") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool = False, damaged: list[Path] = ()) -> None:
+    """Before training, holding the lock: sweep a killed run's leftovers; set damaged checkpoints aside;
+    with `fresh` (--overwrite), remove the earlier run's checkpoints, log and samples (its model/ is
+    replaced at the end)."""
+    import logging
+
+    log = logging.getLogger("rgbdface.training")
+    gone = sweep_leftovers(run_dir)
+    if gone:
+        log.info("removed %d leftovers of an interrupted run: %s", len(gone), ", ".join(p.name for p in gone[:3]) + (" ..." if len(gone) > 3 else ""))
+    for ckpt in damaged:
+        log.warning("warning: set the damaged %s aside as %s", ckpt.name, set_aside(ckpt).name)
+    if fresh:
+        for name in (CHECKPOINTS, "samples"):
+            if (Path(run_dir) / name).is_dir():
+                discard(Path(run_dir) / name)
+        (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- leftovers of killed runs
+def sweep_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what a killed run leaves behind (call only while holding the run's lock); returns what went.
+
+    Hidden temporaries of atomic writes (`.model.*.tmp/`, `.step-*.tmp/`, `.NAME.*.tmp.EXT`), folders
+    half deleted by pruning (`.step-*.trash`, `step-*` without state.json), and `.model.old` once model/
+    is back (a kill between the two renames of a model save leaves the old model there: it is restored).
+    """
+    run_dir = Path(run_dir)
+    gone: list[Path] = []
+    old, model = run_dir / ".model.old", run_dir / "model"
+    if old.is_dir() and not model.exists():
+        os.replace(old, model)
+    ckpts = run_dir / CHECKPOINTS
+    candidates = [p for d in (run_dir, ckpts, run_dir / "samples") if d.is_dir() for p in d.iterdir()
+                  if p.name.startswith(".") and (".tmp" in p.name or p.name.endswith((".trash", ".old")))]
+    if ckpts.is_dir():
+        candidates += [p for p in ckpts.glob("step-*") if p.is_dir() and not (p / "state.json").is_file()]
+    for p in sorted(candidates):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -160,11 +317,11 @@ def save_checkpoint(accelerator, run_dir: Path, model, optimizer, names: list[st
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "state.json", asdict(state))
         if final.exists():
-            shutil.rmtree(final)
+            discard(final)
         os.replace(tmp, final)
         if keep:
             for old in list_checkpoints(run_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                discard(old)
     accelerator.wait_for_everyone()
     return final
 
