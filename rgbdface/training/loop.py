@@ -1,8 +1,8 @@
 """One training loop for the three stages, on Hugging Face Accelerate (paper §5.1, supplement §7.2).
 
-    rgbdface train DATASET -o RUN_DIR --tiny              # stage 1 from a fresh tiny model
+    rgbdface train DATASET -o RUN_DIR -m STAGE0           # stage 1 (init-model --tiny --vae VAE, or --base SD15)
     rgbdface finetune-mask DATASET -o RUN2 -m RUN_DIR     # stage 2 from stage 1
-    rgbdface train-motion DATASET -o RUN3 -m RUN_DIR      # stage 3 from stage 1
+    rgbdface train-motion DATASET -o RUN3 -m RUN2         # stage 3 from stage 2 (or 1: then no stage 2)
     accelerate launch --num_processes 8 -m rgbdface.cli.app train ...   # many GPUs / nodes
 
 RUN_DIR holds config.json (the resolved config), log.jsonl (one JSON object per logged
