@@ -115,3 +115,28 @@ def test_run_folder_is_a_model_folder(tiny_masked_model_dir, tmp_path):
     assert r.exit_code == 0 and out.is_file(), r.output
     r = CliRunner().invoke(app, ["estimate-depth", str(ROOT / "examples/astronaut.jpg"), "-m", str(tmp_path), "-o", str(tmp_path / "e.png")])
     assert r.exit_code == 1 and "not an rgbdface model folder" in r.stderr
+
+
+def test_run_it_writes_into_out(tmp_path, monkeypatch):
+    """The README's first command, its rgbdface part as written, writes only into out/ (ignored by git)."""
+    text = (ROOT / "README.md").read_text()
+    first = re.search(r"\*\*Run it\*\*.*?```bash\n(.*?)\n```", text, re.S).group(1)
+    command = first.split("&&")[-1].strip()
+    assert command.startswith("rgbdface estimate-depth examples/astronaut.jpg -o out/")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    r = run(command)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples", "out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["depth.png", "depth_preview.png"]
+    assert "/out/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_cpu_only_install_line_asks_for_the_torch_the_project_allows():
+    import tomllib
+
+    text = (ROOT / "README.md").read_text()
+    line = re.search(r'pip install "(torch[^"]*)" --index-url https://download.pytorch.org/whl/cpu', text)
+    assert line, "README: no CPU-only torch install line"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert line.group(1) in deps  # the same range as the project's, so `pip install -e .` keeps the CPU build
