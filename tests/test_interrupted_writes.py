@@ -77,6 +77,23 @@ def test_talk_on_a_full_disk_leaves_no_video_and_no_frames(talk_inputs, portrait
     assert sorted(out.iterdir()) == []  # the frames did not appear without the video
 
 
+def test_prep_depth_sweeps_the_samples_of_a_killed_run(portrait_path, tmp_path):
+    from rgbdface.data import manifest
+    from rgbdface.data.prep import PrepConfig, input_key, prepare_dataset
+
+    root = tmp_path / "data"
+    key = input_key(portrait_path)
+    for clip in (key, f"{key}-studio"):  # what `kill -9` leaves: samples written, no rows file yet
+        (root / clip).mkdir(parents=True)
+        (root / clip / "rgb_000007.jpg").write_bytes(b"half")
+        (root / clip / ".depth_000007.png.123.456.tmp").write_bytes(b"half")
+    summary = prepare_dataset([portrait_path], root, PrepConfig(size=64, studio_views=1))
+    assert summary.done == 1
+    named = {row[k] for row in manifest.collect_rows(root) for k in ("rgb", "depth", "mask", "landmarks")}
+    samples = {p.relative_to(root).as_posix() for clip in (key, f"{key}-studio") for p in (root / clip).iterdir()}
+    assert samples == named
+
+
 def test_sigterm_during_talk_removes_temporary_videos_and_frame_folders(talk_inputs, portrait_path, tmp_path, monkeypatch):
     import rgbdface.pipelines.talk as talk_module
 

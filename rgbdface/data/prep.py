@@ -421,6 +421,8 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
     key = input_key(path)
     if not overwrite and manifest.rows_path(root, key).exists():
         return InputResult(str(path), "skipped")
+    if not manifest.rows_path(root, key).exists():
+        remove_input_files(Path(root), key)  # samples of a run killed before it finished this input: named by no row
     try:
         with _removed_on_failure(Path(root), key):
             if path.is_dir():
