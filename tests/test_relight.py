@@ -325,7 +325,7 @@ def test_relighting_with_the_photos_own_frontal_light_gives_the_photo_back():
 
 def test_the_sphere_relights_from_one_light_to_another():
     albedo = smooth_albedo(1)
-    a, depth, disc = render_sphere((-1, 0.2, 1), 0.3, albedo)
+    a, depth, disc = render_sphere((0, 0, 1), 0.3, albedo)  # intensity 1 is the photo's light taken as frontal
     b, *_ = render_sphere((1, 0.5, 0.8), 0.3, albedo)
     result = relight(a, depth, [(1, 0.5, 0.8)], ambient=0.3, depth_scale=1.0, smooth=0, region="face")
     core = (result.weight == 1) & (np.hypot(*(np.mgrid[:H, :W] - np.array([CY, CX])[:, None, None])) < 0.85 * R)

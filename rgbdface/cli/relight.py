@@ -142,7 +142,7 @@ def relight_command(
         layers[albedo] = albedo_to_rgb(result.albedo)
     if orbit is not None:
         circling = orbit_lights(orbit, lights[0] if lights else None)
-        frames = (relight(rgb, d, [l], **kw).image for l in circling)
+        frames = (relight(rgb, d, [l], original=result.original_shading, **kw).image for l in circling)
         _write_all(layers, video=(output, frames))
         report().add(frames=orbit)
     else:

@@ -158,12 +158,15 @@ def close_eyes(vertices: np.ndarray, amount: float) -> np.ndarray:
     return v
 
 
-def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, camera: Camera, view: View, shape_landmarks: np.ndarray | None = None) -> StudioRender:
+def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, camera: Camera, view: View, shape_landmarks: np.ndarray | None = None,
+                linear: bool = False) -> StudioRender:
     """Render the textured mesh of one fitted crop under `view` (see the module doc for the steps).
 
     `crop` and `landmarks` give the texture, `vertices` (camera-space mm, MediaPipe topology)
     the shape. They usually come from the same fit; for a mixed identity the shape comes from
-    another portrait, whose landmarks (`shape_landmarks`) set the scale of the output landmarks."""
+    another portrait, whose landmarks (`shape_landmarks`) set the scale of the output landmarks.
+    linear: shade in linear light (the texture decoded from sRGB, shaded, encoded again), as a
+    camera sees light add up; by default the shading multiplies the encoded values."""
     import cv2
 
     size = crop.shape[0]
@@ -192,9 +195,14 @@ def render_view(crop: np.ndarray, landmarks: np.ndarray, vertices: np.ndarray, c
     nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-6)
     light = -np.asarray(view.light)  # normals point at the camera (-Z); light given towards the light source
     shade = 0.45 + 0.75 * np.clip(-(nrm @ light), 0.0, 1.0)
+    if linear:
+        tex = np.where(tex <= 10.31475, tex / (255 * 12.92), ((tex / 255 + 0.055) / 1.055) ** 2.4).astype(np.float32)
     colour = tex * shade[..., None]
     inside_mouth = r.face >= n_face  # textured from the source's mouth opening, unlit and darkened
     colour[inside_mouth] = tex[inside_mouth] * MOUTH_SHADE
+    if linear:
+        colour = np.clip(colour, 0, None)
+        colour = 255 * np.where(colour <= 0.0031308, 12.92 * colour, 1.055 * np.power(colour, 1 / 2.4) - 0.055)
     # background: a vertical gradient between two colours
     t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
     c0, c1 = (np.array(c, np.float32) for c in view.background)

@@ -31,10 +31,11 @@ from the front. Pass `depth_scale` to set `s` directly, e.g. 1 when depth is in 
    finite-difference normals, smoothed again at half that radius.
 2. **The photo's own shading** (`fit_shading`): the face's linear luminance fitted by a
    second-order spherical-harmonic function of the normals (a constant albedo under any
-   distant lighting), robustly (outliers such as brows and beard dropped). Its scale comes from
-   the one directional light (front hemisphere) plus the given ambient that best explains the
-   face (`dominant_light`): a light of intensity 1 is as strong as the photo's own, and
-   relighting with that light gives the photo back.
+   distant lighting), robustly (outliers such as brows and beard dropped). Its scale is set so
+   that its mean over the face is that of a frontal light of intensity 1 with the given ambient:
+   a light of intensity 1 is as strong as the photo's own (taken as frontal; a light from the
+   side lights less of the face and darkens it, as it would), and relighting a frontally lit
+   photo with a frontal light gives the photo back.
 3. **New shading**: ambient (gray or coloured) + Σ intensity · colour · max(0, n · l) +
    an environment's irradiance (second-order spherical harmonics of an equirectangular image).
 4. **Ratio**: relit = image × new shading / original shading (the albedo is kept; relighting
@@ -66,6 +67,7 @@ RIDGE = 0.01  # shading fit: ridge weight per pixel on the second-degree coeffic
 SHADING_FLOOR = 0.2  # the original shading is kept above this fraction of its median (no division blow-up)
 HEAD_BELOW_CHIN = 1 / 3  # head region: how far below the face's lowest pixel it reaches, in face heights
 HEAD_SIDE = 0.6  # head region: how far beside the face it reaches, in face widths
+HEAD_SIDE_DOWN = 0.75  # head region: beside the face it reaches down to this fraction of the face's height (hair, ears; not shoulders)
 NECK_WIDTH = 0.7  # head region below the face: this many face widths wide, centred under it
 REGIONS = ("face", "head")
 ENV_SIZE = (64, 128)  # environment maps are reduced to this (H, W) before projection
@@ -478,9 +480,9 @@ GAMMA = 2.2  # the sRGB curve as one power law, for gains applied to encoded val
 
 def head_region(person: np.ndarray, face: np.ndarray) -> np.ndarray:
     """[H, W] bool: the head around a face region: the person mask (probability > 0.5) near the face (up to
-    HEAD_SIDE face widths beside it and a face height above it; below it the neck, NECK_WIDTH face widths
-    wide and HEAD_BELOW_CHIN face heights down), the part connected to the face, with the face itself and
-    every hole filled."""
+    a face height above it; HEAD_SIDE face widths beside it, down to HEAD_SIDE_DOWN of its height; below
+    it the neck, NECK_WIDTH face widths wide and HEAD_BELOW_CHIN face heights down), the part connected
+    to the face, with the face itself and every hole filled."""
     import cv2
     from scipy.ndimage import binary_fill_holes
 
@@ -488,7 +490,8 @@ def head_region(person: np.ndarray, face: np.ndarray) -> np.ndarray:
     y0, y1, x0, x1 = rows[0], rows[-1], cols[0], cols[-1]
     fh, fw = y1 - y0 + 1, x1 - x0 + 1
     near = np.zeros_like(face)
-    near[max(0, int(y0 - fh)): int(y1) + 1, max(0, int(x0 - HEAD_SIDE * fw)): int(x1 + HEAD_SIDE * fw) + 1] = True
+    near[max(0, int(y0 - fh)): int(y0 + HEAD_SIDE_DOWN * fh) + 1, max(0, int(x0 - HEAD_SIDE * fw)): int(x1 + HEAD_SIDE * fw) + 1] = True
+    near[int(y0): int(y1) + 1, int(x0): int(x1) + 1] = True  # beside the jaw only what lies over the face's columns
     neck = int(NECK_WIDTH * fw / 2)
     cx = (x0 + x1) // 2
     near[int(y1): int(y1 + HEAD_BELOW_CHIN * fh) + 1, max(0, cx - neck): cx + neck + 1] = True  # the neck, not the shoulders
@@ -591,30 +594,16 @@ def fit_shading(luminance: np.ndarray, normals: np.ndarray, mask: np.ndarray, de
     return np.pad(coeffs, (0, 9 - k))
 
 
-def dominant_light(luminance: np.ndarray, normals: np.ndarray, ambient: float) -> tuple[np.ndarray, float]:
-    """The one directional light that best explains `luminance` [N] at `normals` [N, 3] as
-    scale × (ambient + max(0, n · l)), searched over directions of the front hemisphere (z >= 0.1):
-    (l, scale), scale = the albedo level at which such a light has intensity 1."""
-    el, az = np.meshgrid(np.radians(np.arange(0, 85, 5)), np.radians(np.arange(0, 360, 6)), indexing="ij")
-    dirs = np.stack([np.sin(el) * np.cos(az), np.sin(el) * np.sin(az), np.cos(el)], -1).reshape(-1, 3)
-    step = max(1, len(luminance) // 20000)
-    y, n = luminance[::step], normals[::step]
-    f = ambient + np.maximum(0.0, n @ dirs.T)  # [N, K]
-    yf, ff = y @ f, (f * f).sum(0)
-    k = int(np.argmax(yf * yf / np.maximum(ff, 1e-12)))  # least residual = most of y explained
-    return dirs[k], float(yf[k] / max(ff[k], 1e-12))
-
-
 def original_shading(luminance: np.ndarray, surface: Surface, ambient: float) -> np.ndarray:
     """[H, W] float64 the photo's own shading over the surface's region (see the module doc, step 2)."""
     face = surface.face
     coeffs = fit_shading(luminance, surface.normals, face)
     n = surface.normals.astype(np.float64)
     fitted = sh_basis(n) @ coeffs
-    # scale: the photo's dominant light at intensity 1 with this ambient
-    use = face & (luminance > 0.005) & (luminance < 0.98)
-    _, scale = dominant_light(luminance[use], n[use], ambient)
-    out = fitted / scale if scale > 0 else fitted
+    # scale: its mean over the face is that of a frontal light of intensity 1 with this ambient
+    reference = ambient + np.maximum(0.0, n[face][:, 2])
+    mean_fit = fitted[face].mean()
+    out = fitted * (reference.mean() / mean_fit) if mean_fit > 0 else fitted
     floor = SHADING_FLOOR * max(float(np.median(out[face])), 1e-6)
     return np.where(surface.region, np.maximum(out, floor), 0.0)
 
@@ -653,6 +642,7 @@ def relight(
     relief: float = DEFAULT_RELIEF,
     smooth: float | None = None,
     surface: Surface | None = None,
+    original: np.ndarray | None = None,
 ) -> RelightResult:
     """Relight `image` with lights (and an environment) using the surface of `depth` (see the module doc).
 
@@ -665,6 +655,8 @@ def relight(
     feather: the fade-in width in pixels (default FEATHER_FRACTION of the face's width; 0 = a hard cut).
     smooth: the surface's smoothing radius in pixels (default SMOOTH_FRACTION of the face's width; 0 = none).
     surface: a surface already built from this depth (`relight_surface`), e.g. for many lights.
+    original: the photo's shading from an earlier call on the same surface with the same ambient
+        (`RelightResult.original_shading`), so that it is not estimated again.
     """
     # 1. Check inputs, build the surface
     image, depth = to_numpy(image), to_numpy(depth)
@@ -685,7 +677,7 @@ def relight(
     rgb = image[..., None] if image.ndim == 2 else image
     lin = srgb_to_linear(rgb.astype(np.float64) / top)  # [H, W, C]
     lum = lin @ LUMA if lin.shape[-1] == 3 else lin[..., 0]
-    before = original_shading(lum, surface, float(amb.mean()))  # [H, W]
+    before = original_shading(lum, surface, float(amb.mean())) if original is None else np.asarray(original, np.float64)  # [H, W]
 
     # 3. New shading
     after = shade_rgb(surface.normals, lights, amb, env_sh)  # [H, W, 3]
