@@ -1,9 +1,13 @@
 """Make the README's pictures with the bundled model.
 
-    python examples/make_readme_figures.py docs/figures
+    python examples/make_readme_figures.py docs/figures [depth_relight|relight|talk ...]
 
 - depth_relight.png: face crop | estimated depth | relit from the left | relit from the right
+- relight.png: relighting layers and lights (input | normals | albedo | left | right | two coloured
+  lights | an environment), then frames of an orbiting light
 - talk.png: talking-head frames (synthetic speech) over their jointly generated depth
+
+Without names after the folder, every figure is made.
 """
 
 import sys
@@ -16,7 +20,8 @@ from rgbdface.data.io import colorize_depth, load_image, save_image
 from rgbdface.data.speech import synthesize
 from rgbdface.models.model import load_model
 from rgbdface.pipelines.depth import estimate_depth
-from rgbdface.pipelines.relight import Light, relight
+from rgbdface.data.face import person_mask
+from rgbdface.pipelines.relight import Light, albedo_to_rgb, env_to_sh, normals_to_rgb, orbit_lights, relight
 from rgbdface.pipelines.talk import talk_frames
 
 PANEL = 160  # display size of each panel, pixels
@@ -28,26 +33,68 @@ def panel(img: np.ndarray) -> np.ndarray:
     return img[idx][:, idx]
 
 
-def main(out: Path) -> None:
+def sky(h: int = 64) -> np.ndarray:
+    """A synthetic equirectangular environment [h, 2h, 3] (linear): blue sky, a warm sun up and to the right
+    of the camera's back, dark ground."""
+    lat = (0.5 - (np.arange(h) + 0.5) / h)[:, None] * np.pi
+    lon = ((np.arange(2 * h) + 0.5) / (2 * h) - 0.5)[None, :] * 2 * np.pi
+    env = np.where(lat[..., None] > 0, np.array([0.25, 0.35, 0.6]) * (0.5 + lat[..., None]), np.array([0.08, 0.07, 0.06]))
+    env = np.broadcast_to(env, (h, 2 * h, 3)).copy()
+    sun = (np.abs(lat - 0.5) < 0.25) & (np.abs(np.abs(lon) - 2.4) < 0.3) & (lon > 0)  # behind the camera, to the right
+    env[sun] = [6.0, 4.5, 3.0]
+    return env
+
+
+def relight_views(image: np.ndarray, depth: np.ndarray, person: np.ndarray) -> list[np.ndarray]:
+    """input | normals | albedo | from the left | from the right | warm key + cool fill | environment (head region)."""
+    kw = dict(region="head", person=person, ambient=0.2)
+    left = relight(image, depth, [Light((-1.0, 0.3, 0.6))], **kw)
+    views = [image, normals_to_rgb(left.normals, left.region), albedo_to_rgb(left.albedo), left.image]
+    views.append(relight(image, depth, [Light((1.0, 0.3, 0.6))], **kw).image)
+    views.append(relight(image, depth, [Light((1.0, 0.4, 0.7), 1.1, (1.0, 0.75, 0.5)), Light((-1.0, 0.0, 0.5), 0.6, (0.45, 0.6, 1.0))], **kw).image)
+    views.append(relight(image, depth, [], env_sh=env_to_sh(sky()), **{**kw, "ambient": 0.0}).image)
+    return views
+
+
+def main(out: Path, figures: set[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     model = load_model()
 
     # 1. Depth and relighting; obama.jpg is the identity held out of training.
-    rows = []
-    for name in ("astronaut.jpg", "grace_hopper.jpg", "obama.jpg"):
-        image = load_image(here / name)
-        d = estimate_depth(model, image, steps=20, seed=0, ensemble=3)
-        depth_u16 = d.to_u16()
-        views = [image, colorize_depth(d.depth, d.valid)]
-        for light in ((-1.0, 0.3, 1.0), (1.0, 0.3, 1.0)):
-            upscale = (d.crop.box[2] - d.crop.box[0]) / model.meta.image_size  # smooth the upsampling's facets
-            views.append(relight(image, depth_u16, [Light(light)], ambient=0.35, smooth=upscale).image)
-        box = d.crop.box
-        rows.append(np.concatenate([panel(crop_box_to(v, box, 256)) for v in views], axis=1))
-    save_image(out / "depth_relight.png", np.concatenate(rows, axis=0))
+    if "depth_relight" in figures:
+        rows = []
+        for name in ("astronaut.jpg", "grace_hopper.jpg", "obama.jpg"):
+            image = load_image(here / name)
+            d = estimate_depth(model, image, steps=20, seed=0, ensemble=3)
+            views = [image, colorize_depth(d.depth, d.valid)]
+            person = person_mask(image)
+            for light in ((-1.0, 0.3, 0.6), (1.0, 0.3, 0.6)):
+                views.append(relight(image, d.to_u16(), [Light(light)], ambient=0.2, region="head", person=person).image)
+            box = d.crop.box
+            rows.append(np.concatenate([panel(crop_box_to(v, box, 256)) for v in views], axis=1))
+        save_image(out / "depth_relight.png", np.concatenate(rows, axis=0))
 
-    # 2. Talking head: 2 s of synthetic speech, every 5th frame, RGB over depth.
+    # 2. Relighting: layers, coloured lights, an environment, an orbit; the depth as the commands estimate it.
+    if "relight" in figures:
+        rows = []
+        for name in ("obama.jpg", "astronaut.jpg"):
+            image = load_image(here / name)
+            d = estimate_depth(model, image)
+            views = relight_views(image, d.to_u16(), person_mask(image))
+            rows.append(np.concatenate([crop_box_to(v, d.crop.box, 160) for v in views], axis=1))
+        image = load_image(here / "obama.jpg")
+        d = estimate_depth(model, image)
+        person = person_mask(image)
+        first = relight(image, d.to_u16(), [Light((0, 0, 1))], region="head", person=person, ambient=0.2)
+        frames = [relight(image, d.to_u16(), [l], region="head", person=person, ambient=0.2, original=first.original_shading).image
+                  for l in orbit_lights(7)]
+        rows.append(np.concatenate([crop_box_to(v, d.crop.box, 160) for v in frames], axis=1))
+        save_image(out / "relight.png", np.concatenate(rows, axis=0))
+
+    # 3. Talking head: 2 s of synthetic speech, every 5th frame, RGB over depth.
+    if "talk" not in figures:
+        return
     reference = crop_face(load_image(here / "astronaut.jpg"), size=model.meta.image_size, margin=model.meta.crop_margin).image
     wave = synthesize(2.0, np.random.default_rng(0)).audio
     frames = [f for f in talk_frames(model, reference, wave, steps=20, seed=0) if f.index % 5 == 0][:10]
@@ -57,4 +104,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/figures"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/figures"), set(sys.argv[2:]) or {"depth_relight", "relight", "talk"})

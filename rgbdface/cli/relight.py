@@ -127,7 +127,7 @@ def relight_command(
         from rgbdface.data.face import person_mask
 
         person = person_mask(rgb)
-    head = head_region(person, d > 0) if person is not None else None
+    head = head_region(person, d > 0, rgb) if person is not None else None
     surface = relight_surface(d, rgb, head=head, smooth=smooth, depth_scale=depth_scale, relief=relief)
     kw = dict(ambient=amb, env_sh=env_sh, feather=feather, surface=surface)
     result = relight(rgb, d, lights, **kw)

@@ -26,7 +26,8 @@ from the front. Pass `depth_scale` to set `s` directly, e.g. 1 when depth is in 
    filled. With region 'head', the height is extended to the head around the face (hair,
    ears, neck: the person mask of MediaPipe's selfie segmentation, cut a third of a face
    below the chin): there the surface is the head's silhouette inflated to a rounded shape
-   (height sqrt(t (2ρ - t)) at distance t inside the outline, ρ = the region's inradius),
+   (height sqrt(t (2ρ - t)) at distance t inside the outline, ρ = the region's inradius, the
+   distance map blurred by ρ/4 to round off its creases),
    plus the face's offset from that shape, extended smoothly outward. Normals are the depth's
    finite-difference normals, smoothed again at half that radius.
 2. **The photo's own shading** (`fit_shading`): the face's linear luminance fitted by a
@@ -68,6 +69,7 @@ SHADING_FLOOR = 0.2  # the original shading is kept above this fraction of its m
 HEAD_BELOW_CHIN = 1 / 3  # head region: how far below the face's lowest pixel it reaches, in face heights
 HEAD_SIDE = 0.6  # head region: how far beside the face it reaches, in face widths
 HEAD_SIDE_DOWN = 0.75  # head region: beside the face it reaches down to this fraction of the face's height (hair, ears; not shoulders)
+NECK_LEVEL = 0.35  # head region below the face: only pixels at least this fraction of the face's median gray level
 NECK_WIDTH = 0.7  # head region below the face: this many face widths wide, centred under it
 REGIONS = ("face", "head")
 ENV_SIZE = (64, 128)  # environment maps are reduced to this (H, W) before projection
@@ -478,11 +480,12 @@ GAMMA = 2.2  # the sRGB curve as one power law, for gains applied to encoded val
 # --------------------------------------------------------------------------- 1. surface
 
 
-def head_region(person: np.ndarray, face: np.ndarray) -> np.ndarray:
+def head_region(person: np.ndarray, face: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
     """[H, W] bool: the head around a face region: the person mask (probability > 0.5) near the face (up to
     a face height above it; HEAD_SIDE face widths beside it, down to HEAD_SIDE_DOWN of its height; below
-    it the neck, NECK_WIDTH face widths wide and HEAD_BELOW_CHIN face heights down), the part connected
-    to the face, with the face itself and every hole filled."""
+    it the neck, NECK_WIDTH face widths wide and HEAD_BELOW_CHIN face heights down, where `image` is given
+    only its pixels at least NECK_LEVEL of the face's median gray level, so not a dark collar), the part
+    connected to the face, with the face itself and every hole filled."""
     import cv2
     from scipy.ndimage import binary_fill_holes
 
@@ -494,7 +497,13 @@ def head_region(person: np.ndarray, face: np.ndarray) -> np.ndarray:
     near[int(y0): int(y1) + 1, int(x0): int(x1) + 1] = True  # beside the jaw only what lies over the face's columns
     neck = int(NECK_WIDTH * fw / 2)
     cx = (x0 + x1) // 2
-    near[int(y1): int(y1 + HEAD_BELOW_CHIN * fh) + 1, max(0, cx - neck): cx + neck + 1] = True  # the neck, not the shoulders
+    below = np.zeros_like(face)
+    below[int(y1): int(y1 + HEAD_BELOW_CHIN * fh) + 1, max(0, cx - neck): cx + neck + 1] = True  # the neck, not the shoulders
+    if exists(image):  # and not dark clothing in front of it: skin there is at least NECK_LEVEL of the face's median gray level
+        img = to_numpy(image).astype(np.float64)
+        gray = img @ LUMA if img.ndim == 3 else img
+        below &= gray >= NECK_LEVEL * np.median(gray[face])
+    near |= below
     head = ((np.asarray(person) > 0.5) & near) | face
     # a morphological opening drops thin strands and specks; the face keeps the part it belongs to
     k = max(3, int(fw * 0.04) | 1)
@@ -542,9 +551,12 @@ def relight_surface(
     region = face_filled | (np.asarray(head, bool) if exists(head) else False)
     if exists(head):
         # inflated silhouette + the face's offset from it, extended smoothly outward
+        import cv2
+
         t = inside_distance(region).astype(np.float64)
         rho = max(float(t.max()), 1.0)
-        blob = np.sqrt(np.clip(t, 0, rho) * (2 * rho - np.clip(t, 0, rho)))
+        t = np.clip(cv2.GaussianBlur(t, (0, 0), max(rho / 4, 1.0)), 0, rho)  # round off the creases a distance map has along its ridges
+        blob = np.sqrt(t * (2 * rho - t))
         offset = h - blob
         ramp = _smoothstep(inside_distance(valid) / max(2 * radius, 1.0)) * valid
         far = _masked_blur(offset, valid, max(width / 4, 1.0))
@@ -666,7 +678,7 @@ def relight(
     if region == "head" and not exists(person) and not exists(surface):
         raise ValueError("region='head' needs `person`, a person mask of the image (rgbdface.data.face.person_mask)")
     if surface is None:
-        head = head_region(person, (depth > 0)) if region == "head" else None
+        head = head_region(person, (depth > 0), image) if region == "head" else None
         surface = relight_surface(depth, image, head=head, smooth=smooth, depth_scale=depth_scale, relief=relief)
     inside = surface.region
     feather_px = surface.face_width * FEATHER_FRACTION if feather is None else float(feather)
