@@ -41,7 +41,7 @@ def sky(h: int = 64) -> np.ndarray:
     env = np.where(lat[..., None] > 0, np.array([0.25, 0.35, 0.6]) * (0.5 + lat[..., None]), np.array([0.08, 0.07, 0.06]))
     env = np.broadcast_to(env, (h, 2 * h, 3)).copy()
     sun = (np.abs(lat - 0.5) < 0.25) & (np.abs(np.abs(lon) - 2.4) < 0.3) & (lon > 0)  # behind the camera, to the right
-    env[sun] = [6.0, 4.5, 3.0]
+    env[sun] = [14.0, 10.5, 7.0]
     return env
 
 

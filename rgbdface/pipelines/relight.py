@@ -21,8 +21,8 @@ from the front. Pass `depth_scale` to set `s` directly, e.g. 1 when depth is in 
    prep-depth's ground truth, any .npy), is turned into a height in pixels and smoothed at
    the image's resolution with an image-guided filter (a guided filter weighted by the
    depth's valid pixels, guided by the photo's gray levels, radius `smooth`, by default
-   1/12 of the face's width: a depth map upsampled from a model's 64 px shows facets that
-   size, which would make blocky normals). Holes in the face region (the mouth) are
+   1/12 of the face's width, after a Gaussian of half that: a depth map upsampled from a
+   model's 64 px shows facets about 1/30 of the face wide, which would make blocky normals). Holes in the face region (the mouth) are
    filled. With region 'head', the height is extended to the head around the face (hair,
    ears, neck: the person mask of MediaPipe's selfie segmentation, cut a third of a face
    below the chin): there the surface is the head's silhouette inflated to a rounded shape
