@@ -31,7 +31,7 @@ from torch import nn
 from rgbdface.data.face import DEFAULT_MARGIN
 from rgbdface.models.codec import LatentCodec
 from rgbdface.models.denoiser import RGBDDenoiser
-from rgbdface.models.folder import BUNDLED_MODEL, META_FILE, STAGE_NAMES, model_folder, read_meta
+from rgbdface.models.folder import BUNDLED_MODEL, META_FILE, STAGE_NAMES, explain_load_errors, model_folder, read_meta
 from rgbdface.utils import InputError, UsageError, atomic_dir
 
 FORMAT_VERSION = 1
@@ -217,6 +217,7 @@ class RGBDFaceModel(nn.Module):
         return path
 
     @classmethod
+    @explain_load_errors
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "RGBDFaceModel":
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from safetensors.torch import load_file

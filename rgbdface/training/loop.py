@@ -118,6 +118,7 @@ class Plan:
 def plan(req: TrainRequest) -> Plan:
     """Every check that needs no weights: flags, model stage, config, run folder, dataset, tracker."""
     from rgbdface.data.manifest import check_files, read_crop, read_samples
+    from rgbdface.models.folder import check_model_folder
 
     stage = req.stage
     # 1. Where the starting model comes from
@@ -133,6 +134,7 @@ def plan(req: TrainRequest) -> Plan:
     model_dir, image_size = None, req.image_size
     if req.model is not None:
         model_dir = resolve_model_dir(req.model)
+        check_model_folder(model_dir)
         check_model_stage(stage, read_stages(model_dir), str(req.model))
         image_size = json.loads((model_dir / "rgbdface.json").read_text()).get("image_size", 512)
     elif req.base is not None:

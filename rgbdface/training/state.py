@@ -22,13 +22,13 @@ import json
 import os
 import random
 import shutil
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rgbdface.models.folder import safetensors_problem
 from rgbdface.utils import InputError
 
 CHECKPOINTS = "checkpoints"
@@ -79,24 +79,6 @@ REQUIRED_FILES = ("state.json", "config.json", "optimizer.json", "optimizer.safe
                   "rng-0.json", "rng-0.safetensors", "model/rgbdface.json")
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be whole (bad header, or a size that does not match it), else None."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return "truncated"
-        n = struct.unpack("<Q", head)[0]
-        if n > size - 8:
-            return "truncated"
-        try:
-            header = json.loads(f.read(n))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return "not a safetensors file"
-    return None if 8 + n + end == size else "truncated"
-
-
 def checkpoint_problem(ckpt: Path) -> str | None:
     """What is wrong with a checkpoint folder (a missing file, invalid JSON, a cut safetensors file), or None.
 
@@ -114,7 +96,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             if path.suffix == ".json":
                 json.loads(path.read_text())
             elif path.suffix == ".safetensors":
-                why = _safetensors_problem(path)
+                why = safetensors_problem(path)
                 if why:
                     return f"{rel} is {why}"
         except (ValueError, OSError):
