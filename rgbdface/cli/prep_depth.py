@@ -84,6 +84,9 @@ class _Progress:
             report().skip(r.path)
         if r.status == "failed":
             print(f"rgbdface: error: {r.error}", file=sys.stderr)
+        elif r.status == "skipped" and r.changed:  # asked-for work that is not done: said even with --quiet
+            print(f"rgbdface: warning: {r.path}: already done with {r.changed}; pass --overwrite to redo it with this run's options",
+                  file=sys.stderr)
         elif not self.quiet:
             what = f"{r.samples} samples, {r.seconds:.1f} s" if r.status == "done" else "already done"
             tag = f"{self.n}/{self.total}" if self.n <= self.total else "mix"  # mixed identities come after the inputs

@@ -279,6 +279,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [row for _, row in _read_located(path)]
 
 
+def rows_of(root: Path, key: str) -> list[dict]:
+    """The rows of one finished input (its rows file)."""
+    return _read_jsonl(rows_path(root, key))
+
+
 def collect_rows(root: Path) -> list[dict]:
     """All rows of a dataset from its per-input files, sorted by clip and frame."""
     files = sorted((Path(root) / ROWS_DIR).glob("*.jsonl"))

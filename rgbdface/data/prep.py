@@ -102,6 +102,7 @@ class InputResult:
     frames: int = 0
     error: str | None = None
     seconds: float = 0.0
+    changed: str | None = None  # skipped: the options it was made with that differ from this run's, e.g. "--studio-views 2 (now 4)"
 
 
 @dataclass
@@ -115,6 +116,33 @@ class Summary:
 
     def to_dict(self) -> dict:
         return {"done": self.done, "skipped": self.skipped, "failed": [{"input": p, "error": e} for p, e in self.failed], "samples": self.samples, "frames": self.frames, "seconds": round(self.seconds, 3)}
+
+
+def changed_options(root: Path, key: str, cfg: PrepConfig) -> str | None:
+    """The options a finished input was made with that differ from `cfg`, read from its rows, or None.
+
+    A finished input is skipped, so more --studio-views or --talking-clips (or another --rgb-format,
+    --fps, --clip-seconds) would silently not apply; the caller says which differ instead.
+    """
+    rows = manifest.rows_of(root, key)
+    wild = [r for r in rows if r.get("source") == "wild"]
+    if not wild:
+        return None
+    first = wild[0]
+    clip = first["clip"]
+    talk = sorted({r["clip"] for r in rows if r["clip"].startswith(f"{clip}-talk")})
+    had = {"--studio-views": sum(r["clip"] == f"{clip}-studio" for r in rows), "--talking-clips": len(talk),
+           "--rgb-format": Path(first["rgb"]).suffix.lstrip(".")}
+    now = {"--studio-views": cfg.studio_views, "--talking-clips": cfg.talking_clips, "--rgb-format": cfg.rgb_format}
+    if first.get("fps") is not None:  # a video
+        had["--fps"], now["--fps"] = float(first["fps"]), float(cfg.fps)
+    if talk and cfg.talking_clips:
+        frames = sum(r["clip"] == talk[0] for r in rows)
+        if frames != max(int(round(cfg.clip_seconds * cfg.fps)), 1):
+            had["--clip-seconds"], now["--clip-seconds"] = round(frames / cfg.fps, 3), cfg.clip_seconds
+    diff = [f"{k} {had[k]:g} (now {now[k]:g})" if not isinstance(had[k], str) else f"{k} {had[k]} (now {now[k]})"
+            for k in had if had[k] != now[k]]
+    return ", ".join(diff) or None
 
 
 def input_key(path: Path) -> str:
@@ -284,7 +312,8 @@ def prepare_mix(key: str, shape: dict, texture: dict, root: Path, cfg: PrepConfi
     t0 = time.perf_counter()
     name = f"{shape['identity']} (shape) + {texture['identity']} (texture)"
     if not overwrite and manifest.rows_path(root, key).exists():
-        return InputResult(name, "skipped")
+        made = len(manifest.rows_of(root, key))
+        return InputResult(name, "skipped", changed=f"--studio-mix {made} (now {cfg.studio_mix})" if made != cfg.studio_mix else None)
     try:
         with _removed_on_failure(root, key):
             image = load_image(root / texture["rgb"])
@@ -420,7 +449,7 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
     path = Path(path)
     key = input_key(path)
     if not overwrite and manifest.rows_path(root, key).exists():
-        return InputResult(str(path), "skipped")
+        return InputResult(str(path), "skipped", changed=changed_options(Path(root), key, cfg))
     if not manifest.rows_path(root, key).exists():
         remove_input_files(Path(root), key)  # samples of a run killed before it finished this input: named by no row
     try:
