@@ -33,6 +33,10 @@ def test_a_named_output_made_with_other_options_is_redone(tiny_masked_model_dir,
     assert "--ensemble 1 (now 2)" in r.stderr and "redoing" in r.stderr
     assert json.loads(r.stdout)["written"] == [str(out)]
     assert read_record(out)["ensemble"] == 2 and out.read_bytes() != first
+    # a mesh made with another relief is redone with its depth
+    assert run([portrait_path, "-o", out, "--ensemble", "2", "--mesh", tmp_path / "x.ply"], tiny_masked_model_dir).exit_code == 0
+    r = run([portrait_path, "-o", out, "--ensemble", "2", "--mesh", tmp_path / "x.ply", "--relief", "0.3"], tiny_masked_model_dir)
+    assert r.exit_code == 0 and "--relief 0.5 (now 0.3)" in r.stderr and read_record(out)["relief"] == 0.3
 
 
 def test_skipped_folder_outputs_made_otherwise_are_named(tiny_masked_model_dir, portrait_path, tmp_path):

@@ -79,7 +79,8 @@ def estimate_depth_command(
     jobs = plan_depth_jobs(sources, output, files, single=_names_one_file(inputs))
     index, count = parse_shard(shard)
     mine = take_shard(jobs, index, count)
-    record = depth_record(model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance)
+    record = depth_record(model, steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance,
+                          **({"relief": relief} if mesh else {}))  # the mesh's relief, when there is a mesh
     chosen = select_jobs(mine, record, overwrite)
     todo, stale = chosen.todo, chosen.stale
     for path, differs in chosen.redone.items():
