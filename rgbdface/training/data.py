@@ -236,6 +236,7 @@ class ImageStream(torch.utils.data.Dataset):
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.photos = photos_by_identity(samples)
         self.self_reference = self_reference
+        self.cached: dict | None = None  # the objective's latent cache, when it runs in this process (see _held)
         self.reference_dropout, self.mask_sampler = reference_dropout, mask_sampler
         by_id: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
@@ -276,31 +277,52 @@ class ImageStream(torch.utils.data.Dataset):
             return i, True
         return others[int(rng_for(self.seed, SALT_REF, n).integers(len(others)))], False
 
+    def _held(self, *keys) -> bool:
+        """Whether the objective holds the latents of every (kind, key) already (data.cache_latents)."""
+        return self.cached is not None and all(k in self.cached for k in keys)
+
     def __getitem__(self, n: int) -> dict:
         spec = self.spec
+        S = spec.image_size
         i = self.order(n)
         j, mirrored = self.reference_of(n, i)
         s = self.samples[i]
         flip = self.hflip > 0 and bool(rng_for(self.seed, SALT_FLIP, n).random() < self.hflip)
-        rgb, depth = load_rgb(s.rgb, spec.image_size), load_depth_map(s.depth, spec.image_size)
         photo = self.photo_for(n, s)
-        if photo is not None:
-            rgb = over_photo(rgb, depth, photo)
-        if flip:
-            rgb, depth = rgb.flip(-1), depth.flip(-1)
+        colour = self.colour_for(n)
+        fresh = photo is not None or colour is not None  # augmented RGB: its latents are not cached
         masks = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size) if self.mask_sampler is not None else None
+        own = False
         if (masks is not None and self.self_reference > 0 and not masks[0].any()
                 and rng_for(self.seed, SALT_SELF, n).random() < self.self_reference):
-            j, mirrored, ref = i, False, rgb  # image → depth: its own (possibly flipped) image, as at inference
+            j, mirrored, own = i, False, True  # image → depth: its own (possibly flipped) image, as at inference
         elif masks is None and self.same_reference > 0 and rng_for(self.seed, SALT_SAME, n).random() < self.same_reference:
-            j, mirrored, ref = i, False, rgb  # stage 1: the target is its own reference
+            j, mirrored, own = i, False, True  # stage 1: the target is its own reference
+
+        # Pixels whose latents the objective holds are not decoded (zeros of the same shape stand in).
+        depth_held = photo is None and self._held(("depth", (i, flip)), ("valid", (i, flip)))
+        rgb_held = not fresh and self._held(("rgb", (i, flip)))
+        ref_held = not fresh and self._held(("reference", (j, mirrored != flip)))
+        depth = torch.zeros(1, S, S) if depth_held else load_depth_map(s.depth, S)
+        rgb = torch.zeros(3, S, S)
+        if not rgb_held or (own and not ref_held):
+            rgb = load_rgb(s.rgb, S)
+            if photo is not None:
+                rgb = over_photo(rgb, depth, photo)
+            if flip:
+                rgb = rgb.flip(-1)
+        if flip and not depth_held:
+            depth = depth.flip(-1)
+        if ref_held:
+            ref = torch.zeros(3, S, S)
+        elif own:
+            ref = rgb
         else:
-            ref = load_rgb(self.samples[j].rgb, spec.image_size)
+            ref = load_rgb(self.samples[j].rgb, S)
             if photo is not None and self.samples[j].source == "studio":
-                ref = over_photo(ref, load_depth_map(self.samples[j].depth, spec.image_size), photo)
+                ref = over_photo(ref, load_depth_map(self.samples[j].depth, S), photo)
             if mirrored != flip:  # a single image's other "view" is its mirror image (never the target pixels); a flip mirrors it too
                 ref = ref.flip(-1)
-        colour = self.colour_for(n)
         if colour is not None:
             rgb, ref = apply_colour(rgb, colour), apply_colour(ref, colour)
         keep = bool(rng_for(self.seed, SALT_KEEP, n).random() >= self.reference_dropout)
@@ -312,7 +334,7 @@ class ImageStream(torch.utils.data.Dataset):
             "depth": depth,  # [1, S, S], 0 = invalid
             "reference": ref,  # [3, S, S]
             "keep": keep, "noise": noise, "timestep": t,
-            "fresh": photo is not None or colour is not None,  # RGB latents not to be cached
+            "fresh": fresh,  # RGB latents not to be cached
         }
         if masks is not None:
             item["m_rgb"], item["m_depth"] = masks

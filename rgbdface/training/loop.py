@@ -339,6 +339,8 @@ def run(p: Plan) -> Path:
     )
     batches = iter(loader)
     grid_batch = default_collate([stream[n] for n in range(cfg.log.sample_count)]) if cfg.stage in (1, 2) else None
+    if cfg.stage in (1, 2) and inner.cache is not None and cfg.data.num_workers == 0:
+        stream.cached = inner.cache  # cached samples skip decoding their pixels (the grids above keep theirs)
     if req.tracker:
         accelerator.init_trackers("rgbdface", config=_flat(cfg.to_dict()))
 

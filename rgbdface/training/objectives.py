@@ -125,10 +125,21 @@ class Objective(nn.Module):
             return self.noise_scheduler.get_velocity(z0, noise, t)
         raise ValueError(f"prediction_type {kind!r} is not supported; use epsilon or v_prediction")
 
-    def _depth_weights(self, depth: torch.Tensor) -> torch.Tensor:
-        """[B, 1, h, w] per latent cell: 1 with any valid depth pixel, else loss.depth_background_weight."""
+    def _depth_weights(self, depth: torch.Tensor, keys: list | None = None) -> torch.Tensor:
+        """[B, 1, h, w] per latent cell: 1 with any valid depth pixel, else loss.depth_background_weight
+        (cached per sample with the latents, so that a held sample's depth need not be decoded again)."""
         f = self.model.codec.downsample
-        valid = F.max_pool2d((depth > 0).float(), f) > 0
+
+        def cells(d):
+            return F.max_pool2d((d > 0).float(), f) > 0
+
+        if self.cache is None or keys is None:
+            valid = cells(depth)
+        else:
+            for d, k in zip(depth, keys):
+                if ("valid", k) not in self.cache:
+                    self.cache[("valid", k)] = cells(d[None])[0]
+            valid = torch.stack([self.cache[("valid", k)] for k in keys])
         bg = self.cfg.loss.depth_background_weight
         return self.cfg.loss.depth_weight * torch.where(valid, 1.0, bg)
 
@@ -179,11 +190,11 @@ class JointObjective(Objective):
         model, c = self.model, self.model.meta.latent_channels
         dev = model.device
         # 1. Latents of target RGB, target depth and reference (VAE, frozen)
-        keys = [(int(i), bool(f)) for i, f in zip(batch["index"], batch["flipped"])]  # a mirrored sample has latents of its own
+        depth_keys = [(int(i), bool(f)) for i, f in zip(batch["index"], batch["flipped"])]  # a mirrored sample has latents of its own
         ref_keys = [(int(j), bool(m) != bool(f)) for j, m, f in zip(batch["ref_index"], batch["mirrored"], batch["flipped"])]
-        fresh = [bool(x) for x in batch["fresh"]] if "fresh" in batch else [False] * len(keys)
-        z_depth = self._encode("depth", batch["depth"], keys)  # [B, C, h, w]
-        keys = [None if f else k for k, f in zip(keys, fresh)]  # augmented RGB: not cached
+        fresh = [bool(x) for x in batch["fresh"]] if "fresh" in batch else [False] * len(depth_keys)
+        z_depth = self._encode("depth", batch["depth"], depth_keys)  # [B, C, h, w]
+        keys = [None if f else k for k, f in zip(depth_keys, fresh)]  # augmented RGB: not cached
         ref_keys = [None if f else k for k, f in zip(ref_keys, fresh)]
         z_rgb = self._encode("rgb", batch["rgb"], keys)  # [B, C, h, w]
         z_ref = self._encode("reference", batch["reference"], ref_keys)  # [B, C, h, w]
@@ -206,7 +217,7 @@ class JointObjective(Objective):
         pred = den.unet(x, t, encoder_hidden_states=ctx.expand(x.shape[0], -1, -1)).sample  # [B, 2C, h, w]
 
         # 4. Eq. (5), with the depth half weighted by validity (and stage-2 masks)
-        depth_w = self._depth_weights(batch["depth"].to(dev))  # [B, 1, h, w]
+        depth_w = self._depth_weights(batch["depth"].to(dev), depth_keys)  # [B, 1, h, w]
         w = torch.cat([torch.ones_like(z_rgb), depth_w.expand(-1, c, -1, -1)], dim=1)  # [B, 2C, h, w]
         if mask_w is not None:
             w = w * mask_w
