@@ -349,9 +349,9 @@ def test_flipped_samples_have_cached_latents_of_their_own(tiny_model, tmp_path):
     np.testing.assert_allclose(flipped.numpy(), tiny_model.codec.encode_rgb(stream[0]["rgb"][None])[0].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_cached_samples_skip_their_pixels_and_keep_their_loss(monkeypatch, tiny_model, stage, tmp_path):
-    """With data.cache_latents, a sample seen once is not decoded again, and its loss stays the same."""
+@pytest.mark.parametrize("stage,augment", [(1, False), (2, False), (1, True)])
+def test_cached_samples_skip_their_pixels_and_keep_their_loss(monkeypatch, tiny_model, stage, augment, tmp_path):
+    """With data.cache_latents, a sample seen once is not decoded again (an augmented one is), and the loss stays the same."""
     from rgbdface.training import data as training_data
     from rgbdface.training.config import resolve_config
     from torch.utils.data import default_collate as collate
@@ -360,21 +360,27 @@ def test_cached_samples_skip_their_pixels_and_keep_their_loss(monkeypatch, tiny_
     from rgbdface.training.objectives import make_objective
 
     samples = training_data.read_samples(make_dataset(tmp_path / "d", identities=2, frames=2))
-    cfg = resolve_config(stage, "tiny", ["data.cache_latents=true", "data.hflip=0.5", "loss.reference_dropout=0",
-                                         *(["masks.self_reference=0.5"] if stage == 2 else [])])
+    extra = {1: ["data.same_reference=0.5"], 2: ["masks.self_reference=0.5"]}[stage]
+    extra += ["data.colour_jitter=0.5"] if augment else []
+    cfg = resolve_config(stage, "tiny", ["data.cache_latents=true", "data.hflip=0.5", "loss.reference_dropout=0", *extra])
     stream = make_stream(samples, cfg, training_data.LatentSpec(32, 4, 8, 1000))
     obj = make_objective(copy.deepcopy(tiny_model), cfg)
+    decoded = []
+    for name in ("load_rgb", "load_depth_map"):
+        real = getattr(training_data, name)
+        monkeypatch.setattr(training_data, name, lambda *a, real=real: decoded.append(a) or real(*a))
     items = range(8)
     with torch.no_grad():
         first = float(obj(collate([stream[n] for n in items]))[0])
         obj.finish()
+        decoded_first, decoded[:] = len(decoded), []
         stream.cached = obj.cache
-        decoded = []
-        for name in ("load_rgb", "load_depth_map"):
-            real = getattr(training_data, name)
-            monkeypatch.setattr(training_data, name, lambda *a, real=real: decoded.append(a) or real(*a))
-        again = float(obj(collate([stream[n] for n in items]))[0])
-    assert decoded == [] and again == first
+        again = collate([stream[n] for n in items])
+        assert float(obj(again)[0]) == first
+    if augment:
+        assert again["fresh"].any() and 0 < len(decoded) < decoded_first
+    else:
+        assert decoded == []
 
 
 def test_self_reference_only_where_the_rgb_is_kept(tmp_path):
