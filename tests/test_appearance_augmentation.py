@@ -85,7 +85,7 @@ def test_augmented_samples_are_not_cached(clip_dataset):
     with torch.no_grad():
         loss, _ = obj(collate([stream[0], stream[1]]))
     assert torch.isfinite(loss)
-    assert obj.cache and all(k[0] == "depth" for k in obj.cache)  # depth latents cached, jittered RGB never
+    assert obj.cache and all(k[0] in ("depth", "valid") for k in obj.cache)  # depth latents (and cells) cached, jittered RGB never
 
 
 def test_clip_frames_motion_and_reference_share_background_and_colour(clip_dataset):
