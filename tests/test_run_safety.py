@@ -224,3 +224,18 @@ def test_shard_from_the_environment_is_not_blamed_on_shard(monkeypatch):
     assert "--shard" not in str(e.value) and "RANK=5 WORLD_SIZE=3 (from the environment)" in str(e.value)
     monkeypatch.setenv("RANK", "2")
     assert parse_shard(None) == (2, 3)
+
+
+def test_an_interrupted_checkpoint_write_leaves_nothing(data, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM (raised as an exception by the command) midway through writing a checkpoint."""
+    import rgbdface.training.state as state
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "optimizer_to_files", interrupted)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "--tiny", "--image-size", "32", "--max-steps", "2",
+                            "--set", "log.checkpoint_every=1", *FAST])
+    assert isinstance(r.exception, KeyboardInterrupt) or r.exit_code == 130, r.output
+    assert list((run / "checkpoints").iterdir()) == []  # no hidden .step-00000001.tmp/ either

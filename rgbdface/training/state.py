@@ -271,14 +271,34 @@ def _jsonable(v):
 def save_checkpoint(accelerator, run_dir: Path, model, optimizer, names: list[str], lr_scheduler, ema, state: TrainState,
                     config: dict, keep: int = 0) -> Path:
     """Write step-<state.step> atomically; every process calls this (each writes its own RNG state)."""
-    from safetensors.torch import save_file
-
     final = checkpoint_dir(run_dir, state.step)
     tmp = final.with_name(f".{final.name}.tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+
+    try:
+        _write_checkpoint(accelerator, tmp, model, optimizer, names, lr_scheduler, ema, state, config)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: nothing half-written stays behind
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    # 3. Main process: the rename that publishes it, then pruning
+    if accelerator.is_main_process:
+        if final.exists():
+            discard(final)
+        os.replace(tmp, final)
+        if keep:
+            for old in list_checkpoints(run_dir)[:-keep]:
+                discard(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(accelerator, tmp: Path, model, optimizer, names, lr_scheduler, ema, state: TrainState, config: dict) -> None:
+    from safetensors.torch import save_file
 
     # 1. Every process: its own generator states
     rank = accelerator.process_index
@@ -287,7 +307,7 @@ def save_checkpoint(accelerator, run_dir: Path, model, optimizer, names: list[st
     _write_json(tmp / f"rng-{rank}.json", meta)
     accelerator.wait_for_everyone()
 
-    # 2. Main process: model, optimizer, scheduler, EMA, state; then the rename that publishes it
+    # 2. Main process: model, optimizer, scheduler, EMA, state
     if accelerator.is_main_process:
         model.save_pretrained(tmp / "model")
         o_tensors, o_meta = optimizer_to_files(optimizer, names)
@@ -298,14 +318,6 @@ def save_checkpoint(accelerator, run_dir: Path, model, optimizer, names: list[st
             save_file({n: t.detach().cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "state.json", asdict(state))
-        if final.exists():
-            discard(final)
-        os.replace(tmp, final)
-        if keep:
-            for old in list_checkpoints(run_dir)[:-keep]:
-                discard(old)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def read_state(ckpt: Path) -> tuple[TrainState, dict]:
