@@ -102,3 +102,14 @@ def test_whole_folders_pass(tiny_model_dir, tiny_masked_model_dir):
 
     for folder in (tiny_model_dir, tiny_masked_model_dir, BUNDLED_MODEL):
         assert check_model_folder(folder)["stages"][0] == 0
+
+
+def test_device_trouble_is_not_blamed_on_the_folder(tiny_model_dir, monkeypatch):
+    import rgbdface.models.model as model_module
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model_module, "_own_storage", oom)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        load_model(tiny_model_dir)

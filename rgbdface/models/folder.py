@@ -167,6 +167,8 @@ def explain_load_errors(load):
         except InputError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+            if isinstance(e, RuntimeError) and any(w in str(e).lower() for w in ("out of memory", "cuda", "mps")):
+                raise  # the device's trouble, not the folder's
             first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
             first = re.sub(r"\s*https?://\S+", "", first)
             first = first if len(first) <= 160 else first[:157] + "..."
