@@ -496,3 +496,22 @@ def test_held_out_portrait_relights_smoothly_with_a_soft_edge(examples_dir):
     # the measures see the faults they are for: a hard cut of the same relighting
     cut = relight(image, depth, [(1, 0.3, 1)], region="face", feather=0).image
     assert relight_measures(image, cut).edge_ratio > 0.7
+
+
+def test_cli_relights_with_prep_depth_ground_truth(portrait_dataset, tmp_path):
+    """prep-depth's depth (camera distance in 0.1 mm, 16-bit PNG) of its own crop: a light from the right
+    brightens the face's right half against its left."""
+    rgb = sorted(portrait_dataset.glob("*/rgb_000000.*"))[0]
+    depth = rgb.with_name("depth_000000.png")
+    out = tmp_path / "lit.png"
+    r = run(rgb, "-d", depth, "-l", "1,0,0.3", "-a", "0.1", "--region", "face", "-o", out, "--normals", tmp_path / "n.png")
+    assert r.exit_code == 0, r.output
+    src, lit = iio.imread(rgb).astype(float), iio.imread(out).astype(float)
+    face = iio.imread(depth) > 0
+    gain = lit.mean(-1) / np.maximum(src.mean(-1), 1)
+    cols = np.flatnonzero(face.any(0))
+    mid = (cols[0] + cols[-1]) / 2
+    right, left = face & (np.arange(face.shape[1]) > mid + 4), face & (np.arange(face.shape[1]) < mid - 4)
+    assert gain[right].mean() > gain[left].mean() * 1.3
+    normals = iio.imread(tmp_path / "n.png")
+    assert normals[face].max(-1).min() > 0 and (normals[0, 0] == 0).all()  # normals on the face, black far outside it
