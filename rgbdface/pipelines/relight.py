@@ -547,6 +547,13 @@ def relight_surface(
     width = _width(valid)
     radius = width * SMOOTH_FRACTION if smooth is None else float(smooth)
 
+    # everything below happens inside the box around the face (and head), with room for the widest blur
+    head = np.asarray(head, bool) if exists(head) else None
+    box = _box(valid | head if exists(head) else valid, pad=int(0.8 * width + 2 * radius) + 8)
+    full, d, valid = valid, d[box], valid[box]
+    image = to_numpy(image)[box] if exists(image) else None
+    head = head[box] if exists(head) else None
+
     # height in pixels toward the viewer, smoothed edge-aware inside the valid region
     h = np.where(valid, -s * (d - d[valid].min()), 0.0)
     if radius > 0:
@@ -559,7 +566,7 @@ def relight_surface(
 
     # the region: the face with its holes, or the head around it
     face_filled = binary_fill_holes(valid)
-    region = face_filled | (np.asarray(head, bool) if exists(head) else False)
+    region = face_filled | (head if exists(head) else False)
     if exists(head):
         # inflated silhouette + the face's offset from it, extended smoothly outward
         t = inside_distance(region).astype(np.float64)
@@ -582,7 +589,22 @@ def relight_surface(
         n = np.stack([_masked_blur(n[..., k], region, radius / 2) for k in range(3)], -1)
         n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
         n[~region] = 0.0
-    return Surface(height=h, normals=n.astype(np.float32), region=region, face=valid, depth_scale=s, face_width=width)
+    return Surface(height=_paste(h, box, full.shape), normals=_paste(n.astype(np.float32), box, full.shape),
+                   region=_paste(region, box, full.shape), face=full, depth_scale=s, face_width=width)
+
+
+def _box(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """The bounding box of `mask`, grown by `pad` pixels on each side and cut to the image."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return slice(max(0, rows[0] - pad), min(h, rows[-1] + pad + 1)), slice(max(0, cols[0] - pad), min(w, cols[-1] + pad + 1))
+
+
+def _paste(x: np.ndarray, box: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
+    """x (the box's contents) in a zero array of the full `shape` (plus x's trailing axes)."""
+    out = np.zeros(tuple(shape) + x.shape[2:], x.dtype)
+    out[box] = x
+    return out
 
 
 # --------------------------------------------------------------------------- 2. the photo's shading
@@ -689,23 +711,27 @@ def relight(
     if surface is None:
         head = head_region(person, (depth > 0), image) if region == "head" else None
         surface = relight_surface(depth, image, head=head, smooth=smooth, depth_scale=depth_scale, relief=relief)
-    inside = surface.region
     feather_px = surface.face_width * FEATHER_FRACTION if feather is None else float(feather)
-    weight = feather_weight(inside, feather_px)  # [H, W]
+    shape = depth.shape
+    box = _box(surface.region, pad=1)  # nothing changes outside the region: work inside its box
+    surface = Surface(height=surface.height[box], normals=surface.normals[box], region=surface.region[box], face=surface.face[box],
+                      depth_scale=surface.depth_scale, face_width=surface.face_width)
+    inside = surface.region
+    weight = feather_weight(inside, feather_px)  # [h, w]
 
     # 2. The photo's own shading, in linear light
     top = 255.0 if image.dtype == np.uint8 else 1.0
-    rgb = image[..., None] if image.ndim == 2 else image
-    lin = srgb_to_linear(rgb.astype(np.float64) / top)  # [H, W, C]
+    rgb = (image[..., None] if image.ndim == 2 else image)[box]
+    lin = srgb_to_linear(rgb.astype(np.float64) / top)  # [h, w, C]
     lum = lin @ LUMA if lin.shape[-1] == 3 else lin[..., 0]
-    before = original_shading(lum, surface, float(amb.mean())) if original is None else np.asarray(original, np.float64)  # [H, W]
+    before = original_shading(lum, surface, float(amb.mean())) if original is None else np.asarray(original, np.float64)[box]  # [h, w]
 
     # 3. New shading
-    after = shade_rgb(surface.normals, lights, amb, env_sh)  # [H, W, 3]
+    after = shade_rgb(surface.normals, lights, amb, env_sh)  # [h, w, 3]
     after[~inside] = 0.0
 
     # 4. Ratio, faded in by the feather
-    ratio = np.where(inside[..., None], after / np.maximum(before, 1e-6)[..., None], 1.0)  # [H, W, 3]
+    ratio = np.where(inside[..., None], after / np.maximum(before, 1e-6)[..., None], 1.0)  # [h, w, 3]
     if lin.shape[-1] == 1:
         ratio = ratio @ LUMA[:, None]
     # applied to the encoded values as ratio^(1/2.2): the same gain in linear light for the sRGB curve's power
@@ -714,14 +740,14 @@ def relight(
     lit = np.clip(rgb.astype(np.float64) * (1.0 + weight[..., None] * (gain - 1.0)), 0.0, top)
     if image.dtype == np.uint8:
         lit = lit.round()
-    lit = np.where(weight[..., None] > 0, lit, rgb).astype(image.dtype)
-    if image.ndim == 2:
-        lit = lit[..., 0]
+    out = image.copy()
+    out[box] = np.where(weight[..., None] > 0, lit, rgb).astype(image.dtype).reshape(out[box].shape)
     albedo = np.where(inside[..., None], lin / np.maximum(before, 1e-6)[..., None], 0.0)
     if albedo.shape[-1] == 1:
         albedo = np.repeat(albedo, 3, -1)
-    return RelightResult(image=lit, normals=surface.normals, shading=after.astype(np.float32), original_shading=before.astype(np.float32),
-                         albedo=albedo.astype(np.float32), weight=weight, region=inside, valid=surface.face,
+    return RelightResult(image=out, normals=_paste(surface.normals, box, shape), shading=_paste(after.astype(np.float32), box, shape),
+                         original_shading=_paste(before.astype(np.float32), box, shape), albedo=_paste(albedo.astype(np.float32), box, shape),
+                         weight=_paste(weight, box, shape), region=_paste(inside, box, shape), valid=_paste(surface.face, box, shape),
                          depth_scale=surface.depth_scale, feather=feather_px)
 
 
