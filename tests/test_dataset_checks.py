@@ -148,3 +148,12 @@ def test_dataset_json_errors_name_the_file(data, case, tmp_path):
     assert r.exit_code == 1, r.output
     assert expect in one_line_error(r)
     assert not run.exists()
+
+
+def test_train_vae_checks_the_files_it_reads(data, tmp_path):
+    (data / "person0" / "depth_000001.png").unlink()
+    out = tmp_path / "vae"
+    r = runner.invoke(app, ["train-vae", str(data), "-o", str(out), "--image-size", "32", "--steps", "1", "-q"])
+    assert r.exit_code == 1, r.output
+    assert "1 file named by the manifest is missing or empty: person0/depth_000001.png (depth of person0/1)" in one_line_error(r)
+    assert not out.exists()

@@ -31,11 +31,11 @@ def train_vae_command(
     Real work keeps the base model's VAE (SD-1.5) and needs no such step.
 
     --json adds: steps, final_loss, scaling_factor."""
-    from rgbdface.data.manifest import read_samples
+    from rgbdface.data.manifest import check_files, read_samples
 
     if crop is not None and (crop % 8 or not 8 <= crop <= image_size):
         raise UsageError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
-    read_samples(dataset)  # a missing or empty dataset fails before torch is imported
+    check_files(read_samples(dataset), ("rgb", "depth"), dataset)  # a missing, empty or broken dataset fails before torch is imported
 
     import torch
     from diffusers import AutoencoderKL
