@@ -247,8 +247,12 @@ def _rng(cfg: PrepConfig, *parts) -> np.random.Generator:
     return np.random.default_rng(int(hashlib.sha1(":".join(map(str, (cfg.seed, *parts))).encode()).hexdigest()[:8], 16))
 
 
-def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str, crop: FaceCrop, cfg: PrepConfig, input_path: Path) -> list[Callable[[], dict]]:
-    """Studio views and talking clips of one fitted crop, queued on `writer`; returns row makers."""
+def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str, crop: FaceCrop, cfg: PrepConfig, input_path: Path,
+                   views_from: int = 0, clips_from: int = 0) -> list[Callable[[], dict]]:
+    """Studio views and talking clips of one fitted crop, queued on `writer`; returns row makers.
+
+    `views_from`/`clips_from`: the views and clips an earlier run made are not made again (view k is
+    drawn as in a run that makes them all)."""
     from rgbdface.data.studio import plan_talking_clip, random_view
     from rgbdface.data.audio import write_wav
 
@@ -258,9 +262,11 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
     clip = f"{key}-studio"
     for k in range(cfg.studio_views):
         view = random_view(rng)
+        if k < views_from:
+            continue
         f = writer.submit(_render_and_write, root, clip, k, crop.image, crop.landmarks, vertices, view, cfg.rgb_format)
         rows.append(_rows_of(f, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict()))
-    for c in range(cfg.talking_clips):
+    for c in range(clips_from, cfg.talking_clips):
         clip = f"{key}-talk{c}"
         plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, seed_name(key), "talk", c))
         audio_rel, features_rel = f"{clip}/audio.wav", None
@@ -441,6 +447,47 @@ class _Started:
     frames: int
     tasks: list[Future]
     t0: float
+    added: list[Path] | None = None  # extending a finished input: the files and folders it adds (removed on failure)
+    kept: int = 0  # extending a finished input: its rows from earlier runs (first in `makers`)
+
+    def remove(self, root: Path) -> None:
+        """After a failure or interrupt: what this run wrote of the input goes (an extension: only what it added)."""
+        if self.added is None:
+            remove_input_files(root, self.key)
+            return
+        import shutil
+
+        for p in self.added:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _extension(path: Path, root: Path, key: str, cfg: PrepConfig, writer: BackgroundWriter, t0: float) -> _Started | None:
+    """A finished input asked for more --studio-views or --talking-clips: the missing ones, rendered from its
+    fitted crop and landmarks (from the crop as stored: a JPEG crop gives renders a little unlike a single run's),
+    queued on `writer`; None when nothing is missing."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    rows = manifest.rows_of(root, key)
+    wild_clips = list(dict.fromkeys(r["clip"] for r in rows if r.get("source") == "wild"))
+    makers: list[Callable[[], dict]] = [lambda r=r: r for r in rows]
+    added: list[Path] = []
+    for clip in wild_clips:
+        first = min((r for r in rows if r["clip"] == clip), key=lambda r: r["frame"])
+        views = sum(r["clip"] == f"{clip}-studio" for r in rows)
+        clips = len({r["clip"] for r in rows if r["clip"].startswith(f"{clip}-talk")})
+        if views >= cfg.studio_views and clips >= cfg.talking_clips:
+            continue
+        fmt = Path(first["rgb"]).suffix.lstrip(".")  # new renders are stored like the input's others
+        crop = SimpleNamespace(image=load_image(root / first["rgb"]), landmarks=np.load(root / first["landmarks"], allow_pickle=False))
+        added += [root / f"{clip}-studio" / f"{kind}_{k:06d}.{ext}" for k in range(views, cfg.studio_views)
+                  for kind, ext in (("rgb", fmt), ("depth", "png"), ("mask", "png"), ("landmarks", "npy"))]
+        added += [root / f"{clip}-talk{c}" for c in range(clips, cfg.talking_clips)]
+        makers += _submit_studio(writer, root, clip, first["identity"], crop, replace(cfg, rgb_format=fmt), Path(first["input"]),
+                                 views_from=views, clips_from=clips)
+    if not added:
+        return None
+    return _Started(path, key, makers, 0, writer.take(), t0, added=added, kept=len(rows))
 
 
 def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer: BackgroundWriter) -> InputResult | _Started:
@@ -449,6 +496,12 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
     path = Path(path)
     key = input_key(path)
     if not overwrite and manifest.rows_path(root, key).exists():
+        try:
+            extension = _extension(path, Path(root), key, cfg, writer, t0)
+        except Exception as e:  # the stored crop cannot be read: the input's files stay as they were
+            return _failed(str(path), e, t0)
+        if extension is not None:
+            return extension
         return InputResult(str(path), "skipped", changed=changed_options(Path(root), key, cfg))
     if not manifest.rows_path(root, key).exists():
         remove_input_files(Path(root), key)  # samples of a run killed before it finished this input: named by no row
@@ -467,11 +520,14 @@ def start_input(path: Path, root: Path, cfg: PrepConfig, overwrite: bool, writer
 def finish_input(started: _Started, root: Path, writer: BackgroundWriter) -> InputResult:
     """Wait for an input's files, then write the rows file that marks it done."""
     try:
-        with _removed_on_failure(root, started.key):
+        try:
             writer.results(started.tasks)  # every file is written (or the first error raised) ...
             rows = [make() for make in started.makers]
             manifest.write_rows(root, started.key, rows)  # ... before the rows file that marks the input done
-        return InputResult(str(started.path), "done", samples=len(rows), frames=started.frames, seconds=time.perf_counter() - started.t0)
+        except BaseException:
+            started.remove(root)
+            raise
+        return InputResult(str(started.path), "done", samples=len(rows) - started.kept, frames=started.frames, seconds=time.perf_counter() - started.t0)
     except Exception as e:
         return _failed(str(started.path), e, started.t0)
 
@@ -573,7 +629,7 @@ def prepare_dataset(
             except BaseException:  # interrupted (Ctrl-C, SIGTERM) with an input's files still being written
                 if writing is not None:
                     writer.discard(writing.tasks)
-                    remove_input_files(root, writing.key)
+                    writing.remove(root)
                 raise
         if cfg.studio_mix:  # after every input, so that each pair can be made
             for key, shape, texture in mix_pairs(fitted_portraits(root)):
