@@ -157,9 +157,10 @@ def main() -> None:
         methods = ["--method", f"model:{a.model}" if a.model else "model", "--method", "plane"]
         if a.train_data:
             methods += ["--method", f"mean-face:{a.train_data}"]
-        e = json.loads(rgbdface("eval", "--data", a.heldout, "--source", source, *methods, "--format", "json", "-q", capture=True))
+        e = json.loads(rgbdface("eval", "--data", a.heldout, "--source", source, *methods, "--units", "mm", "--format", "json", "-q",
+                                capture=True))
         for label, rep in e.items():
-            rows.append((f"depth ({source}, {rep['n_images']} images): RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse'] * unit:.1f}"))
+            rows.append((f"depth ({source}, {rep['n_images']} images): RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse']:.1f}"))
 
     lines = [f"# Faces of model `{a.label}` on a held-out identity (obama.jpg)", "",
              f"`python benchmarks/measure_faces.py --heldout WORK/heldout --label {a.label}"

@@ -204,3 +204,16 @@ def test_wav2vec_model_needs_its_folder(model, tmp_path):
     m.motion.config.audio_encoder, m.motion.config.audio_folder = "wav2vec2", str(tmp_path / "moved")
     with pytest.raises(InputError, match="--wav2vec"):
         m.motion.audio_encoder()
+
+
+def test_one_noise_for_the_video_leaves_only_the_model_to_change_frames(astronaut):
+    """noise="video": frames differ only by what audio, motion frames and temporal attention make of them;
+    with those at their zero initialisation every frame is the same. noise="frame": fresh noise per frame."""
+    m = tiny_motion_model()  # audio and temporal attention zero-initialised
+    wave = speech_like(1.0)  # 25 frames: several clips
+    still = np.stack([f.rgb for f in talk_frames(m, astronaut, wave, steps=2, noise="video")])
+    assert len(still) == 25 and (still == still[0]).all()
+    fresh = np.stack([f.rgb for f in talk_frames(m, astronaut, wave, steps=2, noise="frame")])
+    assert np.abs(np.diff(fresh.astype(int), axis=0)).mean() > 1
+    with pytest.raises(ValueError, match="noise"):
+        next(talk_frames(m, astronaut, wave, steps=2, noise="clip"))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rgbdface.cli.common import ReportingCommand, handle_errors, log, report
+from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
 from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 from rgbdface.utils import InputError, check_input_file
@@ -47,6 +47,7 @@ def talk_command(
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = 1.0,
     scheduler: SchedulerOpt = "ddim",
+    noise: Annotated[str, typer.Option("--noise", help="Initial noise: 'video' (one noise for every frame: frames change only with the speech) or 'frame' (fresh noise per frame, as in training; the frames flicker).")] = "video",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -71,6 +72,8 @@ def talk_command(
 
     # Everything that can fail on bad input happens before the model is loaded; a missing file or a
     # bad option even before the model's libraries are imported.
+    if noise not in ("video", "frame"):
+        raise fail(f"--noise {noise!r}: expected 'video' or 'frame'", 2)
     check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames, inputs=(reference, audio))
     check_input_file(reference, "image file")
     check_input_file(audio)
@@ -95,7 +98,7 @@ def talk_command(
     log(f"{audio}: {wave.size / SAMPLE_RATE:.2f} s of audio; frames of {size * (2 if side_by_side else 1)}x{size} px (the model's size)", quiet)
     result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
                   rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames, steps=steps, guidance=guidance,
-                  scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress)
+                  scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress, noise=noise)
     report().wrote(*result.outputs)
     report().add(frames=result.frames, clips=result.clips, audio_seconds=round(result.seconds, 3),
                  generate_seconds=round(result.elapsed, 3))

@@ -66,7 +66,10 @@ class TalkResult:
     outputs: list[Path]
 
 
-def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: float) -> None:
+NOISE_MODES = ("video", "frame")
+
+
+def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: float, noise: str = "video") -> None:
     if not isinstance(reference, np.ndarray) or reference.dtype != np.uint8 or reference.ndim != 3 or reference.shape[2] != 3:
         raise ValueError("reference must be a uint8 RGB array [H, W, 3]")
     if not isinstance(wave, np.ndarray) or wave.ndim != 1 or wave.size == 0:
@@ -75,6 +78,8 @@ def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: 
         raise ValueError(f"steps must be >= 1, got {steps}")
     if guidance < 1.0:
         raise ValueError(f"guidance must be >= 1 (1 = off), got {guidance}")
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
 
 
 @torch.no_grad()
@@ -122,20 +127,25 @@ def talk_frames(
     seed: int = 0,
     audio_encoder=None,
     on_clip: Callable[[ClipProgress], None] | None = None,
+    noise: str = "video",
 ) -> Iterator[TalkFrame]:
     """Frames of the person in `reference` (a face crop, uint8 RGB, framed with `model.meta.crop_margin`)
     speaking `wave` (float32 [T], 16 kHz mono).
 
     Yields ceil(duration × fps) frames in order, one clip at a time. `audio_encoder`
     defaults to the one the model was trained with (the mel encoder needs no folder).
+    `noise`: "video" starts every frame from one initial noise, so that frames differ only by
+    what the audio, the motion frames and temporal attention make of them (no frame-to-frame
+    flicker from the noise); "frame" draws fresh noise for every frame, as in training.
     """
     # 1. Check inputs
-    check_inputs(reference, wave, steps, guidance)
+    check_inputs(reference, wave, steps, guidance, noise)
     model.require_stage(3, "talk")
     den, cfg = model.motion, model.motion.config
     device, dtype = model.device, model.dtype
     generator = torch.Generator().manual_seed(seed)
     encoder = audio_encoder if exists(audio_encoder) else den.audio_encoder(device=device)
+    one_noise = None
 
     # 2. Audio features at the video rate (audio encoder) → windows
     feats = encoder.video_features(wave, fps=cfg.fps)  # [N, A]
@@ -160,8 +170,13 @@ def talk_frames(
                 first = clip * cfg.frames
                 index = torch.arange(first, first + cfg.frames).clamp(max=total - 1)
                 clip_windows = windows[index][None].to(device, dtype)  # [1, F, k, A]
-                noise = torch.randn((1, cfg.frames, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
-                latents = denoise_clip(model, clip_windows, motion, noise, steps, guidance, scheduler)  # [1, F, 2C, s, s]
+                if noise == "video":  # one noise for every frame of every clip
+                    if one_noise is None:
+                        one_noise = torch.randn((1, 1, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
+                    start = one_noise.expand(1, cfg.frames, -1, -1, -1)
+                else:
+                    start = torch.randn((1, cfg.frames, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
+                latents = denoise_clip(model, clip_windows, motion, start, steps, guidance, scheduler)  # [1, F, 2C, s, s]
                 motion = latents[:, cfg.frames - cfg.motion_frames:, :c]  # [1, n, C, s, s]: last generated frames
 
                 # 5. Decode (VAE) and hand the clip's frames out
@@ -199,6 +214,7 @@ def talk(
     seed: int = 0,
     audio_encoder=None,
     on_clip: Callable[[ClipProgress], None] | None = None,
+    noise: str = "video",
 ) -> TalkResult:
     """Generate the talking RGB + depth video and write every requested output as frames are made.
 
@@ -208,6 +224,7 @@ def talk(
     """
     from rgbdface.data.video_outputs import VideoOutputs
 
+    check_inputs(reference, wave, steps, guidance, noise)
     model.require_stage(3, "talk")
     fps = model.motion.config.fps if exists(model.motion) else 25
     seconds = wave.size / SAMPLE_RATE
@@ -215,7 +232,7 @@ def talk(
                            rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames)  # checks every path
     t0 = time.perf_counter()
     with outputs:
-        for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip):
+        for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip, noise):
             outputs.write(frame)
     clips = math.ceil(outputs.frames / model.motion.config.frames)
     return TalkResult(outputs.frames, seconds, clips, time.perf_counter() - t0, outputs.paths)
