@@ -147,3 +147,28 @@ def test_cached_reference_keys_values_equal_plain_concatenation(tiny_model):
     den.set_reference(z_ref.flip(0), ctx)  # a new reference drops the cached projections
     swapped = den(x, torch.tensor(10), ctx, ref_index=index)
     assert not torch.allclose(swapped, first, atol=1e-4)
+
+
+@torch.no_grad()
+def test_reference_dropout_reads_nothing_back_per_layer(tiny_model):
+    """A `keep` on the device is read on the host once per call, not in each self-attention layer."""
+    from sync_helpers import SyncCounter, on_fake_device
+
+    x, z_ref, t = _inputs(tiny_model, b=4)
+    den = tiny_model.joint
+    layers = sum(name.endswith("attn1.processor") for name in den.unet.attn_processors)
+    assert layers >= 4
+    expected = {}
+    for pattern in ([True, False, True, False], [False] * 4, [True] * 4):
+        den.set_reference(z_ref, tiny_model.context)
+        expected[tuple(pattern)] = den(x, t, tiny_model.context, keep=torch.tensor(pattern))
+        keep = on_fake_device(torch.tensor(pattern))
+        SyncCounter.count = 0
+        out = den(x, t, tiny_model.context, keep=keep)
+        assert SyncCounter.count <= 1, (pattern, SyncCounter.count, layers)
+        # the same tensor again (a sampler's next step): nothing read back at all
+        SyncCounter.count = 0
+        den(x, t, tiny_model.context, keep=keep)
+        assert SyncCounter.count == 0
+        torch.testing.assert_close(out.as_subclass(torch.Tensor), expected[tuple(pattern)], rtol=0, atol=0)
+    den.clear_reference()

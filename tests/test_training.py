@@ -584,3 +584,110 @@ def test_exclude_identities_holds_identities_out_of_training(data, tiny_model_di
                             "--set", "data.exclude_identities=nobody", *QUIET])
     assert r.exit_code == 1 and "no identity 'nobody'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad" / "model").exists()
+
+
+def test_the_loop_reads_device_values_back_once_per_log_line(data, tiny_model_dir, tmp_path, monkeypatch):
+    """Losses stay on the device between log lines: no host-device sync per micro-step."""
+    from sync_helpers import SyncCounter, on_fake_device
+
+    from rgbdface.training.objectives import JointObjective
+
+    forward = JointObjective.forward
+
+    def on_device(self, batch):  # the loss and its logged parts as if computed on an accelerator
+        loss, parts = forward(self, batch)
+        return on_fake_device(loss), {k: on_fake_device(v) for k, v in parts.items()}
+
+    monkeypatch.setattr(JointObjective, "forward", on_device)
+    SyncCounter.count = 0
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "-m", str(tiny_model_dir), "--max-steps", "6",
+                            "--set", "optim.batch_size=2", "--set", "optim.grad_accum=2", "--set", "log.sample_every=0",
+                            "--set", "log.checkpoint_every=0", "--set", "log.log_every=3", "-q"])
+    assert r.exit_code == 0, r.output
+    rows = [row for row in log_rows(run) if "step" in row and "loss" in row]
+    assert [row["step"] for row in rows] == [3, 6]
+    assert SyncCounter.count == len(rows), SyncCounter.count  # one read-back per log line, not 6 steps x 2 micro-steps
+    assert all(np.isfinite(row[k]) for row in rows for k in ("loss", "loss_rgb", "loss_depth", "grad_norm"))
+
+
+def test_final_model_takes_the_ema_weights_in_place(data, tiny_model_dir, tmp_path, monkeypatch):
+    """The moving average goes into the trained model itself: no second copy of the model on the device."""
+    from rgbdface.models.model import RGBDFaceModel
+
+    def no_copy(self):
+        raise AssertionError("the model was copied")
+
+    monkeypatch.setattr(RGBDFaceModel, "clone", no_copy)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(data), "-o", str(run), "-m", str(tiny_model_dir), "--max-steps", "2",
+                            "--set", "optim.batch_size=2", "--set", "optim.ema=true", "--set", "optim.ema_decay=0.5",
+                            "--set", "optim.lr=1e-3", *QUIET])
+    assert r.exit_code == 0, r.output
+    shadow = load_file(str(run / "checkpoints" / "step-00000002" / "ema.safetensors"))
+    final = weights(run / "model", "unet")
+    trained = load_file(str(run / "checkpoints" / "step-00000002" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    names = [n for n in shadow if n.startswith("joint.unet.")]
+    assert names
+    assert all(torch.equal(final[n.removeprefix("joint.unet.")], shadow[n]) for n in names)
+    assert not all(torch.equal(trained[n.removeprefix("joint.unet.")], shadow[n]) for n in names)  # EMA differs from the raw weights
+
+
+def test_checkpoints_keep_the_fp16_gradient_scaler(tmp_path):
+    """A resumed fp16 run goes on with the loss scale it had, not the initial one."""
+    from types import SimpleNamespace
+
+    from rgbdface.training.state import TrainState, load_training_state, save_checkpoint
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def save_pretrained(self, path):
+            Path(path).mkdir()
+
+    def setup():
+        model = Model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+
+    model, opt, sched, scaler = setup()
+    for grad in (float("inf"), float("inf"), 1.0):  # two overflows halve the scale twice, then a good step
+        scaler.scale(model.w.sum()).backward()
+        model.w.grad.fill_(grad)
+        scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() == 2.0 ** 14
+    accel = SimpleNamespace(is_main_process=True, process_index=0, wait_for_everyone=lambda: None, scaler=scaler)
+    ckpt = save_checkpoint(accel, tmp_path, model, opt, ["w"], sched, None, TrainState(step=3), {})
+    assert json.loads((ckpt / "scaler.json").read_text())["scale"] == 2.0 ** 14
+
+    _, opt2, sched2, scaler2 = setup()
+    load_training_state(ckpt, opt2, ["w"], sched2, None, 0, scaler=scaler2)
+    assert scaler2.state_dict() == scaler.state_dict()
+
+
+def test_sample_order_builds_each_epoch_permutation_once(monkeypatch):
+    """Drawing sample n does not rebuild its epoch's permutation (O(dataset) work per sample)."""
+    import rgbdface.training.data as data_mod
+
+    built = []
+    rng_for = data_mod.rng_for
+
+    def counting(*keys):
+        built.append(keys)
+        return rng_for(*keys)
+
+    monkeypatch.setattr(data_mod, "rng_for", counting)
+    studio, wild = list(range(0, 3000, 3)), [i for i in range(3000) if i % 3]
+    order = data_mod.Order(7, studio, wild, 0.25)
+    drawn = [order(n) for n in range(12000)]  # 4000 samples of each source a pass: a few epochs each
+    assert len(built) <= 8, len(built)
+    # the same order as permutations built afresh for every sample
+    monkeypatch.setattr(data_mod, "rng_for", rng_for)
+    for n in (0, 1, 3999, 4000, 7777, 11999):
+        assert data_mod.Order(7, studio, wild, 0.25)(n) == drawn[n]
+    # each epoch of a source visits each of its items once
+    wild_drawn = [d for d in drawn if d % 3][: len(wild)]
+    assert sorted(wild_drawn) == wild

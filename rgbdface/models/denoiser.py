@@ -51,11 +51,11 @@ class RGBDDenoiser(nn.Module):
     ) -> torch.Tensor:
         if reference is not None:
             self.set_reference(reference, context)
-        self.bank.keep, self.bank.index = keep, ref_index
+        self.bank.set_call(keep, ref_index, sample.device)
         try:
             return self.unet(sample, timestep, encoder_hidden_states=_batch(context, sample.shape[0])).sample
         finally:
-            self.bank.keep, self.bank.index = None, None
+            self.bank.set_call(None, None)
 
 
 def _batch(context: torch.Tensor, b: int) -> torch.Tensor:

@@ -123,7 +123,7 @@ def sample_latents(
     # Without CFG each reference serves its consecutive samples, the bank's default (no index to gather by).
     ref_index = keep = None
     if guidance != 1.0:  # CFG: [unconditional | conditional] halves of one batch
-        keep = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+        keep = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])  # on the CPU: no sync per step
         ref_index = torch.arange(b, device=device) // num_per_reference  # [B]: sample → its reference
         ref_index = torch.cat([ref_index, ref_index])
 

@@ -103,7 +103,7 @@ def denoise_clip(
     # 2. Denoising loop (joint denoiser + audio and temporal attention); CFG on the reference
     sched.set_timesteps(steps, device=noise.device)
     latents = noise * sched.init_noise_sigma
-    keep = torch.tensor([False, True], device=noise.device) if guidance != 1.0 else None
+    keep = torch.tensor([False, True]) if guidance != 1.0 else None  # on the CPU: the bank moves it once
     for t in sched.timesteps:
         x = sched.scale_model_input(latents, t)
         audio = windows

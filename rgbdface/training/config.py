@@ -29,6 +29,9 @@ STAGE_SECTIONS = ("defaults", "stage1", "stage2", "stage3")
 @dataclass
 class OptimConfig:
     lr: float = 1e-5  # learning rate (AdamW), constant after warm-up (paper §5.1: 1e-5)
+    # adamw (torch, float32 moments: 8 bytes per trained parameter) | adamw8bit (bitsandbytes' block-wise
+    # 8-bit moments: 2 bytes; what lets stage 1 at 512 px fit a 24 GB GPU, see README "Scaling")
+    optimizer: str = "adamw"
     warmup_steps: int = 0  # linear warm-up from 0 over this many optimizer steps
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     weight_decay: float = 0.01  # AdamW decoupled weight decay
@@ -314,6 +317,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
         (o.eps > 0, f"optim.eps must be > 0, got {o.eps}"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
         (all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), got {o.betas}"),
+        (o.optimizer in ("adamw", "adamw8bit"), f"optim.optimizer must be adamw or adamw8bit, got {o.optimizer!r}"),
         (o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}"),
         (o.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {o.grad_accum}"),
         (o.max_steps >= 1, f"optim.max_steps must be >= 1, got {o.max_steps}"),

@@ -101,6 +101,24 @@ def check_tracker(tracker: str | None) -> None:
         raise InputError(f"--tracker {tracker}: not installed; `pip install {mods[0]}` or leave --tracker out")
 
 
+def check_optimizer(name: str) -> None:
+    import importlib.util
+
+    if name == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise InputError("optim.optimizer=adamw8bit needs bitsandbytes; `pip install bitsandbytes` or set optim.optimizer=adamw")
+
+
+def make_optimizer(params: list, o):
+    """AdamW with the recipe's settings: torch's, or bitsandbytes' 8-bit one (optim.optimizer)."""
+    import torch
+
+    if o.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+
+
 @dataclass
 class Plan:
     """A checked request: where the model comes from, the resolved config, what to resume."""
@@ -192,6 +210,7 @@ def plan(req: TrainRequest) -> Plan:
     if stage == 3:
         check_files(samples, audio_fields(cfg), Path(req.dataset))
     check_tracker(req.tracker)
+    check_optimizer(cfg.optim.optimizer)
     return Plan(req, cfg, samples, init, model_dir, ckpt, read_crop(req.dataset).margin, [path for path, _ in damaged])
 
 
@@ -303,7 +322,7 @@ def run(p: Plan) -> Path:
 
     # 3. Optimizer (AdamW), constant lr after warm-up, optional EMA
     o = cfg.optim
-    optimizer = torch.optim.AdamW(list(params.values()), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+    optimizer = make_optimizer(list(params.values()), o)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps))
     ema = EMA(params, o.ema_decay) if o.ema else None
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -315,7 +334,8 @@ def run(p: Plan) -> Path:
         from rgbdface.training.state import read_state
 
         state, _ = read_state(p.resume_from)
-        load_training_state(p.resume_from, optimizer, names, lr_scheduler, ema, accelerator.process_index)
+        load_training_state(p.resume_from, optimizer, names, lr_scheduler, ema, accelerator.process_index,
+                            scaler=getattr(accelerator, "scaler", None))
         if state.world_size != accelerator.num_processes and main:
             log.warning("resuming a %d-process run with %d processes: the sample order from here on differs",
                         state.world_size, accelerator.num_processes)
@@ -348,11 +368,9 @@ def run(p: Plan) -> Path:
     samples_per_step = o.batch_size * o.grad_accum * accelerator.num_processes
     bar = tqdm(total=o.max_steps, initial=state.step, desc=COMMAND[cfg.stage], file=sys.stderr,
                disable=req.quiet or not main, dynamic_ncols=True)
-    t_last, window_loss, window_n = time.perf_counter(), 0.0, 0
+    t_last, window = time.perf_counter(), RunningMeans()
     last_ckpt = state.step
     while state.step < o.max_steps:
-        t0 = time.perf_counter()
-        parts_sum: dict[str, float] = {}
         for _ in range(o.grad_accum):
             batch = next(batches)
             # accumulate: processes sync gradients on the last micro-batch only; backward divides the loss by grad_accum
@@ -360,11 +378,11 @@ def run(p: Plan) -> Path:
                 loss, parts = objective(batch)
                 accelerator.backward(loss)
             inner.finish()
-            for name, v in {"loss": loss.detach(), **parts}.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + float(v) / o.grad_accum
+            window.add({"loss": loss.detach(), **parts}, 1.0 / o.grad_accum)  # stays on the device: no sync
         if o.grad_clip > 0:
             grad_norm = accelerator.clip_grad_norm_(list(params.values()), o.grad_clip)
-            parts_sum["grad_norm"] = float(grad_norm)
+            if grad_norm is not None:  # (DeepSpeed may report none)
+                window.add({"grad_norm": torch.as_tensor(grad_norm)})
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -373,32 +391,30 @@ def run(p: Plan) -> Path:
         state.step += 1
         state.micro_batches += o.grad_accum
         state.samples_seen += samples_per_step
-
-        # Losses averaged over processes (for the log only; training uses each process's own)
-        reduced = accelerator.reduce(torch.tensor([parts_sum[k] for k in sorted(parts_sum)], device=accelerator.device), "mean")
-        metrics = dict(zip(sorted(parts_sum), (float(v) for v in reduced)))
-        if not math.isfinite(metrics["loss"]):  # the weights are lost from here on: stop, keep the last good checkpoint
-            _diverged(run_dir, state.step, f"the loss is {metrics['loss']}", main)
-        state.last_loss = metrics["loss"]
-        sps = samples_per_step / max(time.perf_counter() - t0, 1e-9)
-        window_loss, window_n = window_loss + metrics["loss"], window_n + 1
+        window.steps += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{sps:.2f}")
-        if state.step % cfg.log.log_every == 0 or state.step == o.max_steps:
-            now = time.perf_counter()
-            row = {"step": state.step, "loss": window_loss / window_n, **{k: v for k, v in metrics.items() if k != "loss"},
-                   "lr": lr_scheduler.get_last_lr()[0], "samples_per_s": window_n * samples_per_step / max(now - t_last, 1e-9),
-                   "samples_seen": state.samples_seen}
-            if main:
+        log_now = state.step % cfg.log.log_every == 0 or state.step == o.max_steps
+        checkpoint_now = cfg.log.checkpoint_every and state.step % cfg.log.checkpoint_every == 0 and state.step < o.max_steps
+        if log_now or checkpoint_now:
+            # The one host-device sync of a logging interval: means over its steps and processes.
+            now, steps = time.perf_counter(), window.steps
+            metrics = window.pop(accelerator)
+            if not math.isfinite(metrics["loss"]):  # the weights are lost from here on: stop, keep the last good checkpoint
+                _diverged(run_dir, state.step, f"the loss is {metrics['loss']}", main)
+            state.last_loss = metrics["loss"]
+            row = {"step": state.step, **metrics, "lr": lr_scheduler.get_last_lr()[0],
+                   "samples_per_s": steps * samples_per_step / max(now - t_last, 1e-9), "samples_seen": state.samples_seen}
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{row['samples_per_s']:.2f}")
+            if main and log_now:
                 with open(run_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-            if req.tracker:
+            if req.tracker and log_now:
                 accelerator.log(row, step=state.step)
-            t_last, window_loss, window_n = now, 0.0, 0
+            t_last = now
         if main and grid_batch is not None and cfg.log.sample_every and state.step % cfg.log.sample_every == 0:
             grid = sample_grid(inner, grid_batch, cfg.log.sample_steps, cfg.seed)
             write_grid(run_dir / "samples" / f"step-{state.step:08d}.png", grid)
-        if cfg.log.checkpoint_every and state.step % cfg.log.checkpoint_every == 0 and state.step < o.max_steps:
+        if checkpoint_now:
             _check_finite(params, run_dir, state.step, main)
             state.digests = _digests(accelerator, params, digest)
             save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
@@ -418,11 +434,11 @@ def run(p: Plan) -> Path:
                         cfg.log.keep_checkpoints)
     out = run_dir / "model"
     if main:
-        final = inner.model.clone() if ema is not None and o.ema_for_final else inner.model
+        final = inner.model
         if ema is not None and o.ema_for_final:
-            final_params = dict(final.named_parameters())
-            for n, t in ema.shadow.items():
-                final_params[n].data.copy_(t.to(final_params[n].dtype))
+            # In place: the final checkpoint above holds the trained weights, and a copy of the
+            # whole model on the device would need its memory a second time.
+            ema.copy_to_params()
         final.meta.stages = sorted(set(final.meta.stages) | {cfg.stage})
         final.meta.extra[f"stage{cfg.stage}"] = {
             "command": COMMAND[cfg.stage], "config": cfg.to_dict(), "steps": state.step, "samples_seen": state.samples_seen,
@@ -459,6 +475,33 @@ def _check_finite(tensors: dict, run_dir: Path, step: int, main: bool) -> None:
 
     if not bool(torch.stack([t.detach().isfinite().all() for t in tensors.values()]).all()):
         _diverged(run_dir, step, "a weight is", main)
+
+
+class RunningMeans:
+    """Logged values summed where they are computed (the device) over a logging interval.
+
+    Reading a device value on the host waits for all queued work (a host-device sync), so
+    the loop adds tensors here each micro-step and reads them back once per log line.
+    """
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.steps = 0  # optimizer steps in the interval
+
+    def add(self, values: dict, weight: float = 1.0) -> None:
+        for name, v in values.items():
+            v = v.detach().float() * weight
+            self.sums[name] = self.sums[name] + v if name in self.sums else v
+
+    def pop(self, accelerator) -> dict[str, float]:
+        """Means per optimizer step over the interval and over processes (one read-back); starts a new interval."""
+        import torch
+
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n].reshape(()).to(accelerator.device) for n in names]) / max(self.steps, 1)
+        means = accelerator.reduce(stacked, "mean").tolist()
+        self.sums, self.steps = {}, 0
+        return dict(zip(names, means))
 
 
 def _digests(accelerator, params, digest) -> list[str]:

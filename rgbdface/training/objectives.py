@@ -213,7 +213,7 @@ class JointObjective(Objective):
         ctx = model.context.to(x.dtype)
         with torch.set_grad_enabled(self.reference_trains and torch.is_grad_enabled()):
             den.set_reference(z_ref, ctx)
-        den.bank.keep = batch["keep"].to(dev)  # [B] reference dropout for CFG
+        den.bank.set_call(batch["keep"], None, dev)  # [B] reference dropout for CFG
         pred = den.unet(x, t, encoder_hidden_states=ctx.expand(x.shape[0], -1, -1)).sample  # [B, 2C, h, w]
 
         # 4. Eq. (5), with the depth half weighted by validity (and stage-2 masks)
@@ -328,7 +328,7 @@ class MotionObjective(Objective):
         #    backward), so that gradient checkpointing recomputes the same function.
         tokens = motion.audio_proj(rearrange(batch["audio"].to(dev, z_t.dtype), "b f k a -> (b f) k a"))  # [(B F), T, D]
         motion.state.frames, motion.state.audio_tokens = f, tokens
-        den.bank.keep = repeat(batch["keep"].to(dev), "b -> (b f)", f=f)  # reference dropout per clip
+        den.bank.set_call(repeat(batch["keep"], "b -> (b f)", f=f), None, dev)  # reference dropout per clip
         pred = den.unet(z_t, t, encoder_hidden_states=ctx.expand(z_t.shape[0], -1, -1)).sample  # [(B F), 2C, h, w]
 
         # 5. Eq. (5) over every frame

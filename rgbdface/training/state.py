@@ -6,6 +6,7 @@
       optimizer.json           parameter names in optimizer order, param_groups, non-tensor state
       scheduler.json           the lr scheduler's state_dict
       ema.safetensors          EMA weights by parameter name (with optim.ema)
+      scaler.json              fp16 runs: the gradient scaler's loss scale and growth tracker
       rng-<rank>.safetensors   torch CPU (and CUDA) generator states of each process
       rng-<rank>.json          Python's and NumPy's generator states of each process
       state.json               step, micro-batches and samples consumed (the data-order state), digests
@@ -316,6 +317,9 @@ def _write_checkpoint(accelerator, tmp: Path, model, optimizer, names, lr_schedu
         _write_json(tmp / "scheduler.json", {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"})
         if ema is not None:
             save_file({n: t.detach().cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None and scaler.is_enabled():  # fp16: without it a resumed run starts its loss scale over
+            _write_json(tmp / "scaler.json", scaler.state_dict())
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "state.json", asdict(state))
 
@@ -326,8 +330,9 @@ def read_state(ckpt: Path) -> tuple[TrainState, dict]:
     return TrainState(**{k: v for k, v in state.items() if k in known}), json.loads((ckpt / "config.json").read_text())
 
 
-def load_training_state(ckpt: Path, optimizer, names: list[str], lr_scheduler, ema, rank: int) -> None:
-    """Restore optimizer, lr scheduler, EMA and this process's RNG from a checkpoint (the model is loaded separately)."""
+def load_training_state(ckpt: Path, optimizer, names: list[str], lr_scheduler, ema, rank: int, scaler=None) -> None:
+    """Restore optimizer, lr scheduler, EMA, the fp16 gradient scaler and this process's RNG from a checkpoint
+    (the model is loaded separately)."""
     from safetensors.torch import load_file
 
     optimizer_from_files(optimizer, names, load_file(str(ckpt / "optimizer.safetensors")),
@@ -338,6 +343,8 @@ def load_training_state(ckpt: Path, optimizer, names: list[str], lr_scheduler, e
         path = ckpt / "ema.safetensors"
         if path.is_file():
             ema.load(load_file(str(path)))
+    if scaler is not None and scaler.is_enabled() and (ckpt / "scaler.json").is_file():
+        scaler.load_state_dict(json.loads((ckpt / "scaler.json").read_text()))
     rng = ckpt / f"rng-{rank}.safetensors"
     if not rng.is_file():  # more processes than the run that wrote it: take the main process's
         rng = ckpt / "rng-0.safetensors"
