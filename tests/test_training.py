@@ -691,3 +691,68 @@ def test_sample_order_builds_each_epoch_permutation_once(monkeypatch):
     # each epoch of a source visits each of its items once
     wild_drawn = [d for d in drawn if d % 3][: len(wild)]
     assert sorted(wild_drawn) == wild
+
+
+# ----------------------------------------------------------------------------- low precision
+@pytest.fixture
+def fresh_accelerate():
+    """Accelerate keeps one precision per process: start and leave these runs with a clean state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_one_bf16_autocast_step_per_stage(stage, data, audio_data, tiny_model_dir, stage1_dir, tmp_path, monkeypatch,
+                                          fresh_accelerate):
+    """precision.mixed_precision=bf16 on the CPU: the step runs under bf16 autocast with the frozen parts
+    in bf16 and the trained ones in float32; the saved model keeps the frozen weights bit for bit."""
+    from rgbdface.training.objectives import OBJECTIVES
+
+    seen = {}
+    forward = OBJECTIVES[stage].forward
+
+    def recording(self, batch):
+        frozen = [self.model.codec, *self.frozen_modules()]
+        seen["autocast"] = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        seen["frozen"] = {p.dtype for m in frozen for p in m.parameters()}
+        seen["trained"] = {p.dtype for p in self.trainable().values()}
+        loss, parts = forward(self, batch)
+        seen["loss"] = float(loss)
+        return loss, parts
+
+    monkeypatch.setattr(OBJECTIVES[stage], "forward", recording)
+    command, dataset, start = {1: ("train", data, tiny_model_dir), 2: ("finetune-mask", data, stage1_dir),
+                               3: ("train-motion", audio_data, stage1_dir)}[stage]
+    extra = ["--set", "motion.frames=4", "--set", "motion.motion_frames=2"] if stage == 3 else ["--set", "optim.batch_size=2"]
+    run = tmp_path / "run"
+    r = runner.invoke(app, [command, str(dataset), "-o", str(run), "-m", str(start), "--max-steps", "1", "--cpu",
+                            "--set", "precision.mixed_precision=bf16", "--set", "optim.lr=1e-3", *extra, *QUIET])
+    assert r.exit_code == 0, r.output
+    assert seen["autocast"] == (True, torch.bfloat16)
+    assert seen["frozen"] == {torch.bfloat16} and seen["trained"] == {torch.float32}
+    assert np.isfinite(seen["loss"])
+    frozen_parts = {1: ["vae"], 2: ["vae", "unet", "reference_unet"], 3: ["vae", "unet", "reference_unet"]}[stage]
+    for part in frozen_parts:  # float32 on disk, exactly as they came in
+        saved, before = weights(run / "model", part), weights(start, part)
+        assert same(saved, before) and all(v.dtype == torch.float32 for v in saved.values()), part
+    trained = {1: "unet", 2: "masked_unet"}.get(stage)
+    if trained:
+        assert not same(weights(run / "model", trained), weights(start, trained if stage == 1 else "unet"))
+
+
+def test_the_objective_holds_only_the_parts_its_stage_runs():
+    """Moving the objective to a device (Accelerate's prepare, DDP) takes the stage's parts alone."""
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.objectives import make_objective
+
+    m = build_tiny(32, seed=0)
+    obj = make_objective(m, resolve_config(2, "tiny"))
+    held = {id(p) for p in obj.parameters()}
+    assert not held & {id(p) for p in m.joint.unet.parameters()}  # stage 2 never runs the joint UNet
+    assert {id(p) for p in m.masked.unet.parameters()} | {id(p) for p in m.codec.parameters()} <= held
+    obj.to(torch.float64)  # a stand-in for a device move: the parts and the cached context follow, nothing else
+    assert m.masked.unet.dtype == torch.float64 and m.context.dtype == torch.float64 and m.joint.unet.dtype == torch.float32

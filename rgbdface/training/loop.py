@@ -253,7 +253,7 @@ def _load_model(p: Plan, accelerator):
         from rgbdface.training.motion_setup import add_motion
 
         add_motion(model, p.config, p.samples)
-    return model.to(accelerator.device)
+    return model  # on the CPU: the objective moves the parts its stage runs
 
 
 def run(p: Plan) -> Path:
@@ -313,6 +313,8 @@ def run(p: Plan) -> Path:
     if cfg.stage == 2:  # the masked denoiser's input convention travels with it (sampling follows it)
         model.meta.known_latents = cfg.masks.known_latents
     objective = make_objective(model, cfg)
+    objective.to(accelerator.device)  # only the stage's parts: e.g. stage 2 leaves the joint UNet on the CPU
+    objective.cast_frozen({"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32))
     if cfg.precision.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
     params = objective.trainable()
@@ -412,13 +414,15 @@ def run(p: Plan) -> Path:
                 accelerator.log(row, step=state.step)
             t_last = now
         if main and grid_batch is not None and cfg.log.sample_every and state.step % cfg.log.sample_every == 0:
-            grid = sample_grid(inner, grid_batch, cfg.log.sample_steps, cfg.seed)
+            with accelerator.autocast():
+                grid = sample_grid(inner, grid_batch, cfg.log.sample_steps, cfg.seed)
             write_grid(run_dir / "samples" / f"step-{state.step:08d}.png", grid)
         if checkpoint_now:
             _check_finite(params, run_dir, state.step, main)
             state.digests = _digests(accelerator, params, digest)
-            save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
-                            cfg.log.keep_checkpoints)
+            with inner.full_precision():
+                save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
+                                cfg.log.keep_checkpoints)
             last_ckpt = state.step
     bar.close()
 
@@ -430,8 +434,9 @@ def run(p: Plan) -> Path:
     if len(set(state.digests)) > 1:
         raise RuntimeError(f"processes ended with different weights ({state.digests}); check the launcher setup")
     if last_ckpt != state.step or not (run_dir / "checkpoints" / f"step-{state.step:08d}").exists():
-        save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
-                        cfg.log.keep_checkpoints)
+        with inner.full_precision():
+            save_checkpoint(accelerator, run_dir, inner.model, optimizer, names, lr_scheduler, ema, state, cfg.to_dict(),
+                            cfg.log.keep_checkpoints)
     out = run_dir / "model"
     if main:
         final = inner.model
@@ -445,7 +450,8 @@ def run(p: Plan) -> Path:
             "processes": accelerator.num_processes, "dataset": str(req.dataset), "init": p.init,
             "final_loss": state.last_loss, "ema": bool(ema is not None and o.ema_for_final),
         }
-        final.save_pretrained(out)
+        with inner.full_precision():
+            final.save_pretrained(out)
         with open(run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps({"event": "done", "step": state.step, "digests": state.digests, "model": str(out)}) + "\n")
     accelerator.wait_for_everyone()

@@ -15,6 +15,8 @@ model to generate far background that inference thresholds away; 0 = ignore them
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -55,15 +57,63 @@ class Objective(nn.Module):
 
     def __init__(self, model: RGBDFaceModel, cfg: RunConfig):
         super().__init__()
-        self.model, self.cfg = model, cfg
+        # The model is not a submodule: only the parts this stage runs are (`parts`), so that
+        # moving the objective to a device (Accelerate's prepare) and DDP take those alone;
+        # the rest of the model (e.g. the joint UNet in stage 2) stays on the CPU.
+        self.__dict__["model"] = model
+        self.cfg = cfg
         self.noise_scheduler = model.noise_scheduler()
         self.cache: dict | None = {} if cfg.data.cache_latents else None
         self.frozen_unreachable: list[str] = []
+        self._full_precision: dict[nn.Parameter, torch.Tensor] = {}  # frozen weights cast down → their float32 values
         model.requires_grad_(False)
         model.eval()
         self.select_trainable()
         for m in self.trainable_modules():
             m.train()
+        parts = []
+        for m in [model.codec, *self.frozen_modules(), *self.trainable_modules()]:
+            if not any(m is p for p in parts):
+                parts.append(m)
+        self.parts = nn.ModuleList(parts)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.model.context = fn(self.model.context)  # the cached text embedding goes where the parts go
+        return self
+
+    # -- precision -----------------------------------------------------------------------------
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules the stage runs without training them (beside the VAE)."""
+        return []
+
+    @torch.no_grad()
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Frozen parts (the VAE, the frozen UNets) in `dtype`, as diffusers' training scripts keep
+        them: half the memory, and autocast no longer re-casts their weights at every op. Their
+        float32 values are kept on the CPU, so that saved models keep them bit for bit."""
+        if dtype == torch.float32:
+            return
+        trained = set(self.trainable().values())
+        for m in [self.model.codec, *self.frozen_modules()]:
+            if any(p in trained for p in m.parameters()):
+                continue
+            for p in m.parameters():
+                if p not in self._full_precision and p.is_floating_point():
+                    self._full_precision[p] = p.data.to("cpu", copy=True)
+                    p.data = p.data.to(dtype)
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """The frozen parts with their float32 values while inside (to save the model)."""
+        low = {p: p.data for p in self._full_precision}
+        for p, full in self._full_precision.items():
+            p.data = full
+        try:
+            yield
+        finally:
+            for p, data in low.items():
+                p.data = data
 
     # -- what trains -------------------------------------------------------------------------
     def select_trainable(self) -> None:
@@ -251,6 +301,9 @@ class MaskedObjective(JointObjective):
         m = self.model
         return [m.masked.unet] + ([m.masked.reference_unet] if self.reference_trains else [])
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [] if self.reference_trains else [self.model.masked.reference_unet]  # the shared stage-1 ReferenceNet
+
     @property
     def denoiser(self):
         return self.model.masked
@@ -287,6 +340,9 @@ class MotionObjective(Objective):
     def trainable_modules(self) -> list[nn.Module]:
         mo = self.model.motion
         return [mo.audio_proj, mo.audio_attn, mo.temporal]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.model.joint.unet, self.model.joint.reference_unet]  # stage 1, which the hooks extend
 
     def enable_gradient_checkpointing(self) -> None:
         # The frozen UNet is what holds the activations; the hooks inside it are recomputed with it.
