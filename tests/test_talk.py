@@ -145,6 +145,32 @@ def test_frames_stream_and_memory_does_not_grow_with_audio_length(model, astrona
     assert long_peak - short_peak < (long_n - short_n) * frame_bytes / 4, (short_peak, long_peak)
 
 
+def test_torch_memory_is_flat_in_audio_length_and_decoding_is_sliced(model, astronaut):
+    """Every byte torch allocates (a dispatch-level count: the CPU's allocator statistics): a 3 s clip
+    peaks no higher than a 1.2 s one but for the longer audio's per-frame features; decoding a
+    frame at a time peaks lower than the whole clip at once, with the same frames."""
+    from sync_helpers import TensorMemory
+
+    crop = astronaut[:200, 150:350]
+    dim = model.motion.config.audio_dim
+
+    def run(seconds, decode_batch=None):
+        frames = []
+        with TensorMemory() as memory:
+            for f in talk_frames(model, crop, speech_like(seconds), steps=1, decode_batch=decode_batch):
+                frames.append(f.rgb.copy())  # a copy: the frame itself holds torch memory (a numpy view)
+        return memory.peak, frames
+
+    (short, short_frames), (long, long_frames) = run(1.2), run(3.0)
+    assert (len(short_frames), len(long_frames)) == (30, 75)
+    features_growth = (75 - 30) * dim * 4  # float32 [N, A] of the extra 1.8 s, kept on the host
+    assert long - short <= 1.5 * features_growth, (short, long, features_growth)
+
+    (whole, whole_frames), (one, one_frames) = run(1.2, decode_batch=14), run(1.2, decode_batch=1)
+    assert one < whole, (one, whole)
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(whole_frames, one_frames))
+
+
 def test_talk_streams_to_writers_and_leaves_nothing_when_interrupted(model, astronaut, speech, tmp_path):
     crop = astronaut[:200, 150:350]
 

@@ -61,14 +61,22 @@ class LatentCodec(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [-1, 1] → scaled latent [B, C, H/f, W/f] (posterior mean)."""
-        mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
-        return (mean - self.shift_factor) * self.scaling_factor
+        """[B, 3, H, W] in [-1, 1] → scaled latent [B, C, H/f, W/f] (posterior mean), `slice_size` images at a time."""
+        parts = [self.vae.encode(chunk.to(self.vae.dtype)).latent_dist.mean for chunk in self._slices(x)]
+        return (torch.cat(parts) - self.shift_factor) * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latent [B, C, h, w] → [B, 3, H, W], clamped to [-1, 1]."""
+        """Scaled latent [B, C, h, w] → [B, 3, H, W], clamped to [-1, 1], `slice_size` latents at a time."""
         z = z / self.scaling_factor + self.shift_factor
-        return self.vae.decode(z.to(self.vae.dtype)).sample.clamp(-1.0, 1.0)
+        return torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.clamp(-1.0, 1.0) for chunk in self._slices(z)])
+
+    # Images the VAE takes at once (None: the whole batch). Its activations at full resolution
+    # dominate a pipeline's peak memory, and each image is coded on its own, so slicing changes
+    # nothing but the memory (as diffusers' enable_slicing).
+    slice_size: int | None = None
+
+    def _slices(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x,) if not self.slice_size or x.shape[0] <= self.slice_size else x.split(self.slice_size)
 
     def encode_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.encode(rgb)

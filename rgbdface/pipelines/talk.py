@@ -25,6 +25,7 @@ from einops import repeat
 from rgbdface.data.audio import SAMPLE_RATE, audio_windows, num_video_frames
 from rgbdface.models.model import RGBDFaceModel
 from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
+from rgbdface.pipelines.memory import batch_size_for
 from rgbdface.pipelines.sampling import guided
 from rgbdface.utils import InputError, exists
 
@@ -128,6 +129,7 @@ def talk_frames(
     audio_encoder=None,
     on_clip: Callable[[ClipProgress], None] | None = None,
     noise: str = "video",
+    decode_batch: int | None = None,
 ) -> Iterator[TalkFrame]:
     """Frames of the person in `reference` (a face crop, uint8 RGB, framed with `model.meta.crop_margin`)
     speaking `wave` (float32 [T], 16 kHz mono).
@@ -137,6 +139,10 @@ def talk_frames(
     `noise`: "video" starts every frame from one initial noise, so that frames differ only by
     what the audio, the motion frames and temporal attention make of them (no frame-to-frame
     flicker from the noise); "frame" draws fresh noise for every frame, as in training.
+    `decode_batch`: frames the VAE decodes at once (None: as many as the free memory takes).
+    Memory does not grow with the audio's length but for its per-frame features on the host
+    ([N, A]; 0.5 MB per minute for mel, 60 MB for wav2vec2-base): windows, latents and frames
+    exist for one clip at a time.
     """
     # 1. Check inputs
     check_inputs(reference, wave, steps, guidance, noise)
@@ -147,12 +153,13 @@ def talk_frames(
     encoder = audio_encoder if exists(audio_encoder) else den.audio_encoder(device=device)
     one_noise = None
 
-    # 2. Audio features at the video rate (audio encoder) → windows
+    # 2. Audio features at the video rate (audio encoder), on the host; windows are cut per clip
     feats = encoder.video_features(wave, fps=cfg.fps)  # [N, A]
     if feats.shape[1] != cfg.audio_dim:
         raise InputError(f"the audio encoder gives {feats.shape[1]}-dim features but the model expects {cfg.audio_dim}")
-    windows = audio_windows(feats, cfg.audio_window)  # [N, k, A]
     total = num_video_frames(wave.size, cfg.fps)
+    if not decode_batch:
+        decode_batch = batch_size_for("vae_decode", device, model.meta.image_size, dtype, cap=cfg.frames)
     clips = math.ceil(total / cfg.frames)
     c = model.meta.latent_channels
 
@@ -169,7 +176,7 @@ def talk_frames(
                 # 4. One clip: its audio windows (clamped past the end), fresh noise, denoise
                 first = clip * cfg.frames
                 index = torch.arange(first, first + cfg.frames).clamp(max=total - 1)
-                clip_windows = windows[index][None].to(device, dtype)  # [1, F, k, A]
+                clip_windows = audio_windows(feats, cfg.audio_window, index)[None].to(device, dtype)  # [1, F, k, A]
                 if noise == "video":  # one noise for every frame of every clip
                     if one_noise is None:
                         one_noise = torch.randn((1, 1, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
@@ -179,16 +186,20 @@ def talk_frames(
                 latents = denoise_clip(model, clip_windows, motion, start, steps, guidance, scheduler)  # [1, F, 2C, s, s]
                 motion = latents[:, cfg.frames - cfg.motion_frames:, :c]  # [1, n, C, s, s]: last generated frames
 
-                # 5. Decode (VAE) and hand the clip's frames out
-                z = latents[0]  # [F, 2C, s, s]
-                rgb = tensor_to_images(model.codec.decode_rgb(z[:, :c]))  # [F, S, S, 3]
-                depth = model.codec.decode_depth(z[:, c:])[:, 0].float()  # [F, S, S]
-                valid = (depth < model.meta.depth.valid_threshold).cpu().numpy()
-                depth = depth.cpu().numpy()
+                # 5. Decode (VAE), `decode_batch` frames at a time, and hand them out
                 count = min(cfg.frames, total - first)
-                for i in range(count):
-                    yield TalkFrame(first + i, rgb[i], depth[i], valid[i])
-                del rgb, depth, valid, latents
+                z = latents[0, :count]  # [F', 2C, s, s]: frames past the audio's end are not decoded
+                del latents
+                for lo in range(0, count, decode_batch):
+                    zs = z[lo:lo + decode_batch]
+                    rgb = tensor_to_images(model.codec.decode_rgb(zs[:, :c]))  # [b, S, S, 3]
+                    depth = model.codec.decode_depth(zs[:, c:])[:, 0].float()  # [b, S, S]
+                    valid = (depth < model.meta.depth.valid_threshold).cpu().numpy()
+                    depth = depth.cpu().numpy()
+                    for i in range(len(zs)):
+                        yield TalkFrame(first + lo + i, rgb[i], depth[i], valid[i])
+                    del rgb, depth, valid
+                del z
                 if exists(on_clip):
                     elapsed = time.perf_counter() - start_time
                     done = first + count
