@@ -9,8 +9,6 @@ a GPU.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 READ_BACKS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__,
@@ -31,57 +29,3 @@ class SyncCounter(torch.Tensor):
 
 def on_fake_device(t: torch.Tensor) -> torch.Tensor:
     return t.as_subclass(SyncCounter)
-
-
-
-class TensorMemory:
-    """Bytes of tensor storage that torch allocates while inside, live and at peak, on one device type.
-
-    Every operator's outputs go through a dispatch mode that records each new storage and a
-    finalizer that takes it off when torch frees it: torch.cuda.max_memory_allocated's
-    counterpart for a CPU, where torch keeps no allocator statistics.
-    """
-
-    def __init__(self, device: str = "cpu"):
-        self.device, self.live, self.peak, self._seen = device, 0, 0, set()
-
-    def _record(self, t: torch.Tensor) -> None:
-        if t.device.type != self.device or t.is_meta:
-            return
-        st = t.untyped_storage()
-        key = st.data_ptr()
-        if key in self._seen or st.nbytes() == 0:
-            return
-        self._seen.add(key)
-        self.live += st.nbytes()
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(st, self._free, key, st.nbytes())
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self._seen.discard(key)
-        self.live -= nbytes
-
-    def reset_peak(self) -> None:
-        self.peak = self.live
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_leaves
-
-        memory = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in tree_leaves(out):
-                    if isinstance(t, torch.Tensor):
-                        memory._record(t)
-                return out
-
-        self._mode = Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._mode.__exit__(*exc)
-        return False

@@ -149,7 +149,7 @@ def test_torch_memory_is_flat_in_audio_length_and_decoding_is_sliced(model, astr
     """Every byte torch allocates (a dispatch-level count: the CPU's allocator statistics): a 3 s clip
     peaks no higher than a 1.2 s one but for the longer audio's per-frame features; decoding a
     frame at a time peaks lower than the whole clip at once, with the same frames."""
-    from sync_helpers import TensorMemory
+    from rgbdface.pipelines.memory import TensorMemory
 
     crop = astronaut[:200, 150:350]
     dim = model.motion.config.audio_dim

@@ -76,7 +76,7 @@ def depth2img_command(
     task = prepare_depth2img(d, ref, img, mask, names=names, margin=model_crop_margin(model))  # the model's framing
 
     # 3. Generate
-    m = load_for_command(model, device, dtype, quiet)
+    m = load_for_command(model, device, dtype, quiet, stage=2)
     m.require_stage(2, "depth2img")
     result = run_depth2img(m, task, steps=steps, seed=seed, scheduler=scheduler, guidance=guidance, progress=not quiet)
 

@@ -110,9 +110,9 @@ def estimate_depth_command(
 
     # 2. Estimate batch by batch; a bad input is reported and skipped, each input's files appear together
     options = dict(steps=steps, seed=seed, scheduler=scheduler, ensemble=ensemble, guidance=guidance, flip=flip)
-    runner = DepthBatchRunner(lambda: load_for_command(model, device, dtype, quiet), model_crop_margin(model), options)
+    runner = DepthBatchRunner(lambda: load_for_command(model, device, dtype, quiet, stage=2), model_crop_margin(model), options)
     with progress_bar(len(present), quiet or not present) as bar:
-        size = batch_size or (default_batch_size(device) if present else 1)
+        size = batch_size or (default_batch_size(device, model, dtype) if present else 1)
         for outcomes in estimate_depth_files(present, runner, size, relief, record):
             for o in outcomes:
                 if o.error is None:
@@ -146,10 +146,22 @@ def _names_one_file(inputs: list[str]) -> bool:
     return p.is_file() or not (p.is_dir() or any(ch in inputs[0] for ch in "*?["))
 
 
-def default_batch_size(device: str) -> int:
+def default_batch_size(device: str, model: Path | None = None, dtype: str = "auto") -> int:
+    """1 on the CPU; on CUDA as many images as the free memory takes once the model is loaded
+    (rgbdface.pipelines.memory's table by resolution and dtype)."""
     from rgbdface.cli.common import resolve_device
 
-    return 8 if resolve_device(device).startswith("cuda") else 1
+    dev = resolve_device(device)
+    if not dev.startswith("cuda"):
+        return 1
+    import torch
+
+    from rgbdface.models.folder import read_meta
+    from rgbdface.pipelines.memory import batch_size_for
+
+    half = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    return batch_size_for("unet", dev, int(read_meta(model).get("image_size", 512)), half.get(dtype, torch.float16),
+                          cap=32, weights=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -63,7 +63,7 @@ def generate_command(
     from rgbdface.pipelines.generate import generate
 
     crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
-    m = load_for_command(model, device, dtype, quiet)
+    m = load_for_command(model, device, dtype, quiet, stage=1)
     if 1 not in m.meta.stages:
         log("warning: this model has not been trained (stage 0); samples will be noise", quiet)
     t0 = time.perf_counter()

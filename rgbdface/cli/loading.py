@@ -10,10 +10,11 @@ from rgbdface.utils import InputError, UsageError
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
-def load_for_command(model: Path | None, device: str = "auto", dtype: str = "auto", quiet: bool = False):
-    """Load `model` (or the bundled default) onto the chosen device.
+def load_for_command(model: Path | None, device: str = "auto", dtype: str = "auto", quiet: bool = False,
+                     stage: int | None = None):
+    """Load `model` (or the bundled default) onto the chosen device, only the weights of `stage`'s task.
 
-    dtype 'auto' keeps float32 weights and runs fp16 autocast on CUDA (see RGBDFaceModel.autocast).
+    dtype 'auto': float16 weights on CUDA (half the memory and no autocast re-casts), float32 elsewhere.
     """
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -27,9 +28,11 @@ def load_for_command(model: Path | None, device: str = "auto", dtype: str = "aut
     dev = resolve_device(device)
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype}: expected auto, fp32, fp16 or bf16")
-    torch_dtype = getattr(torch, DTYPES.get(dtype, "float32"))
+    if dtype == "auto":
+        dtype = "fp16" if dev.startswith("cuda") else "fp32"
+    torch_dtype = getattr(torch, DTYPES[dtype])
     if dev == "cpu" and torch_dtype == torch.float16:
         raise InputError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-    m = load_model(model, device=dev, dtype=torch_dtype)
+    m = load_model(model, device=dev, dtype=torch_dtype, stages=None if stage is None else {stage})
     log(f"model: {model or 'bundled rgbdface-tiny'} (stages {m.meta.stages}, {m.meta.image_size}px) on {dev}", quiet)
     return m

@@ -213,7 +213,7 @@ def estimate_relight_depth(rgb: "np.ndarray", image_path: Path, model: Path | No
         task = prepare_depth_input(rgb, name=str(image_path), margin=margin)
     except NoFaceError as e:
         raise NoFaceError(f"{e}; without --depth, relight estimates a face's depth (pass --depth d.png for any other image)") from None
-    m = load_for_command(model, device, dtype, quiet)
+    m = load_for_command(model, device, dtype, quiet, stage=2)
     m.require_stage(2, "relight without --depth (depth estimation)")
     log(f"no --depth: estimating the depth of {image_path}", quiet)
     result = estimate_depths(m, [task], steps=steps, flip=flip, seed=seed, scheduler=scheduler, ensemble=ensemble, progress=not quiet)[0]

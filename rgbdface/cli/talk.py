@@ -85,7 +85,7 @@ def talk_command(
 
     wave = load_audio(audio, max_seconds=max_seconds)
     crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
-    m = load_for_command(model, device, dtype, quiet)
+    m = load_for_command(model, device, dtype, quiet, stage=3)
     m.require_stage(3, "talk")
     encoder = m.motion.audio_encoder(wav2vec, device=m.device)
 

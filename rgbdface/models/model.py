@@ -96,6 +96,8 @@ class RGBDFaceModel(nn.Module):
         self.register_buffer("context", context.detach().clone(), persistent=False)  # [1, L, D]
         self.meta = meta
         self.scheduler_config = dict(scheduler_config)
+        self.skipped: set[str] = set()  # parts not loaded (placeholders without weights; see from_pretrained's stages)
+        self.loaded_stages: set[int] = set(meta.stages)
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -108,7 +110,8 @@ class RGBDFaceModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.joint.unet.parameters()).dtype
+        """The weights' dtype (the VAE's, which every task loads)."""
+        return next(self.codec.vae.parameters()).dtype
 
     @property
     def latent_size(self) -> int:
@@ -120,6 +123,9 @@ class RGBDFaceModel(nn.Module):
             raise InputError(
                 f"{task} needs a model that reached stage {stage} ({STAGE_NAMES[stage]}); this one has stages {have}"
             )
+        if self.skipped and stage not in self.loaded_stages:
+            raise InputError(f"{task} needs stage {stage} ({STAGE_NAMES[stage]}) but the model was loaded for stage "
+                             f"{'/'.join(map(str, sorted(self.loaded_stages)))} only; load it with stages=None")
 
     def autocast(self):
         """fp16 autocast on CUDA when the weights are float32; nothing on CPU."""
@@ -196,6 +202,7 @@ class RGBDFaceModel(nn.Module):
         """
         from safetensors.torch import save_file
 
+        self._require_whole("saving")
         path = Path(path)
         with atomic_dir(path) as tmp:
             self.codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -218,7 +225,16 @@ class RGBDFaceModel(nn.Module):
 
     @classmethod
     @explain_load_errors
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "RGBDFaceModel":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                        stages: set[int] | None = None) -> "RGBDFaceModel":
+        """Load a model folder onto `device` with weights in `dtype` (half precision loads half the bytes
+        onto the device, as Marigold's fp16 variant; no autocast then).
+
+        `stages`: load only the weights these stages' tasks run (1: generate, 2: depth estimation,
+        depth-to-image, relighting, 3: talk); the other UNets become placeholders without
+        weights, which cost neither memory nor loading time. None loads everything.
+        """
+        from accelerate import init_empty_weights
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from safetensors.torch import load_file
 
@@ -226,10 +242,16 @@ class RGBDFaceModel(nn.Module):
         meta = ModelMeta.from_dict(read_meta(path))
         if meta.format_version > FORMAT_VERSION:
             raise InputError(f"{path}: model format {meta.format_version} is newer than this rgbdface understands; upgrade rgbdface")
+        needed = _needed_parts(path, stages)
 
         def unet(name):
             if not (path / name).is_dir():
                 return None
+            if name not in needed:
+                with init_empty_weights():
+                    u = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path / name))
+                u._apply = lambda fn, recurse=True: u  # a placeholder: never moved nor cast
+                return u
             return UNet2DConditionModel.from_pretrained(path / name, use_safetensors=True, local_files_only=True)
 
         vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, local_files_only=True)
@@ -237,17 +259,25 @@ class RGBDFaceModel(nn.Module):
         context = load_file(str(path / "context.safetensors"))["context"]
         model = cls(vae, unet("unet"), unet("reference_unet"), context, meta, scheduler_config,
                     masked_unet=unet("masked_unet"), masked_reference_unet=unet("masked_reference_unet"))
-        if (path / "motion").is_dir():
+        if (path / "motion").is_dir() and "motion" in needed:
             from rgbdface.models.motion import MotionDenoiser
 
             model.motion = MotionDenoiser.load(model.joint, path / "motion")
-        elif 3 in meta.stages:
+        elif 3 in meta.stages and not (path / "motion").is_dir():
             raise InputError(f"{path}: the model lists stage 3 but has no motion/ folder; it is incomplete, save it again")
+        model.skipped = {p for p in ALL_PARTS if (path / p).is_dir() and p not in needed}
+        model.loaded_stages = set(meta.stages) if stages is None else set(meta.stages) & set(stages)
         _own_storage(model, dtype)
         return model.to(device=device).eval()
 
+    def _require_whole(self, what: str) -> None:
+        if self.skipped:
+            raise ValueError(f"{what} needs the whole model, but it was loaded without {', '.join(sorted(self.skipped))}; "
+                             "load it with stages=None")
+
     def clone(self) -> "RGBDFaceModel":
         """A deep copy with freshly attached reference processors (and motion modules, if any)."""
+        self._require_whole("clone")
         if self.motion is not None:  # copy the bare UNets, then rebuild the stage-3 wiring on the copy
             self.motion.uninstall()
             try:
@@ -271,6 +301,23 @@ class RGBDFaceModel(nn.Module):
                                    if self.masked is not None and self.masked.reference_unet is not self.joint.reference_unet else None),
         )
         return m.to(self.device)
+
+
+ALL_PARTS = ("unet", "reference_unet", "masked_unet", "masked_reference_unet", "motion")
+
+
+def _needed_parts(path: Path, stages: set[int] | None) -> set[str]:
+    """The folder's parts that the tasks of `stages` run (None: all)."""
+    if stages is None:
+        return set(ALL_PARTS)
+    needed = set()
+    if 1 in stages or 3 in stages:
+        needed |= {"unet", "reference_unet"}
+    if 3 in stages:
+        needed.add("motion")
+    if 2 in stages:  # the masked denoiser with its own ReferenceNet, else the shared stage-1 one
+        needed |= {"masked_unet", "masked_reference_unet" if (path / "masked_reference_unet").is_dir() else "reference_unet"}
+    return needed
 
 
 @torch.no_grad()
@@ -308,6 +355,7 @@ def _halve_weights(folder: Path) -> None:
         save_file(tensors, str(f), metadata=meta)
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RGBDFaceModel:
-    """Load a model folder, or the bundled default when `path` is None."""
-    return RGBDFaceModel.from_pretrained(model_folder(path), device=device, dtype=dtype)
+def load_model(path: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               stages: set[int] | None = None) -> RGBDFaceModel:
+    """Load a model folder, or the bundled default when `path` is None (`stages`: see from_pretrained)."""
+    return RGBDFaceModel.from_pretrained(model_folder(path), device=device, dtype=dtype, stages=stages)

@@ -110,7 +110,7 @@ def model_method(model_dir: str | None, device: str = "cpu", steps: int | None =
     from rgbdface.models.model import load_model
     from rgbdface.pipelines.depth import estimate_depth_crop
 
-    model = load_model(model_dir, device=device)
+    model = load_model(model_dir, device=device, stages={2})
     model.require_stage(2, "eval --method model")
 
     def predict(sample, rgb):

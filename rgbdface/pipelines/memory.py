@@ -8,6 +8,8 @@ pixel count and the bytes per value. Not yet checked on a GPU.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 MIB = 2**20
@@ -32,9 +34,71 @@ def free_bytes(device: torch.device) -> int | None:
     return int(free)
 
 
-def batch_size_for(kind: str, device, image_size: int, dtype: torch.dtype, cap: int = 64) -> int:
-    """Images of `kind` that fit at once in the free memory of `device` (at least 1, at most `cap`)."""
+# 16-bit weights of a depth-estimation model at 512 px (masked UNet + ReferenceNet + VAE), for a batch size
+# chosen before the model is loaded
+DEPTH_WEIGHTS_BYTES_512 = 2 * (2 * 859.5e6 + 83.7e6)
+
+
+def batch_size_for(kind: str, device, image_size: int, dtype: torch.dtype, cap: int = 64, weights: bool = False) -> int:
+    """Images of `kind` that fit at once in the free memory of `device` (at least 1, at most `cap`);
+    `weights`: the depth model is not loaded yet, leave room for its weights."""
     free = free_bytes(device)
     if free is None:
         return min(CPU_BATCH[kind], cap)
+    if weights:
+        free -= int(DEPTH_WEIGHTS_BYTES_512 * torch.finfo(dtype).bits / 16)
     return max(1, min(cap, int(free * HEADROOM) // per_image_bytes(kind, image_size, dtype)))
+
+
+class TensorMemory:
+    """Bytes of tensor storage torch allocates on one device type while inside: live now and at peak.
+
+    Every operator's outputs pass a dispatch mode that records each new storage, and a
+    finalizer takes it off when torch frees it. Works on any device, so it stands in for
+    torch.cuda.max_memory_allocated where torch keeps no allocator statistics (the CPU).
+    Storages that existed before (the weights) are not counted.
+    """
+
+    def __init__(self, device_type: str = "cpu"):
+        self.device_type, self.live, self.peak, self._seen = device_type, 0, 0, set()
+
+    def _record(self, t: torch.Tensor) -> None:
+        if t.device.type != self.device_type:
+            return
+        st = t.untyped_storage()
+        key, nbytes = st.data_ptr(), st.nbytes()
+        if key in self._seen or nbytes == 0:
+            return
+        self._seen.add(key)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(st, self._free, key, nbytes)
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+    def __enter__(self) -> "TensorMemory":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        memory = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        memory._record(t)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._mode.__exit__(*exc)
+        return False

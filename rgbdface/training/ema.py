@@ -22,3 +22,9 @@ class EMA:
         if missing:
             raise ValueError(f"EMA state lacks {len(missing)} parameters, e.g. {sorted(missing)[0]}")
         self.shadow = {n: tensors[n].to(self.shadow[n].device).float().clone() for n in self.shadow}
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        """The averaged weights into the trained parameters themselves (in place: no copy of the model)."""
+        for n, p in self.params.items():
+            p.copy_(self.shadow[n].to(p.dtype))
