@@ -720,7 +720,7 @@ def test_one_bf16_autocast_step_per_stage(stage, data, audio_data, tiny_model_di
         seen["frozen"] = {p.dtype for m in frozen for p in m.parameters()}
         seen["trained"] = {p.dtype for p in self.trainable().values()}
         loss, parts = forward(self, batch)
-        seen["loss"] = float(loss)
+        seen["loss"] = float(loss.detach())
         return loss, parts
 
     monkeypatch.setattr(OBJECTIVES[stage], "forward", recording)
