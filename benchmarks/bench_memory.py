@@ -7,11 +7,12 @@ Parameters, gradients and optimizer state are counted from the SD-1.5-size model
 weights (float32 trained weights and gradients; AdamW 8 bytes per trained parameter, 8-bit
 AdamW 2; frozen parts in 16 bits; autocast's 16-bit copies of the trained weights, 2 bytes,
 held through a step). Activations are measured: a real training step (forward + backward,
-bf16 autocast, gradient checkpointing as the sd15 recipe sets it) of the full-width model at
-small crops, every byte torch allocates counted (rgbdface.pipelines.memory.TensorMemory;
-gradients dropped as they are made, since they are counted above), fitted as a + b * pixels
-over the sizes given and read at 512 px. Inference: the same for one no-gradient denoiser call
-and one VAE decode per image. A GPU adds its CUDA context and allocator slack (RESERVE_GIB).
+gradient checkpointing as the sd15 recipe sets it) of the full-width model at small crops,
+every byte torch allocates counted (rgbdface.pipelines.memory.TensorMemory; gradients dropped
+as they are made, since they are counted above), fitted as a + b * pixels over the sizes given
+and read at 512 px. The step runs in float32 (bf16 is 20x slower on this CPU), so every value
+counts 4 bytes: an upper bound for fp16 autocast, which keeps most activations in 2.
+Inference: the same for one no-gradient denoiser call and one VAE decode per image. A GPU adds its CUDA context and allocator slack (RESERVE_GIB).
 Results: benchmarks/results/memory.md. These are accounts, not GPU measurements.
 """
 
@@ -43,15 +44,18 @@ def build(image_size: int, meta: bool = False):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_train import build as build_sd
 
-    if meta:
-        with init_empty_weights(include_buffers=True):
-            return build_sd("sd15", image_size)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # built straight in 16 bits: half the host memory
-    try:
-        return build_sd("sd15", image_size)
-    finally:
-        torch.set_default_dtype(old)
+    with init_empty_weights(include_buffers=False):
+        model = build_sd("sd15", image_size)
+    if not meta:  # real float32 tensors of a constant: the sizes matter here, not the values (and random init is slow)
+        for m in model.modules():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    m._parameters[name] = torch.nn.Parameter(torch.full(p.shape, 1e-3))
+            for name, b in m._buffers.items():
+                if b is not None and b.is_meta:
+                    m._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
+        model.context = torch.full(model.context.shape, 1e-3)
+    return model
 
 
 def stage_model(stage: int, image_size: int, meta: bool = False):
@@ -103,10 +107,9 @@ def measure_training(stage: int, image_size: int) -> dict:
     batch = synthetic_batch(stage, 1, image_size, c, h, frames, cfg.motion.motion_frames if stage == 3 else 0,
                             WAV2VEC2_BASE_DIM if stage == 3 else 80, cfg.motion.audio_window if stage == 3 else 5)
     t0 = time.perf_counter()
-    with TensorMemory() as memory:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = obj(batch)
-            loss.backward()
+    with TensorMemory() as memory:  # float32 throughout: 4 bytes per value, an upper bound for 16-bit autocast
+        loss, _ = obj(batch)
+        loss.backward()
         obj.finish()
     return {"peak": memory.peak, "seconds": time.perf_counter() - t0}
 
@@ -123,18 +126,18 @@ def measure_inference(image_size: int) -> dict:
     s, c = model.latent_size, model.meta.latent_channels
     out = {}
     with torch.no_grad():
-        z_ref = torch.randn(1, c, s, s, dtype=torch.bfloat16)
-        ctx = model.context.to(torch.bfloat16)
+        z_ref = torch.randn(1, c, s, s)
+        ctx = model.context
         with TensorMemory() as memory:
             den.set_reference(z_ref, ctx)
             memory.reset_peak()  # the reference features are counted once per run below, not per image
-            den(torch.randn(1, den.in_channels, s, s, dtype=torch.bfloat16), torch.tensor([500]), ctx)
+            den(torch.randn(1, den.in_channels, s, s), torch.tensor([500]), ctx)
         out["unet"] = memory.peak - memory.live  # transient of one call
         with TensorMemory() as memory:
             den.set_reference(z_ref, ctx)
         out["reference_features"] = memory.peak
         with TensorMemory() as memory:
-            model.codec.decode(torch.randn(1, c, s, s, dtype=torch.bfloat16))
+            model.codec.decode(torch.randn(1, c, s, s))
         out["vae_decode"] = memory.peak
     return out
 

@@ -90,8 +90,12 @@ class TensorMemory:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
+                # views and in-place results share an input's storage: not a new allocation
+                inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                          if isinstance(t, torch.Tensor) and t.device.type == memory.device_type}
                 for t in tree_leaves(out):
-                    if isinstance(t, torch.Tensor):
+                    if isinstance(t, torch.Tensor) and t.device.type == memory.device_type \
+                            and t.untyped_storage().data_ptr() not in inputs:
                         memory._record(t)
                 return out
 
