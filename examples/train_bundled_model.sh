@@ -43,5 +43,9 @@ model.meta.depth_steps = 1
 model.save_pretrained(sys.argv[2], half=True)
 PY
 rgbdface eval --data "$W/heldout" --method model --method mesh --method plane --method "mean-face:$W/data"
+# the faces it makes for the held-out identity: talk on real speech (espeak-ng), a talking clip re-created
+# from its first frame, samples from a colour and a black-and-white reference (benchmarks/results/faces_bundled.md)
+rgbdface prep-depth examples/obama.jpg -o "$W/heldout-faces" --size 64 --studio-views 32 --talking-clips 1
+python benchmarks/measure_faces.py --heldout "$W/heldout-faces" --train-data "$W/data" --label bundled
 # 5. The README's tables from eval's own output (the cross-validation table after crossval_identities.sh)
 python examples/readme_tables.py "$W"
