@@ -5,7 +5,10 @@
 - depth_relight.png: face crop | estimated depth | relit from the left | relit from the right
 - relight.png: relighting layers and lights (input | normals | albedo | left | right | two coloured
   lights | an environment), then frames of an orbiting light
-- talk.png: talking-head frames (synthetic speech) over their jointly generated depth
+- talk.png: the held-out identity's reference, then talking-head frames (synthetic speech), over
+  their jointly generated depth
+- generate.png: joint samples next to their reference (the held-out identity in colour, then in
+  black and white; the same seed), RGB over depth
 
 Without names after the folder, every figure is made.
 """
@@ -92,16 +95,31 @@ def main(out: Path, figures: set[str]) -> None:
         rows.append(np.concatenate([crop_box_to(v, d.crop.box, 160) for v in frames], axis=1))
         save_image(out / "relight.png", np.concatenate(rows, axis=0))
 
-    # 3. Talking head: 2 s of synthetic speech, every 5th frame, RGB over depth.
-    if "talk" not in figures:
-        return
-    reference = crop_face(load_image(here / "astronaut.jpg"), size=model.meta.image_size, margin=model.meta.crop_margin).image
-    wave = synthesize(2.0, np.random.default_rng(0)).audio
-    frames = [f for f in talk_frames(model, reference, wave, steps=20, seed=0) if f.index % 5 == 0][:10]
-    rgb = np.concatenate([panel(f.rgb) for f in frames], axis=1)
-    depth = np.concatenate([panel(colorize_depth(f.depth, f.valid)) for f in frames], axis=1)
-    save_image(out / "talk.png", np.concatenate([rgb, depth], axis=0))
+    # 3. Talking head of the held-out identity: 2 s of synthetic speech, every 5th frame, the reference
+    #    first, RGB over depth.
+    if "talk" in figures:
+        reference = crop_face(load_image(here / "obama.jpg"), size=model.meta.image_size, margin=model.meta.crop_margin).image
+        wave = synthesize(2.0, np.random.default_rng(0)).audio
+        frames = [f for f in talk_frames(model, reference, wave, steps=20, seed=0) if f.index % 5 == 0][:9]
+        blank = np.zeros_like(reference)
+        rgb = np.concatenate([panel(reference)] + [panel(f.rgb) for f in frames], axis=1)
+        depth = np.concatenate([panel(blank)] + [panel(colorize_depth(f.depth, f.valid)) for f in frames], axis=1)
+        save_image(out / "talk.png", np.concatenate([rgb, depth], axis=0))
 
+    # 4. Joint samples next to their reference: the held-out identity in colour and in black and white
+    #    (the same seed), RGB over depth.
+    if "generate" in figures:
+        from rgbdface.pipelines.generate import generate
+
+        colour = crop_face(load_image(here / "obama.jpg"), size=512, margin=model.meta.crop_margin).image
+        grey = np.repeat((colour.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, -1)
+        rows = []
+        for ref in (colour, grey.round().astype(np.uint8)):
+            s = generate(model, ref, num_samples=4, steps=25, seed=0)
+            small = crop_box_to(ref, (0, 0, ref.shape[1], ref.shape[0]), model.meta.image_size)
+            rows.append(np.concatenate([panel(small)] + [panel(x) for x in s.rgb], axis=1))
+            rows.append(np.concatenate([panel(np.zeros_like(small))] + [panel(colorize_depth(d, v)) for d, v in zip(s.depth, s.valid)], axis=1))
+        save_image(out / "generate.png", np.concatenate(rows, axis=0))
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/figures"), set(sys.argv[2:]) or {"depth_relight", "relight", "talk"})
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/figures"), set(sys.argv[2:]) or {"depth_relight", "relight", "talk", "generate"})
