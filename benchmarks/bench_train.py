@@ -1,6 +1,7 @@
 """Training throughput and peak memory per stage, on the CPU.
 
     PYTHONPATH=. python benchmarks/bench_train.py [--steps 3] [--sd-size 128] [--skip-sd]
+    PYTHONPATH=. python benchmarks/bench_train.py --cached-pixels DATASET [--steps 5]
 
 Two model sizes, random weights, synthetic batches (so data loading is not measured):
 
@@ -124,6 +125,71 @@ def run_one(stage: int, size: str, image_size: int, steps: int) -> dict:
             "peak_gib": peak_gib, "optimizer": type(opt).__name__, "adamw_state_gib": 8 * n_train / 2**30, "loss": float(loss.detach())}
 
 
+def cached_pixels_ab(dataset: Path, steps: int, rounds: int = 3) -> str:
+    """Stage 1, tiny recipe, real data with the latent cache full: CPU time to make a batch when the data
+    stream decodes every sample's pixels (as before) and when it skips those whose latents are cached
+    (stream.cached), alternating `rounds` times over `steps` batches each; beside it, one training step."""
+    import statistics
+
+    import torch
+    from torch.utils.data import default_collate
+
+    from rgbdface.data.io import load_image
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import LatentSpec, read_samples
+    from rgbdface.training.loop import make_stream
+    from rgbdface.training.objectives import make_objective
+
+    cfg = resolve_config(1, "tiny", ["data.cache_latents=true"])
+    model = build_tiny(64, seed=0)
+    obj = make_objective(model, cfg)
+    params = list(obj.trainable().values())
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    samples = read_samples(dataset)
+    stream = make_stream(samples, cfg, LatentSpec(64, model.meta.latent_channels, model.latent_size, 1000))
+    b = cfg.optim.batch_size
+    batches = [list(range(k, k + b)) for k in range(0, 2 * len(samples) + 2 * b, b)]
+    with torch.no_grad():  # every sample (and its mirror image) seen once: the cache is full
+        for idx in batches:
+            obj(default_collate([stream[k] for k in idx]))
+            obj.finish()
+
+    def make(idx) -> float:
+        t0 = time.process_time()
+        default_collate([stream[k] for k in idx])
+        return time.process_time() - t0
+
+    cpu = {"decoded": [], "skipped": []}
+    for r in range(rounds):
+        for how in cpu:
+            stream.cached = obj.cache if how == "skipped" else None
+            cpu[how] += [make(batches[(r * steps + k) % len(batches)]) for k in range(steps)]
+    step_cpu = []
+    for idx in batches[:steps]:
+        batch = default_collate([stream[k] for k in idx])
+        t0 = time.process_time()
+        loss, _ = obj(batch)
+        loss.backward()
+        obj.finish()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step_cpu.append(time.process_time() - t0)
+    dec, skip, step = (statistics.median(v) for v in (cpu["decoded"], cpu["skipped"], step_cpu))
+    size = load_image(samples[0].rgb).shape[0]
+    return "\n".join([
+        "# Training with cached latents: pixels decoded or skipped (stage 1, tiny recipe, CPU)", "",
+        f"Dataset {dataset.name}: {len(samples)} samples of {size} px, model at 64 px, batch {b}, torch threads "
+        f"{torch.get_num_threads()}, 1-minute load average {os.getloadavg()[0]:.1f}. CPU time of this process "
+        f"(less sensitive to other processes than wall time), median over {rounds} alternating blocks of {steps} batches, "
+        "after every latent is cached.", "",
+        "| part of a step | CPU s |", "|---|---:|",
+        f"| making a batch, every sample's pixels decoded | {dec:.3f} |",
+        f"| making a batch, pixels of cached samples skipped | {skip:.4f} |",
+        f"| the model's step (forward, backward, AdamW) | {step:.3f} |", "",
+        f"Skipping saves {(dec - skip) / (dec + step):.0%} of a step's CPU time (data + model).", ""])
+
+
 def sd_state_estimate(image_size: int) -> dict[int, tuple[float, float, float]]:
     """Per stage, without allocating: (trained M params, all M params, GiB of float32 weights + grads + AdamW state)."""
     from accelerate import init_empty_weights
@@ -163,7 +229,15 @@ def main() -> None:
     ap.add_argument("--sd-steps", type=int, default=2)
     ap.add_argument("--skip-sd", action="store_true")
     ap.add_argument("--one", nargs=3, metavar=("STAGE", "SIZE", "IMAGE"), help=argparse.SUPPRESS)
+    ap.add_argument("--cached-pixels", type=Path, metavar="DATASET",
+                    help="only compare decoding and skipping the pixels of cached samples on this prep-depth dataset "
+                         "(results/train_cached_pixels.md)")
     args = ap.parse_args()
+    if args.cached_pixels:
+        text = cached_pixels_ab(args.cached_pixels, args.steps)
+        print(text)
+        (RESULTS.parent / "train_cached_pixels.md").write_text(text)
+        return
     if args.one:
         import torch
 

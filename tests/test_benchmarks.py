@@ -26,3 +26,11 @@ def test_bench_train_runs_each_stage(stage):
     assert row["stage"] == stage and row["s_per_step"] > 0
     assert math.isfinite(row["loss"])
     assert 0 < row["trainable_m"] <= row["params_m"]
+
+
+def test_bench_train_cached_pixels_compares_both_streams(tmp_path):
+    from train_helpers import make_dataset
+
+    bench = load_bench("train")
+    text = bench.cached_pixels_ab(make_dataset(tmp_path / "d", identities=2, frames=2), steps=1, rounds=1)
+    assert "| decodes every sample's pixels |" in text and "| skips pixels whose latents are cached |" in text
