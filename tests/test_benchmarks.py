@@ -33,4 +33,4 @@ def test_bench_train_cached_pixels_compares_both_streams(tmp_path):
 
     bench = load_bench("train")
     text = bench.cached_pixels_ab(make_dataset(tmp_path / "d", identities=2, frames=2), steps=1, rounds=1)
-    assert "| decodes every sample's pixels |" in text and "| skips pixels whose latents are cached |" in text
+    assert "every sample's pixels decoded |" in text and "pixels of cached samples skipped |" in text
