@@ -12,7 +12,7 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Model folder (from `train`, `finetune-mask` or `train-motion`). Default: the bundled rgbdface-tiny."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="'auto' (fp16 autocast on CUDA, float32 on CPU), 'fp32', 'fp16' or 'bf16'.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights: 'auto' (fp16 on CUDA, float32 on CPU), 'fp32', 'fp16' or 'bf16'.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="Number of denoising steps.")]
 DepthStepsOpt = Annotated[Optional[int], typer.Option("--steps", min=1, show_default=False,
