@@ -121,8 +121,8 @@ def measure_inference(image_size: int) -> dict:
     from rgbdface.pipelines.memory import TensorMemory
 
     model = build(image_size)
-    model.joint.unet.to("meta")
     den = model.add_masked_denoiser()
+    model.joint.unet.to("meta")  # depth estimation never runs the joint UNet
     s, c = model.latent_size, model.meta.latent_channels
     out = {}
     with torch.no_grad():
@@ -156,9 +156,9 @@ def fit(sizes: list[int], values: list[float], at: int = TARGET) -> tuple[float,
 # ----------------------------------------------------------------------------- the account
 def training_rows(params: dict, acts: dict[int, float], budget: float) -> list[list[str]]:
     rows = []
-    for stage in (1, 2, 3):
+    for stage, b in ((1, 4), (1, 1), (2, 4), (2, 1), (3, 1)):
         p = params[stage]
-        n_t, n_f, b = p["trained"], p["frozen"], p["batch"]
+        n_t, n_f = p["trained"], p["frozen"]
         act = acts[stage] * b  # activations grow with the per-GPU batch (stage 3: clips)
         fixed = (4 * n_t + 4 * n_t + 2 * n_f + 2 * n_t) / GIB + act / GIB + RESERVE_GIB  # weights, grads, frozen, autocast copies
         for opt, per in (("adamw", 8), ("adamw8bit", 2)):
@@ -173,6 +173,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192], help="crop sizes measured (multiples of 64)")
     ap.add_argument("--budget-gib", type=float, default=24.0)
+    ap.add_argument("--cache", type=Path, default=None, help="a JSON-lines file of measures made earlier (and to add to)")
     ap.add_argument("--one", nargs=2, metavar=("WHAT", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -184,15 +185,32 @@ def main() -> None:
         print(json.dumps(measure_inference(size) if what == "inference" else measure_training(int(what), size)))
         return
 
+    def cached() -> dict:  # measures already made (they take minutes each on a CPU), kept across runs with --cache
+        if not (args.cache and args.cache.is_file()):
+            return {}
+        return {tuple(json.loads(line)["key"]): json.loads(line)["value"] for line in args.cache.read_text().splitlines() if line}
+
     def one(what: str, size: int) -> dict:  # each measure in its own process: its memory is returned after
+        if (what, size) in cached():
+            return cached()[(what, size)]
         print(f"measuring {what} at {size} px ...", file=sys.stderr, flush=True)
         p = subprocess.run([sys.executable, __file__, "--one", what, str(size)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
         if p.returncode != 0:
             raise SystemExit(f"bench_memory: {what} at {size} px failed: {p.stderr.strip().splitlines()[-1][:200]}")
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        value = json.loads(p.stdout.strip().splitlines()[-1])
+        if args.cache:
+            with open(args.cache, "a") as f:
+                f.write(json.dumps({"key": [what, size], "value": value}) + "\n")
+        return value
 
-    params = count_parameters()
+    params = cached().get(("params", 0))
+    if params is None:
+        params = count_parameters()
+        if args.cache:
+            with open(args.cache, "a") as f:
+                f.write(json.dumps({"key": ["params", 0], "value": params}) + "\n")
+    params = {int(k): v for k, v in params.items()}
     measured = {stage: [one(str(stage), s) for s in args.sizes] for stage in (1, 2, 3)}
     inference = [one("inference", s) for s in args.sizes]
     acts, resid = {}, {}
@@ -210,7 +228,8 @@ def main() -> None:
         "",
         "Settings (the sd15 recipe and examples/train_sd15_multigpu.sh): fp16 mixed precision, gradient checkpointing, "
         "frozen parts (VAE, frozen UNets) in 16 bits, only the stage's parts on the GPU, per-GPU batch 4 for stages 1-2 "
-        "(global 32 through accumulation), one clip of 14 frames + 4 motion frames for stage 3 (wav2vec2-base features). "
+        "(global 32 through accumulation; batch 1 with 4 times the accumulation is the fallback: PER_GPU_BATCH=1), one clip of "
+        "14 frames + 4 motion frames for stage 3 (wav2vec2-base features). "
         f"Every total includes {RESERVE_GIB} GiB for the CUDA context and allocator slack. Sizes in GiB.",
         "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),

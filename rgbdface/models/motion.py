@@ -190,6 +190,15 @@ class MotionDenoiser(nn.Module):
         self.state.motion.clear()
         self.state.motion_frames = 0
 
+    def _keep_per_frame(self, keep: torch.Tensor | None, f: int) -> torch.Tensor | None:
+        """[B] → [(B F)], the same tensor for the same `keep` (so the bank moves it to the device once, not per step)."""
+        if not exists(keep):
+            return None
+        memo = getattr(self, "_keep_memo", None)
+        if memo is None or memo[0] is not keep or memo[1] != f:
+            self._keep_memo = memo = (keep, f, repeat(keep, "b -> (b f)", f=f))
+        return memo[2]
+
     def forward(
         self,
         sample: torch.Tensor,  # [B, F, 2C, h, w] noisy joint latents
@@ -217,7 +226,7 @@ class MotionDenoiser(nn.Module):
         x = rearrange(sample, "b f c h w -> (b f) c h w")
         t = timestep.reshape(-1).expand(b) if timestep.numel() == 1 else timestep
         t = repeat(t, "b -> (b f)", f=f)
-        keep_frames = repeat(keep, "b -> (b f)", f=f) if exists(keep) else None
+        keep_frames = self._keep_per_frame(keep, f)
         self.state.frames, self.state.audio_tokens = f, tokens
         try:
             eps = self.joint(x, t, context, keep=keep_frames)  # [(B F), 2C, h, w]
