@@ -154,18 +154,25 @@ def fit(sizes: list[int], values: list[float], at: int = TARGET) -> tuple[float,
 
 
 # ----------------------------------------------------------------------------- the account
-def training_rows(params: dict, acts: dict[int, float], budget: float) -> list[list[str]]:
+def training_rows(params: dict, acts: dict[int, float | None], budget: float) -> list[list[str]]:
+    """Per stage, batch and optimizer: the static memory, the activations (when measured) and the total."""
     rows = []
     for stage, b in ((1, 4), (1, 1), (2, 4), (2, 1), (3, 1)):
         p = params[stage]
         n_t, n_f = p["trained"], p["frozen"]
-        act = acts[stage] * b  # activations grow with the per-GPU batch (stage 3: clips)
-        fixed = (4 * n_t + 4 * n_t + 2 * n_f + 2 * n_t) / GIB + act / GIB + RESERVE_GIB  # weights, grads, frozen, autocast copies
+        act = acts.get(stage)
+        static = (4 * n_t + 4 * n_t + 2 * n_f + 2 * n_t) / GIB + RESERVE_GIB  # weights, grads, frozen, autocast copies, reserve
         for opt, per in (("adamw", 8), ("adamw8bit", 2)):
-            total = fixed + per * n_t / GIB
+            before = static + per * n_t / GIB
+            if act is None:
+                act_s, total_s = "not measured", f"{before:.1f} + activations"
+                fits = "no" if before > budget else f"if activations <= {budget - before:.1f}"
+            else:
+                total = before + act * b / GIB  # activations grow with the per-GPU batch (stage 3: clips)
+                act_s, total_s, fits = f"{act * b / GIB:.1f}", f"{total:.1f}", "yes" if total <= budget else "no"
             rows.append([str(stage), opt, f"{n_t / 1e6:.0f} / {n_f / 1e6:.0f}", str(b) + (" clip" if stage == 3 else ""),
                          f"{4 * n_t / GIB:.1f}", f"{4 * n_t / GIB:.1f}", f"{per * n_t / GIB:.1f}", f"{2 * n_f / GIB:.1f}",
-                         f"{2 * n_t / GIB:.1f}", f"{act / GIB:.1f}", f"{total:.1f}", "yes" if total <= budget else "no"])
+                         f"{2 * n_t / GIB:.1f}", act_s, total_s, fits])
     return rows
 
 
@@ -174,6 +181,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192], help="crop sizes measured (multiples of 64)")
     ap.add_argument("--budget-gib", type=float, default=24.0)
     ap.add_argument("--cache", type=Path, default=None, help="a JSON-lines file of measures made earlier (and to add to)")
+    ap.add_argument("--measured-only", action="store_true", help="make no new measure: report what --cache holds")
     ap.add_argument("--one", nargs=2, metavar=("WHAT", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -190,9 +198,11 @@ def main() -> None:
             return {}
         return {tuple(json.loads(line)["key"]): json.loads(line)["value"] for line in args.cache.read_text().splitlines() if line}
 
-    def one(what: str, size: int) -> dict:  # each measure in its own process: its memory is returned after
+    def one(what: str, size: int) -> dict | None:  # each measure in its own process: its memory is returned after
         if (what, size) in cached():
             return cached()[(what, size)]
+        if args.measured_only:
+            return None
         print(f"measuring {what} at {size} px ...", file=sys.stderr, flush=True)
         p = subprocess.run([sys.executable, __file__, "--one", what, str(size)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -215,8 +225,11 @@ def main() -> None:
     inference = [one("inference", s) for s in args.sizes]
     acts, resid = {}, {}
     for stage, runs in measured.items():
-        acts[stage], resid[stage] = fit(args.sizes, [r["peak"] for r in runs])
-    per_image = {k: fit(args.sizes, [r[k] for r in inference]) for k in ("unet", "vae_decode", "reference_features")}
+        if all(r is not None for r in runs) and len(runs) >= 2:
+            acts[stage], resid[stage] = fit(args.sizes, [r["peak"] for r in runs])
+    per_image = {}
+    if all(r is not None for r in inference) and len(inference) >= 2:
+        per_image = {k: fit(args.sizes, [r[k] for r in inference]) for k in ("unet", "vae_decode", "reference_features")}
 
     head = ["stage", "optimizer", "trained / frozen params (M)", "batch per GPU", "weights fp32", "grads fp32", "optimizer state",
             "frozen 16-bit", "autocast copies", "activations", "total (GiB)", f"fits {args.budget_gib:g} GiB"]
@@ -244,37 +257,42 @@ def main() -> None:
         "|" + "---|" * (len(args.sizes) + 3),
     ]
     for stage, runs in measured.items():
-        lines.append(f"| {stage} | " + " | ".join(f"{r['peak'] / 2**20:.0f}" for r in runs)
-                     + f" | {acts[stage] / GIB:.2f} ({resid[stage]:.0%}) | {runs[-1]['seconds']:.0f} |")
+        cells = " | ".join("not measured" if r is None else f"{r['peak'] / 2**20:.0f}" for r in runs)
+        at = f"{acts[stage] / GIB:.2f} ({resid[stage]:.0%})" if stage in acts else "not measured"
+        secs = f"{runs[-1]['seconds']:.0f}" if runs[-1] is not None else "-"
+        lines.append(f"| {stage} | {cells} | {at} | {secs} |")
     unet_params = 859.5e6  # one SD-1.5 UNet
-    lines += [
-        "",
-        "Inference per image at 512 px in 16 bits (fitted the same way); the batch-size table of "
-        "rgbdface/pipelines/memory.py is taken from these:",
-        "",
-        "| call | " + " | ".join(f"{s} px (MiB)" for s in args.sizes) + " | 512 px (MiB) |",
-        "|" + "---|" * (len(args.sizes) + 2),
-    ]
-    for k, label in (("unet", "one denoiser call (no gradients)"), ("vae_decode", "VAE decode"),
-                     ("reference_features", "ReferenceNet features (once per reference)")):
-        lines.append(f"| {label} | " + " | ".join(f"{r[k] / 2**20:.0f}" for r in inference)
-                     + f" | {per_image[k][0] / 2**20:.0f} |")
-    unet_call, decode, ref_feats = (per_image[k][0] for k in ("unet", "vae_decode", "reference_features"))
-    lines += [
-        "",
-        "Inference commands: 16-bit weights of the parts the command runs (as they load on CUDA), the "
-        "reference features, and the larger of the denoiser call and the VAE decode of the batch "
-        "(decoded in slices of 4):",
-        "",
-        "| command | weights (GiB) | denoiser batch | activations (GiB) | total (GiB) |",
-        "|---|---|---|---|---|",
-    ]
-    weights = (2 * unet_params + 83.7e6) * 2 / GIB
-    for cmd, extra, unet_batch in (("generate, 1 sample with guidance", 0, 2), ("estimate-depth -b 8", 0, 8),
-                                   ("talk, 14 frames with guidance", params[3]["trained"], 28)):
-        act = max(unet_batch * unet_call, 4 * decode) + ref_feats
-        total = weights + 2 * extra / GIB + act / GIB + RESERVE_GIB
-        lines.append(f"| {cmd} | {weights + 2 * extra / GIB:.1f} | {unet_batch} | {act / GIB:.1f} | {total:.1f} |")
+    if not per_image:
+        lines += ["", "Inference per image and per command: not measured yet (`--sizes 64 128` measures them)."]
+    else:
+        lines += [
+            "",
+            "Inference per image at 512 px (fitted the same way, 4 bytes per value); the batch-size table of "
+            "rgbdface/pipelines/memory.py is to be checked against these:",
+            "",
+            "| call | " + " | ".join(f"{s} px (MiB)" for s in args.sizes) + " | 512 px (MiB) |",
+            "|" + "---|" * (len(args.sizes) + 2),
+        ]
+        for k, label in (("unet", "one denoiser call (no gradients)"), ("vae_decode", "VAE decode"),
+                         ("reference_features", "ReferenceNet features (once per reference)")):
+            lines.append(f"| {label} | " + " | ".join(f"{r[k] / 2**20:.0f}" for r in inference)
+                         + f" | {per_image[k][0] / 2**20:.0f} |")
+        unet_call, decode, ref_feats = (per_image[k][0] for k in ("unet", "vae_decode", "reference_features"))
+        lines += [
+            "",
+            "Inference commands: 16-bit weights of the parts the command runs (as they load on CUDA), the "
+            "reference features, and the larger of the denoiser call and the VAE decode of the batch "
+            "(decoded in slices of 4):",
+            "",
+            "| command | weights (GiB) | denoiser batch | activations (GiB) | total (GiB) |",
+            "|---|---|---|---|---|",
+        ]
+        weights = (2 * unet_params + 83.7e6) * 2 / GIB
+        for cmd, extra, unet_batch in (("generate, 1 sample with guidance", 0, 2), ("estimate-depth -b 8", 0, 8),
+                                       ("talk, 14 frames with guidance", params[3]["trained"], 28)):
+            act = max(unet_batch * unet_call, 4 * decode) + ref_feats
+            total = weights + 2 * extra / GIB + act / GIB + RESERVE_GIB
+            lines.append(f"| {cmd} | {weights + 2 * extra / GIB:.1f} | {unet_batch} | {act / GIB:.1f} | {total:.1f} |")
     lines += ["", f"Reproduce: `PYTHONPATH=. python benchmarks/bench_memory.py --sizes {' '.join(map(str, args.sizes))}`", ""]
     text = "\n".join(lines)
     print(text)

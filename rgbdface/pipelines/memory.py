@@ -1,9 +1,11 @@
 """Batch sizes from the memory at hand (as Marigold picks its batch from a table by resolution and dtype).
 
 Peak memory per image of the two calls that dominate a pipeline, at 512 x 512 in 16-bit
-weights, from `benchmarks/bench_memory.py` (activations measured on the CPU at smaller
-sizes and scaled by pixel count; see benchmarks/results/memory.md). They scale with the
-pixel count and the bytes per value. Not yet checked on a GPU.
+weights. They scale with the pixel count and the bytes per value. The figures are estimates
+from the layer sizes (the SD VAE decoder holds several 128-channel maps of 512 x 512 at once),
+kept on the safe side; `benchmarks/bench_memory.py` measures them on a CPU at small sizes
+(benchmarks/results/memory.md) and a GPU run of benchmarks/gpu_check.sh checks them. Not yet
+checked on a GPU.
 """
 
 from __future__ import annotations
