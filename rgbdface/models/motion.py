@@ -77,6 +77,7 @@ class MotionState:
     motion: dict[str, torch.Tensor] = field(default_factory=dict)  # position → [(B n), c, h, w] ReferenceNet features
     motion_frames: int = 0  # n of the stored motion features
     recording: bool = False  # the ReferenceNet's hooks store features while True
+    checkpoint: bool = False  # temporal modules recompute their activations in backward (gradient checkpointing)
 
 
 # ------------------------------------------------------------------------------------ the denoiser

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rgbdface.utils import exists
 
@@ -100,7 +101,13 @@ class TemporalHook:
                 m = m.repeat(x.shape[0] // m.shape[0], 1, 1, 1, 1)
             x = torch.cat([m, x], dim=1)  # [B, n + F, c, h, w]
             n = m.shape[1]
-        y = self.module(rearrange(x, "b f c h w -> (b f) c h w"), num_frames=n + f)
+        x = rearrange(x, "b f c h w -> (b f) c h w")
+        if st.checkpoint and torch.is_grad_enabled():
+            # Hooks on a block's transformers run outside diffusers' per-block checkpointing, and
+            # a clip's [n + F] frames at full resolution are most of stage 3's activations.
+            y = checkpoint(self.module, x, num_frames=n + f, use_reentrant=False)
+        else:
+            y = self.module(x, num_frames=n + f)
         y = rearrange(y, "(b f) c h w -> b f c h w", f=n + f)[:, n:]  # drop the motion frames
         y = rearrange(y, "b f c h w -> (b f) c h w")
         return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y

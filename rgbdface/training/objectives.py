@@ -345,8 +345,10 @@ class MotionObjective(Objective):
         return [self.model.joint.unet, self.model.joint.reference_unet]  # stage 1, which the hooks extend
 
     def enable_gradient_checkpointing(self) -> None:
-        # The frozen UNet is what holds the activations; the hooks inside it are recomputed with it.
+        # diffusers recomputes the frozen UNet's blocks; the temporal modules hooked after its
+        # transformers sit outside those checkpoints and recompute their own.
         self.model.joint.unet.enable_gradient_checkpointing()
+        self.model.motion.state.checkpoint = True
 
     def finish(self) -> None:
         motion = self.model.motion
