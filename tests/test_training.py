@@ -756,3 +756,35 @@ def test_the_objective_holds_only_the_parts_its_stage_runs():
     assert {id(p) for p in m.masked.unet.parameters()} | {id(p) for p in m.codec.parameters()} <= held
     obj.to(torch.float64)  # a stand-in for a device move: the parts and the cached context follow, nothing else
     assert m.masked.unet.dtype == torch.float64 and m.context.dtype == torch.float64 and m.joint.unet.dtype == torch.float32
+
+
+def test_stage3_checkpointing_also_recomputes_the_temporal_modules(audio_data):
+    """The temporal modules sit after the UNet's transformers, outside diffusers' per-block
+    checkpoints: with gradient checkpointing on they must recompute their own activations too."""
+    from torch.utils.data import default_collate as collate
+
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.pipelines.memory import TensorMemory
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.data import LatentSpec, read_samples
+    from rgbdface.training.loop import make_stream
+    from rgbdface.training.motion_setup import add_motion, clip_audio_features
+    from rgbdface.training.objectives import make_objective
+
+    peaks = {}
+    for temporal_checkpoint in (False, True):
+        m = build_tiny(32, seed=0)
+        cfg = resolve_config(3, "tiny", ["motion.frames=4", "motion.motion_frames=2", "loss.reference_dropout=0"])
+        samples = read_samples(audio_data)
+        add_motion(m, cfg, samples)
+        obj = make_objective(m, cfg)
+        obj.enable_gradient_checkpointing()
+        assert m.motion.state.checkpoint
+        m.motion.state.checkpoint = temporal_checkpoint
+        stream = make_stream(samples, cfg, LatentSpec(32, 4, 8, 1000), clip_audio_features(m, cfg))
+        batch = collate([stream[0]])
+        with TensorMemory() as memory:
+            loss, _ = obj(batch)
+            loss.backward()
+        peaks[temporal_checkpoint] = memory.peak
+    assert peaks[True] < 0.9 * peaks[False], peaks
