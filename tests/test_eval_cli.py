@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from rgbdface.cli.app import app
 from rgbdface.data.io import save_depth16, save_npy
 from rgbdface.metrics.depth import evaluate_pair
+from tests_helpers import gt_map
 
 # Depth files are read as float32, so "exact" predictions score within float32 rounding:
 # an RMSE below 1e-3 in units of 0.1 mm on depths around 5000.
@@ -26,14 +27,6 @@ def one_line(text):
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
-
-
-def gt_map(seed, shape=(24, 20)):
-    """A 16-bit ground truth around 5000 (0.5 m in 0.1 mm) with an invalid border."""
-    rng = np.random.default_rng(seed)
-    g = rng.integers(4800, 5600, shape).astype(np.uint16)
-    g[0], g[:, 0] = 0, 0
-    return g
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from rgbdface.cli.app import app
 from rgbdface.data.io import load_depth, load_image, save_depth16, save_image
 from rgbdface.data.manifest import load_manifest
+from tests_helpers import gt_map
 
 
 def run(*args):
@@ -19,13 +20,6 @@ def run(*args):
 
 def metrics(result):
     return json.loads(result.stdout)
-
-
-def gt_map(seed, shape=(24, 20)):
-    rng = np.random.default_rng(seed)
-    g = rng.integers(4800, 5600, shape).astype(np.uint16)
-    g[0], g[:, 0] = 0, 0
-    return g
 
 
 @pytest.fixture

@@ -19,3 +19,11 @@ def two_faces(examples_dir: Path) -> np.ndarray:
     canvas[:512, :512] = load_image(examples_dir / "astronaut.jpg")
     canvas[50 : 50 + small.shape[0], 530 : 530 + small.shape[1]] = small
     return canvas
+
+
+def gt_map(seed, shape=(24, 20)):
+    """A 16-bit ground truth around 5000 (0.5 m in 0.1 mm) with an invalid border."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(4800, 5600, shape).astype(np.uint16)
+    g[0], g[:, 0] = 0, 0
+    return g
