@@ -143,16 +143,10 @@ def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file beside it (`atomic_path`); a failed write
-    removes the temporary file, leaves `path` as it was and raises `write_error`."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-        except OSError as e:
-            raise write_error(path, e) from None
-    return path
+    """`atomic_write_bytes` that first makes the folder: a failed write leaves `path` as it was and
+    raises `write_error`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, data)
 
 
 def write_together(writers: dict[Path, Any]) -> list[Path]:
