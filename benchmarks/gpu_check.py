@@ -16,7 +16,8 @@ On a CUDA GPU (SD-1.5 sizes, random weights, 16-bit, under 8 minutes) it records
 
 On a CPU the same code runs at the tiny size (bf16 where fp16 is asked, no scaler) in about a
 minute, so the suite can run it (tests/test_gpu_check.py). One results file: --out (default
-benchmarks/results/gpu_check.md on CUDA, gpu_check_cpu.md on a CPU). Exit status 1 when a check failed.
+benchmarks/results/gpu_check.md on CUDA, gpu_check_cpu.md on a CPU), rewritten after each section so a run
+cut short keeps what finished; --only 1,2,4 runs some sections. Exit status 1 when a check failed.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def check_training(c: Check) -> list[str]:
         frozen = {p.dtype for m in [model.codec, *obj.frozen_modules()] for p in m.parameters()}
         trained = {p.dtype for p in params}
         rows.append(f"| {stage} | {b}{' clip' if stage == 3 else ''} | {name} | {sum(p.numel() for p in params) / 1e6:.0f} M | "
-                    f"{seconds:.1f} | {total:.2f} | {float(loss):.3f} |")
+                    f"{seconds:.1f} | {total:.2f} | {float(loss.detach()):.3f} |")
         ok = frozen == {c.half} and trained == {torch.float32} and dtypes.get("matmul") == c.half
         notes.append(c.verdict(ok, f"stage {stage} autocast dtypes: frozen {sorted(map(str, frozen))}, trained "
                                    f"{sorted(map(str, trained))}, convolution output {dtypes.get('matmul')}"))
@@ -337,30 +338,49 @@ def _reset_accelerate():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+SECTIONS = {
+    "1": ("1. estimate-depth against Marigold", check_depth),
+    "2": ("2. talk: seconds per frame and memory", check_talk),
+    "3": ("3. one training step per stage", check_training),
+    "4": ("4. fp16 resume with the gradient scaler", check_resume),
+}
+
+
+def report(c: Check, t0: float, only: list[str], done: bool) -> str:
+    name = torch.cuda.get_device_name(c.device) if c.cuda else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    flags = ("" if c.cuda else " --device cpu") + ("" if only == list(SECTIONS) else f" --only {','.join(only)}")
+    status = ("Checks failed: " + ", ".join(c.failed) + "." if c.failed else "Every check passed.") if done else \
+        "In progress: the sections below are finished, the others were still running."
+    head = [
+        f"# GPU check ({'SD-1.5 sizes, 512 px' if c.cuda else 'CPU mode: the tiny size, not GPU figures'})", "",
+        f"Device: {name}; torch {torch.__version__}; {time.perf_counter() - t0:.0f} s in all. "
+        f"Reproduce: `bash benchmarks/gpu_check.sh{flags}`.", "",
+        status, "",
+    ]
+    return "\n".join(head + c.sections)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto (CUDA when present)")
     ap.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/gpu_check[_cpu].md)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="the sections to run, e.g. 1,2,4 (default: all)")
     args = ap.parse_args()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if not only or any(s not in SECTIONS for s in only):
+        ap.error(f"--only takes section numbers from {','.join(SECTIONS)}, got {args.only!r}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     sys.path.insert(0, str(ROOT / "tests"))  # the tiny dataset and speech writers the tests use
     torch.manual_seed(0)
     c = Check(device)
-    t0 = time.perf_counter()
-    c.section("1. estimate-depth against Marigold", lambda: check_depth(c))
-    c.section("2. talk: seconds per frame and memory", lambda: check_talk(c))
-    c.section("3. one training step per stage", lambda: check_training(c))
-    c.section("4. fp16 resume with the gradient scaler", lambda: check_resume(c))
-    name = torch.cuda.get_device_name(c.device) if c.cuda else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    head = [
-        f"# GPU check ({'SD-1.5 sizes, 512 px' if c.cuda else 'CPU mode: the tiny size, not GPU figures'})", "",
-        f"Device: {name}; torch {torch.__version__}; {time.perf_counter() - t0:.0f} s in all. "
-        f"Reproduce: `bash benchmarks/gpu_check.sh{'' if c.cuda else ' --device cpu'}`.", "",
-        f"Checks failed: {', '.join(c.failed)}." if c.failed else "Every check passed.", "",
-    ]
     out = args.out or ROOT / "benchmarks" / "results" / ("gpu_check.md" if c.cuda else "gpu_check_cpu.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(head + c.sections)
+    t0 = time.perf_counter()
+    for key in only:
+        title, fn = SECTIONS[key]
+        c.section(title, lambda fn=fn: fn(c))
+        out.write_text(report(c, t0, only, done=False))  # what is finished survives a run cut short
+    text = report(c, t0, only, done=True)
     out.write_text(text)
     print(text)
     sys.exit(1 if c.failed else 0)

@@ -22,3 +22,11 @@ def test_gpu_check_runs_on_a_cpu_and_passes(tmp_path):
     assert "| rgbdface estimate-depth |" in text and "| diffusers MarigoldDepthPipeline |" in text
     assert text.count("- met: stage") == 3  # autocast dtypes of every stage
     assert "- met: talk memory flat" in text and "- met: resumed weights equal" in text
+
+
+def test_gpu_check_only_refuses_an_unknown_section(tmp_path):
+    out = tmp_path / "gpu_check.md"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--only", "1,9",
+                        "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--only takes section numbers from 1,2,3,4" in p.stderr
+    assert not out.exists()
