@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import default_collate as collate
 
 from rgbdface.training.data import (ClipStream, ImageStream, LatentSpec, apply_colour, colour_for, load_depth_map, load_rgb,
-                                    random_colour_matrix, read_samples)
+                                    hue_rotation, random_colour_matrix, read_samples)
 
 SPEC = LatentSpec(64, 4, 8, 1000)
 
@@ -33,6 +33,27 @@ def test_colour_matrix_applies_alike_and_can_make_black_and_white():
     assert torch.allclose(y[0], y[1]) and torch.allclose(y[1], y[2])  # black and white
     assert torch.equal(apply_colour(x, torch.eye(3)), x.clamp(-1, 1))  # the identity leaves colours alone
     assert y.min() >= -1 and y.max() <= 1
+
+
+def test_hue_rotation_turns_hues_and_keeps_greys():
+    third = torch.from_numpy(hue_rotation(2 * np.pi / 3).astype(np.float32))
+    assert torch.allclose(third @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)  # red → green
+    assert torch.allclose(third @ torch.tensor([0.4, 0.4, 0.4]), torch.tensor([0.4, 0.4, 0.4]), atol=1e-6)  # grey stays
+    assert np.allclose(hue_rotation(1.0) @ hue_rotation(-1.0), np.eye(3))
+
+
+def test_colour_hue_makes_skin_any_colour():
+    skin = torch.tensor([0.8, 0.55, 0.45])
+
+    def dominant(hue: float) -> np.ndarray:
+        rng = np.random.default_rng(1)
+        return np.bincount([int(torch.argmax(random_colour_matrix(rng, hue) @ skin)) for _ in range(300)], minlength=3)
+
+    assert dominant(0.0)[0] > 0.9 * 300 * 0.8  # mild transforms: skin stays reddest (greys count as red)
+    counts = dominant(1.0)
+    assert counts.min() > 40  # turned hues: red, green and blue skin alike
+    rng0, rng1 = np.random.default_rng(3), np.random.default_rng(3)
+    assert all(torch.equal(random_colour_matrix(rng0), random_colour_matrix(rng1, 0.0)) for _ in range(20))
 
 
 def test_studio_targets_and_references_over_the_identity_photo(clip_dataset):
@@ -70,6 +91,11 @@ def test_colour_jitter_changes_target_and_reference_alike(clip_dataset):
         assert a["fresh"] and torch.equal(a["rgb"], apply_colour(b["rgb"], m)) and torch.equal(a["reference"], apply_colour(b["reference"], m))
         assert torch.equal(a["depth"], b["depth"])
     assert not torch.equal(on.colour_for(0), on.colour_for(1))  # a transform per sample
+    turned = ImageStream(samples, SPEC, 0, None, colour_jitter=1.0, colour_hue=1.0)  # hues turned too, alike
+    for n in range(6):
+        a, b, m = turned[n], off[n], turned.colour_for(n)
+        assert torch.equal(a["rgb"], apply_colour(b["rgb"], m)) and torch.equal(a["reference"], apply_colour(b["reference"], m))
+    assert sum(not torch.equal(turned.colour_for(n), on.colour_for(n)) for n in range(10)) >= 5
 
 
 def test_augmented_samples_are_not_cached(clip_dataset):

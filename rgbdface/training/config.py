@@ -55,6 +55,7 @@ class DataConfig:
     exclude_identities: list[str] = field(default_factory=list)  # train without these identities (e.g. one held out for evaluation)
     photo_background: float = 0.0  # probability that a studio sample (and its studio reference) is drawn over its identity's photo
     colour_jitter: float = 0.0  # probability of one random colour transform on a sample's RGB, its reference and motion frames
+    colour_hue: float = 0.0  # share of colour transforms that also turn every hue by a random angle (skin may turn blue)
     same_reference: float = 0.0  # stage 1: probability that a sample is its own reference
 
 
@@ -333,6 +334,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
         (0 <= cfg.data.hflip <= 1, f"data.hflip must be in [0, 1], got {cfg.data.hflip}"),
         (0 <= cfg.data.photo_background <= 1, f"data.photo_background must be in [0, 1], got {cfg.data.photo_background}"),
         (0 <= cfg.data.colour_jitter <= 1, f"data.colour_jitter must be in [0, 1], got {cfg.data.colour_jitter}"),
+        (0 <= cfg.data.colour_hue <= 1, f"data.colour_hue must be in [0, 1], got {cfg.data.colour_hue}"),
         (0 <= cfg.data.same_reference <= 1, f"data.same_reference must be in [0, 1], got {cfg.data.same_reference}"),
         (0 <= cfg.loss.reference_dropout <= 1, f"loss.reference_dropout must be in [0, 1], got {cfg.loss.reference_dropout}"),
         (cfg.loss.depth_weight >= 0 and cfg.loss.depth_background_weight >= 0, "loss weights must be >= 0"),

@@ -142,16 +142,33 @@ SATURATION = (0.0, 1.6)  # 0 = grey, 1 = as is
 BRIGHTNESS = (0.7, 1.3)
 
 
-def random_colour_matrix(rng: np.random.Generator) -> torch.Tensor:
+def hue_rotation(angle: float) -> np.ndarray:
+    """3 x 3 rotation of RGB about the grey axis by `angle` radians: every hue turns alike, greys stay."""
+    a = np.ones(3) / np.sqrt(3.0)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def random_colour_matrix(rng: np.random.Generator, hue: float = 0.0) -> torch.Tensor:
     """A random colour transform of RGB in [0, 1] as a 3 x 3 matrix: black and white (GREY_PROB), or a
-    saturation change, per-channel gains and a brightness change. Applied alike to a target and its
-    reference, it leaves the reference as the only source of the target's colours."""
+    saturation change, per-channel gains and a brightness change. With probability `hue` a colour one
+    also turns every hue by a uniform random angle, and half of those swap two channels too (the colour
+    wheel mirrored): skin may come out green or blue. Applied alike to a target and its reference, it
+    leaves the reference as the only source of the target's colours."""
     grey = np.tile(LUMA, (3, 1))
     if rng.random() < GREY_PROB:
         m = grey * rng.uniform(*BRIGHTNESS)
     else:
         sat = rng.uniform(*SATURATION)
         m = rng.uniform(*BRIGHTNESS) * np.diag(rng.uniform(*GAINS, 3)) @ (sat * np.eye(3) + (1 - sat) * grey)
+        if hue > 0 and rng.random() < hue:  # drawn after the rest, so hue = 0 draws the same matrices as before
+            turn = hue_rotation(rng.uniform(0.0, 2 * np.pi))
+            if rng.random() < 0.5:
+                i, j = rng.choice(3, size=2, replace=False)
+                swap = np.eye(3)
+                swap[[i, j]] = swap[[j, i]]
+                turn = swap @ turn
+            m = turn @ m
     return torch.from_numpy(m.astype(np.float32))
 
 
@@ -210,7 +227,7 @@ def colour_for(stream, n: int) -> torch.Tensor | None:
     if stream.colour_jitter <= 0:
         return None
     rng = rng_for(stream.seed, SALT_COLOUR, n)
-    return random_colour_matrix(rng) if rng.random() < stream.colour_jitter else None
+    return random_colour_matrix(rng, stream.colour_hue) if rng.random() < stream.colour_jitter else None
 
 
 # ----------------------------------------------------------------------------- stages 1 and 2
@@ -230,8 +247,8 @@ class ImageStream(torch.utils.data.Dataset):
     Appearance (both off by default): with probability `photo_background` a studio target is drawn
     over a photo of its identity, and so is its reference when that is a studio render too, so the
     background is the reference's to copy; with probability `colour_jitter` one random colour
-    transform (random_colour_matrix) changes the target and its reference alike, so the colours are
-    the reference's to copy. Such samples are encoded afresh (`fresh`), never cached. With
+    transform (random_colour_matrix; with probability `colour_hue` its hues turned as well) changes the
+    target and its reference alike, so the colours are the reference's to copy. Such samples are encoded afresh (`fresh`), never cached. With
     probability `same_reference` (stage 1) the target is its own reference: copying it is then
     the whole task, which teaches the ReferenceNet path to carry appearance at all.
     """
@@ -239,8 +256,9 @@ class ImageStream(torch.utils.data.Dataset):
     def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
                  single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None, hflip: float = 0.0,
                  self_reference: float = 0.0, photo_background: float = 0.0, colour_jitter: float = 0.0,
-                 same_reference: float = 0.0):
+                 same_reference: float = 0.0, colour_hue: float = 0.0):
         self.samples, self.spec, self.seed, self.hflip = samples, spec, seed, hflip
+        self.colour_hue = colour_hue
         self.same_reference = same_reference
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.photos = photos_by_identity(samples)
@@ -390,8 +408,9 @@ class ClipStream(torch.utils.data.Dataset):
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, frames: int, motion_frames: int,
                  audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0,
-                 photo_background: float = 0.0, colour_jitter: float = 0.0):
+                 photo_background: float = 0.0, colour_jitter: float = 0.0, colour_hue: float = 0.0):
         self.samples, self.spec, self.seed = samples, spec, seed
+        self.colour_hue = colour_hue
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.photos = photos_by_identity(samples)
         self.frames, self.motion_frames, self.window = frames, motion_frames, window
