@@ -42,9 +42,12 @@ def test_vae_training_reduces_reconstruction_error(portrait_dataset):
 def test_train_vae_cli_then_init_model(portrait_dataset, tmp_path):
     vae_dir = tmp_path / "vae"
     r = runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(vae_dir), "--image-size", "32",
-                            "--steps", "3", "--batch-size", "2", "-q"])
+                            "--steps", "3", "--batch-size", "2"])
     assert r.exit_code == 0, r.output
     assert (vae_dir / "config.json").is_file() and list(vae_dir.glob("*.safetensors"))
+    # stderr is not a terminal here: plain progress lines, no bar
+    assert [line.split()[2] for line in r.stderr.splitlines() if line.startswith("train-vae: step ")] == ["1/3", "2/3", "3/3"]
+    assert "\r" not in r.stderr
     r = runner.invoke(app, ["init-model", "--tiny", "--vae", str(vae_dir), "--image-size", "32", "-o", str(tmp_path / "m"), "-q"])
     assert r.exit_code == 0, r.output
     from rgbdface.models.model import load_model

@@ -788,3 +788,14 @@ def test_stage3_checkpointing_also_recomputes_the_temporal_modules(audio_data):
             loss.backward()
         peaks[temporal_checkpoint] = memory.peak
     assert peaks[True] < 0.9 * peaks[False], peaks
+
+
+def test_progress_into_a_log_file_is_plain_lines(data, tiny_model_dir, tmp_path):
+    """stderr that is not a terminal (nohup, a cluster job's log) gets one line per logged step, no bar."""
+    r = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "run"), "-m", str(tiny_model_dir), "--max-steps", "4",
+                            "--set", "optim.batch_size=2", "--set", "log.log_every=2", "--set", "log.sample_every=0"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if line.startswith("train: step ")]
+    assert [line.split()[2] for line in lines] == ["2/4", "4/4"], r.stderr
+    assert all(" loss " in line and line.endswith("samples/s") for line in lines)
+    assert "\r" not in r.stderr and "it/s" not in r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,11 +52,15 @@ def train_vae_command(
     log(f"training the codec on {len(rgb)} RGB crops and depth maps at {image_size}px", quiet)
     torch.manual_seed(seed)
     vae = AutoencoderKL.from_config(tiny_vae_config(image_size))
-    bar = tqdm(total=steps, disable=quiet, desc="train-vae")
+    live = sys.stderr.isatty()  # into a log file: one plain line every twentieth of the run instead of a bar
+    bar = tqdm(total=steps, disable=quiet or not live, desc="train-vae", file=sys.stderr)
+    every = max(steps // 20, 1)
 
     def progress(step, loss):
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
+        if not live and not quiet and ((step + 1) % every == 0 or step + 1 == steps):
+            print(f"train-vae: step {step + 1}/{steps} loss {loss:.4f}", file=sys.stderr, flush=True)
 
     losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop, seed=seed), progress)
     bar.close()

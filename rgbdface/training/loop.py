@@ -369,8 +369,10 @@ def run(p: Plan) -> Path:
 
     # 6. Train: lr → micro-steps (accumulate, no DDP sync until the last) → clip → step → EMA → log/sample/checkpoint
     samples_per_step = o.batch_size * o.grad_accum * accelerator.num_processes
+    # a live bar on a terminal; into a log file (nohup, a cluster job) one plain line per logged step instead
+    live = sys.stderr.isatty()
     bar = tqdm(total=o.max_steps, initial=state.step, desc=COMMAND[cfg.stage], file=sys.stderr,
-               disable=req.quiet or not main, dynamic_ncols=True)
+               disable=req.quiet or not main or not live, dynamic_ncols=True)
     t_last, window = time.perf_counter(), RunningMeans()
     last_ckpt = state.step
     while state.step < o.max_steps:
@@ -408,6 +410,9 @@ def run(p: Plan) -> Path:
             row = {"step": state.step, **metrics, "lr": lr_scheduler.get_last_lr()[0],
                    "samples_per_s": steps * samples_per_step / max(now - t_last, 1e-9), "samples_seen": state.samples_seen}
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{row['samples_per_s']:.2f}")
+            if main and log_now and not live and not req.quiet:
+                print(f"{COMMAND[cfg.stage]}: step {state.step}/{o.max_steps} loss {metrics['loss']:.4f} "
+                      f"{row['samples_per_s']:.2f} samples/s", file=sys.stderr, flush=True)
             if main and log_now:
                 with open(run_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
