@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 class InputError(ValueError):
@@ -88,7 +89,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = default(suffix, path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(tmp)
@@ -174,7 +175,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
@@ -189,6 +190,53 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_TEMPORARY = re.compile(r"^\.(?P<owner>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp(\.[^/]*)?$")
+STALE_AFTER_S = 60.0  # a live writer touches its temporary far more often than this
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_stale_temporaries(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """Remove what killed writers left beside these targets: hidden temporaries of `atomic_path`,
+    `atomic_dir` and `atomic_write_bytes` (`.NAME.PID.XXXX.tmp[.EXT]`) whose NAME is a target's name or
+    stem, whose process no longer runs on this machine and which have not changed for STALE_AFTER_S.
+    Each folder is listed once. Returns what was removed.
+    """
+    import time
+
+    owners: dict[str, set[str]] = {}
+    for target in targets:
+        folder, name = os.path.split(os.fspath(target))
+        owners.setdefault(folder, set()).update({name, os.path.splitext(name)[0]})
+    removed, now = [], time.time()
+    for folder, names in owners.items():
+        try:
+            entries = [e for e in os.scandir(folder or ".") if e.name.startswith(".") and ".tmp" in e.name]
+        except OSError:
+            continue  # a folder not made yet holds no temporaries
+        for entry in entries:
+            m = _TEMPORARY.match(entry.name)
+            if not m or m["owner"] not in names or int(m["pid"]) == os.getpid() or _process_alive(int(m["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime < STALE_AFTER_S:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 # ----------------------------------------------------------------------------- CPU threads

@@ -3,6 +3,8 @@ usage errors (exit 2, nothing written); an output location that cannot work is a
 
 import os
 import shutil
+import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -185,3 +187,55 @@ def test_prep_depth_keeps_inputs_out_of_the_dataset(portrait_path, tmp_path):
     r = runner.invoke(app, ["prep-depth", str(data / "raw" / "me.jpg"), "-o", str(data), "--size", "64"])
     assert r.exit_code == 2 and "must not hold the input" in r.stderr, r.output
     assert sorted(p.name for p in data.iterdir()) == ["raw"]
+
+
+# ----------------------------------------------------------------------------- what killed writers leave
+KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from rgbdface.utils import atomic_dir, atomic_path, atomic_write_bytes
+folder = Path(sys.argv[1])
+with atomic_path(folder / "d.png") as tmp:
+    tmp.write_bytes(b"half a png")
+    with atomic_dir(folder / "frames") as frames:
+        (frames / "000000.png").write_bytes(b"a frame")
+        os.replace = lambda *a: os.kill(os.getpid(), 9)  # killed between writing and renaming
+        atomic_write_bytes(folder / "e.npy", b"x")
+"""
+
+
+def _hidden(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.startswith(".")}
+
+
+def test_temporaries_of_a_killed_writer_are_swept_by_the_next_plan(tmp_path):
+    import subprocess
+    import sys
+
+    from rgbdface.utils import STALE_AFTER_S
+
+    p = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], capture_output=True)
+    assert p.returncode == -9
+    left = _hidden(tmp_path)
+    assert len(left) == 3 and all(".tmp" in n for n in left), left
+    other = tmp_path / ".other.png.4194303.1.tmp"  # another target's temporary
+    other.write_bytes(b"x")
+    mine = tmp_path / f".d.{os.getppid()}.abc.tmp.png"  # a live process's: the test runner's parent
+    mine.write_bytes(b"x")
+    old = time.time() - 2 * STALE_AFTER_S
+    for name in _hidden(tmp_path):
+        os.utime(tmp_path / name, (old, old))
+    OutputPlan().file(tmp_path / "d.png", "-o").folder(tmp_path / "frames", "--rgb-frames").file(tmp_path / "e.npy", "--npy").check()
+    assert _hidden(tmp_path) == {other.name, mine.name}  # the killed writer's three are gone, nothing else
+    assert not (tmp_path / "d.png").exists() and not (tmp_path / "frames").exists()
+
+
+def test_a_recent_temporary_of_a_dead_process_is_kept(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], capture_output=True)
+    assert p.returncode == -9
+    before = _hidden(tmp_path)
+    OutputPlan().file(tmp_path / "d.png", "-o").folder(tmp_path / "frames", "--rgb-frames").file(tmp_path / "e.npy", "--npy").check()
+    assert _hidden(tmp_path) == before  # written seconds ago: perhaps another machine's writer on a shared disk

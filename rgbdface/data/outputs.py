@@ -11,7 +11,9 @@ Each command that writes lists its inputs and every output it will produce in on
 are usage errors (`UsageError`, exit 2) naming both sides; nothing has been done. Then
 each output's location is checked: a file output that is an existing folder, a folder
 output that is an existing file, a parent that is a file, or a folder without write
-permission is an `InputError` (exit 1), also before any work.
+permission is an `InputError` (exit 1), also before any work. Last, the hidden temporaries that a
+killed earlier run left beside the outputs are removed (`sweep_stale_temporaries`: only those of a
+process that no longer runs on this machine).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rgbdface.utils import InputError, UsageError
+from rgbdface.utils import InputError, UsageError, sweep_stale_temporaries
 
 FILE = "file"  # one file, written atomically
 FOLDER = "folder"  # a folder replaced as a whole (frame sequences)
@@ -98,9 +100,11 @@ class OutputPlan:
         return self
 
     def check(self) -> None:
-        """Refuse collisions (UsageError), then unusable output locations (InputError); see the module docstring."""
+        """Refuse collisions (UsageError), then unusable output locations (InputError); see the module docstring.
+        Then remove what a killed earlier run left beside these outputs (`sweep_stale_temporaries`)."""
         self.check_collisions()
         self.check_locations()
+        sweep_stale_temporaries(o.path for o in self.outputs if o.kind != INTO)
 
     # ------------------------------------------------------------------ collisions
     def check_collisions(self) -> None:
