@@ -334,6 +334,51 @@ def test_the_sphere_relights_from_one_light_to_another():
     assert before > 20 and after < 0.15 * before, (before, after)
 
 
+@pytest.mark.parametrize("own", [(-0.6, 0, 0.8), (0.7, 0, 0.7)])
+def test_the_photos_own_side_light_is_estimated_and_gives_the_photo_back(own):
+    """A photo lit from the side: its light is found, and relighting with it changes little (a frontal
+    light assumed instead darkened the whole sphere by 10-14 levels)."""
+    photo, depth, disc = render_sphere(own, 0.25, smooth_albedo(2))
+    result = relight(photo, depth, [own], ambient=0.25, depth_scale=1.0, smooth=0, region="face")
+    unit = np.asarray(own) / np.linalg.norm(own)
+    assert np.degrees(np.arccos(np.clip(result.photo_light @ unit, -1, 1))) < 4, result.photo_light
+    inside = disc & (result.weight == 1)
+    diff = result.image.astype(int) - photo.astype(int)
+    assert abs(diff[inside].mean()) < 2.5 and np.abs(diff[inside]).mean() < 2.5, (diff[inside].mean(), np.abs(diff[inside]).mean())
+
+
+def test_a_side_lit_sphere_relights_to_another_light():
+    albedo = smooth_albedo(3)
+    a, depth, disc = render_sphere((-0.6, 0, 0.8), 0.3, albedo)
+    b, *_ = render_sphere((0.7, 0.3, 0.8), 0.3, albedo)
+    result = relight(a, depth, [(0.7, 0.3, 0.8)], ambient=0.3, depth_scale=1.0, smooth=0, region="face")
+    core = (result.weight == 1) & (np.hypot(*(np.mgrid[:H, :W] - np.array([CY, CX])[:, None, None])) < 0.85 * R)
+    before = np.abs(a.astype(int) - b.astype(int))[core].mean()
+    after = np.abs(result.image.astype(int) - b.astype(int))[core].mean()
+    assert before > 20 and after < 0.1 * before, (before, after)
+    # a known photo light is used as given
+    given = relight(a, depth, [(0, 0, 1)], ambient=0.3, depth_scale=1.0, smooth=0, region="face", photo_light=(0, 0, 1))
+    assert np.allclose(given.photo_light, (0, 0, 1))
+
+
+def test_cli_photo_light_estimated_or_given(tmp_path):
+    import json
+
+    photo, depth, disc = render_sphere((0.7, 0, 0.7), 0.25, smooth_albedo(4))
+    iio.imwrite(tmp_path / "side.png", photo)
+    np.save(tmp_path / "d.npy", depth)
+    args = [tmp_path / "side.png", "-d", tmp_path / "d.npy", "-l", "0.7,0,0.7", "--depth-scale", "1", "--smooth", "0", "--region", "face", "--json"]
+    r = run(*args, "-o", tmp_path / "own.png")
+    assert r.exit_code == 0, r.output
+    assert np.allclose(json.loads(r.stdout)["photo_light"], [0.707, 0, 0.707], atol=0.05)
+    r = run(*args, "-o", tmp_path / "frontal.png", "--photo-light", "0,0,1")
+    assert r.exit_code == 0 and json.loads(r.stdout)["photo_light"] == [0, 0, 1], r.output
+    own, frontal = (iio.imread(tmp_path / f).astype(float)[disc].mean() for f in ("own.png", "frontal.png"))
+    assert abs(own - photo[disc].mean()) < 2 < photo[disc].mean() - frontal  # a frontal light assumed darkens
+    r = run(*args, "-o", tmp_path / "x.png", "--photo-light", "0,0,0")
+    assert r.exit_code == 2 and "--photo-light" in r.stderr and not (tmp_path / "x.png").exists()
+
+
 def test_feather_is_continuous_and_documented_width():
     from rgbdface.pipelines.relight import feather_weight
 

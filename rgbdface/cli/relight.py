@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 DepthOpt = Annotated[Optional[Path], typer.Option("--depth", "-d", help="Depth map of the image's size (16-bit PNG, e.g. from estimate-depth or prep-depth, or a .npy of floats; larger = farther, 0 = no depth). Without it, the face's depth is estimated first (as estimate-depth does; --model, --steps, --flip, --seed, --scheduler, --ensemble).")]
-LightOpt = Annotated[Optional[list[str]], typer.Option("--light", "-l", metavar="X,Y,Z[,I][,R,G,B]", help="A directional light toward X,Y,Z: x to the image's right, y up, z toward the viewer (1,0,0 = from the right; 0,0,1 = frontal); then optionally its intensity I (default 1: as strong as the photo's own light, taken as frontal) and colour R,G,B (default 1,1,1; 1,0.8,0.6 is warm). Repeat for more lights.")]
+LightOpt = Annotated[Optional[list[str]], typer.Option("--light", "-l", metavar="X,Y,Z[,I][,R,G,B]", help="A directional light toward X,Y,Z: x to the image's right, y up, z toward the viewer (1,0,0 = from the right; 0,0,1 = frontal); then optionally its intensity I (default 1: as strong as the photo's own light, estimated, see --photo-light) and colour R,G,B (default 1,1,1; 1,0.8,0.6 is warm). Repeat for more lights.")]
+PhotoLightOpt = Annotated[Optional[str], typer.Option("--photo-light", metavar="X,Y,Z", show_default=False, help="The direction of the photo's own light, when known (same axes as --light). Default: estimated from the face's shading, its horizontal angle only (within 45 degrees of the view axis; the vertical one would follow the face's albedo, darker from brows to chin). Relighting with it at intensity 1 changes little.")]
 AmbientOpt = Annotated[str, typer.Option("--ambient", "-a", metavar="A|R,G,B", help="Ambient light added to the shading everywhere on the surface: gray A or a colour R,G,B.")]
 ReliefOpt = Annotated[float, typer.Option("--relief", help="Assumed relief for relative depth: the depth's range spans this fraction of the face's width (0.5 = a hemisphere). Ignored with --depth-scale.")]
 DepthScaleOpt = Annotated[Optional[float], typer.Option("--depth-scale", help="Pixels per depth unit, when the depth's scale is known (e.g. 1 if depth is in pixels). Default: from --relief.")]
@@ -39,6 +40,7 @@ def relight_command(
     depth: DepthOpt = None,
     light: LightOpt = None,
     ambient: AmbientOpt = "0.25",
+    photo_light: PhotoLightOpt = None,
     env: EnvOpt = None,
     env_intensity: EnvIntensityOpt = 1.0,
     region: RegionOpt = "head",
@@ -64,11 +66,11 @@ def relight_command(
 ) -> None:
     """Relight a portrait from its depth: the photo's own shading is estimated and divided out, new lights multiplied in, faded into the untouched image.
 
-    The depth (given, or estimated with the stage-2 model) is smoothed at the image's resolution, guided by the image, into a surface; with --region head it is extended to the hair, ears and neck. Normals come from it under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the face's width. The photo's shading is a second-order spherical-harmonic fit of its luminance over the face; relit = image * new shading / that shading, in linear light, faded in over --feather pixels from the region's outline. Outside the region the image is unchanged. Outputs are written only when everything has succeeded.
+    The depth (given, or estimated with the stage-2 model) is smoothed at the image's resolution, guided by the image, into a surface; with --region head it is extended to the hair, ears and neck. Normals come from it under an orthographic camera: pixel (row v, column u) is the point (u, -v, -depth * s), with s = --depth-scale pixels per depth unit, or chosen so that the depth range spans --relief of the face's width. The photo's shading is a second-order spherical-harmonic fit of its luminance over the face, at the scale of its own light (--photo-light, or estimated); relit = image * new shading / that shading, in linear light, faded in over --feather pixels from the region's outline. Outside the region the image is unchanged. Outputs are written only when everything has succeeded.
 
     Output size: the image's own (only an estimated depth is made at the model's size, 64 x 64 px for the bundled model, and resized onto the face).
 
-    --json adds: lights (their count), relit_pixels (inside the region), feather (pixels), depth ('given' or 'estimated'), frames (with --orbit).
+    --json adds: lights (their count), relit_pixels (inside the region), feather (pixels), depth ('given' or 'estimated'), photo_light (the photo's light direction x, y, z, estimated or --photo-light), frames (with --orbit).
     """
     from rgbdface.data.io import IMAGE_SUFFIXES, load_image
     from rgbdface.data.outputs import OutputPlan
@@ -81,6 +83,10 @@ def relight_command(
         raise fail(f"--light: {e}", 2) from None
     if not lights and env is None and orbit is None:
         raise fail("--light X,Y,Z (or --env FILE, or --orbit N) is needed (x right, y up, z toward the viewer; e.g. --light 1,0,1)", 2)
+    try:
+        own = Light.parse(photo_light).direction if photo_light is not None else None
+    except ValueError as e:
+        raise fail(f"--photo-light: {e}", 2) from None
     try:
         amb = parse_ambient(ambient)
     except ValueError as e:
@@ -130,7 +136,7 @@ def relight_command(
     head = head_region(person, d > 0, rgb) if person is not None else None
     surface = relight_surface(d, rgb, head=head, smooth=smooth, depth_scale=depth_scale, relief=relief)
     kw = dict(ambient=amb, env_sh=env_sh, feather=feather, surface=surface)
-    result = relight(rgb, d, lights, **kw)
+    result = relight(rgb, d, lights, photo_light=own, **kw)
 
     # 4. Write every output, or none
     layers = {} if orbit is not None else {output: result.image}
@@ -142,14 +148,15 @@ def relight_command(
         layers[albedo] = albedo_to_rgb(result.albedo)
     if orbit is not None:
         circling = orbit_lights(orbit, lights[0] if lights else None)
-        frames = (relight(rgb, d, [l], original=result.original_shading, **kw).image for l in circling)
+        frames = (relight(rgb, d, [l], original=result.original_shading, photo_light=result.photo_light, **kw).image for l in circling)
         _write_all(layers, video=(output, frames))
         report().add(frames=orbit)
     else:
         _write_all(layers)
     report().wrote(*([output] if orbit is not None else []), *layers)
     relit = int(result.region.sum())
-    report().add(lights=len(lights), relit_pixels=relit, feather=round(result.feather, 2), depth="given" if depth is not None else "estimated")
+    report().add(lights=len(lights), relit_pixels=relit, feather=round(result.feather, 2), depth="given" if depth is not None else "estimated",
+                 photo_light=[round(float(v), 3) for v in result.photo_light])
     log(f"relit {image} with {len(lights) or 'an orbiting'} light(s){' and an environment' if env is not None else ''} over {relit} pixels → {output} ({rgb.shape[1]}x{rgb.shape[0]}, the image's size)", quiet)
 
 
