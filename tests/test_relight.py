@@ -379,6 +379,24 @@ def test_cli_photo_light_estimated_or_given(tmp_path):
     assert r.exit_code == 2 and "--photo-light" in r.stderr and not (tmp_path / "x.png").exists()
 
 
+def test_near_black_parts_are_not_darkened_but_still_brightened():
+    """Darkening fades out where the photo's local mean is under DARK_LEVELS (8-bit): a near-black textured
+    patch keeps its values under a light that darkens it, while a light that brightens it still does."""
+    photo, depth, disc = render_sphere((0, 0, 1), 0.25, smooth_albedo(5))
+    rng = np.random.default_rng(0)
+    v, u = np.mgrid[:H, :W]
+    patch = (np.abs(u - CX + 14) <= 8) & (np.abs(v - CY) <= 8)
+    core = (np.abs(u - CX + 14) <= 3) & (np.abs(v - CY) <= 3)  # farther than 2.5 Gaussian sigmas from the patch's edge
+    photo[patch] = rng.integers(2, 8, (patch.sum(), 1))  # near-black, textured
+    kw = dict(ambient=0.05, depth_scale=1.0, smooth=0, region="face", photo_light=(0, 0, 1))
+    dark = relight(photo, depth, [(1, 0, 0.2)], **kw)  # lit from the right: the patch, left of the centre, darkens
+    assert (dark.image[core] == photo[core]).all()
+    bright = disc & ~patch & (photo.mean(-1) > 60) & (u < CX - 6) & (dark.weight == 1)
+    assert (dark.image[bright].astype(int) - photo[bright]).mean() < -20  # the rest of that side does darken
+    lit = relight(photo, depth, [(-1, 0, 0.2, 2.0)], **kw)  # a strong light from the left brightens it
+    assert lit.image[core].mean() > 1.1 * photo[core].mean()
+
+
 def test_feather_is_continuous_and_documented_width():
     from rgbdface.pipelines.relight import feather_weight
 

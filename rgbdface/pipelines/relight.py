@@ -47,7 +47,11 @@ from the front. Pass `depth_scale` to set `s` directly, e.g. 1 when depth is in 
    an environment's irradiance (second-order spherical harmonics of an equirectangular image).
 4. **Ratio**: relit = image × new shading / original shading (the albedo is kept; relighting
    with the photo's own light changes little). The ratio is in linear light; it multiplies the
-   encoded (sRGB) values as ratio^(1/2.2), one gain per pixel whatever its level. It fades in
+   encoded (sRGB) values as ratio^(1/2.2), one gain per pixel whatever its level. Darkening
+   fades out in near-black parts of the photo (a 2 px local mean below DARK_LEVELS[1] of 255,
+   none below DARK_LEVELS[0]): there it would move a pixel by a few 8-bit levels, an invisible
+   change that rounding to 8 bits cannot give its ratio (at level 10 one level is 10 %), so it
+   would only add noise; brightening applies at every level. It fades in
    by `weight`: 0 on
    the region's outline, rising as a smoothstep to 1 at `feather` pixels inside it (by
    default FEATHER_FRACTION of the face's width). Outside the region the image is untouched.
@@ -77,6 +81,8 @@ HEAD_SIDE = 0.6  # head region: how far beside the face it reaches, in face widt
 HEAD_SIDE_DOWN = 0.75  # head region: beside the face it reaches down to this fraction of the face's height (hair, ears; not shoulders)
 NECK_LEVEL = 0.35  # head region below the face: only pixels at least this fraction of the face's median gray level
 NECK_WIDTH = 0.7  # head region below the face: this many face widths wide, centred under it
+DARK_LEVELS = (8.0, 24.0)  # 8-bit levels: darkening fades out where the photo's local mean is below the second, none below the first
+DARK_SIGMA = 2.0  # px, the Gaussian of that local mean
 REGIONS = ("face", "head")
 PHOTO_LIGHT_MAX = 45  # degrees: the photo's light is estimated within this horizontal angle of the view axis
 PHOTO_LIGHT_PIXELS = 20000  # the photo's light is fitted on at most this many face pixels (an even subsample)
@@ -789,6 +795,7 @@ def relight(
     # applied to the encoded values as ratio^(1/2.2): the same gain in linear light for the sRGB curve's power
     # part, and one gain for every pixel whatever its level, so the shading change keeps no image texture
     gain = np.power(ratio, 1.0 / GAMMA)
+    gain = np.where(gain < 1, 1.0 + dark_fade(rgb, top)[..., None] * (gain - 1.0), gain)
     lit = np.clip(rgb.astype(np.float64) * (1.0 + weight[..., None] * (gain - 1.0)), 0.0, top)
     if image.dtype == np.uint8:
         lit = lit.round()
@@ -801,6 +808,17 @@ def relight(
                          original_shading=_paste(before.astype(np.float32), box, shape), albedo=_paste(albedo.astype(np.float32), box, shape),
                          weight=_paste(weight, box, shape), region=_paste(inside, box, shape), valid=_paste(surface.face, box, shape),
                          depth_scale=surface.depth_scale, feather=feather_px, photo_light=own)
+
+
+def dark_fade(rgb: np.ndarray, top: float = 255.0) -> np.ndarray:
+    """[H, W] float64 in [0, 1]: how much of a darkening each pixel of `rgb` ([H, W, C], 0..top) takes: a
+    smoothstep of its local mean gray level (a DARK_SIGMA Gaussian, in 8-bit levels) from DARK_LEVELS[0] to DARK_LEVELS[1]."""
+    import cv2
+
+    x = rgb.astype(np.float64) * (255.0 / top)
+    gray = x @ LUMA if x.shape[-1] == 3 else x[..., 0]
+    lo, hi = DARK_LEVELS
+    return _smoothstep((cv2.GaussianBlur(gray, (0, 0), DARK_SIGMA) - lo) / (hi - lo))
 
 
 # --------------------------------------------------------------------------- file encodings
