@@ -90,7 +90,8 @@ def main(out: Path, figures: set[str]) -> None:
         d = estimate_depth(model, image)
         person = person_mask(image)
         first = relight(image, d.to_u16(), [Light((0, 0, 1))], region="head", person=person, ambient=0.2)
-        frames = [relight(image, d.to_u16(), [l], region="head", person=person, ambient=0.2, original=first.original_shading).image
+        frames = [relight(image, d.to_u16(), [l], region="head", person=person, ambient=0.2, original=first.original_shading,
+                             photo_light=first.photo_light).image
                   for l in orbit_lights(7)]
         rows.append(np.concatenate([crop_box_to(v, d.crop.box, 160) for v in frames], axis=1))
         save_image(out / "relight.png", np.concatenate(rows, axis=0))
