@@ -502,6 +502,35 @@ def test_v_prediction_model_learns_the_velocity_and_samples(data, tmp_path):
     assert r.exit_code == 2 and "--prediction-type x0" in r.output
 
 
+def test_zero_terminal_snr_schedule_ends_in_pure_noise(tmp_path):
+    """init-model --zero-terminal-snr: the saved schedule's last step has no signal left (SD's keeps sqrt(a) = 0.068,
+    enough for the image's mean colour to show through), training noises with it, sampling starts there."""
+    from rgbdface.models.model import RGBDFaceModel
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.objectives import make_objective
+
+    stage0 = tmp_path / "z0"
+    r = runner.invoke(app, ["init-model", "--tiny", "--image-size", "32", "--prediction-type", "v_prediction", "--zero-terminal-snr",
+                            "-o", str(stage0), "-q"])
+    assert r.exit_code == 0, r.output
+    model = RGBDFaceModel.from_pretrained(stage0)
+    plain = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0)
+    a = model.noise_scheduler().alphas_cumprod
+    assert plain[-1].sqrt() > 0.06 and float(a[-1]) < 1e-6  # no signal left at t = 999
+    assert torch.allclose(a[0], plain[0], atol=1e-3) and (a[1:] < a[:-1]).all()  # the same start, still decreasing
+    obj = make_objective(model, resolve_config(1, "tiny", []))
+    z0, eps = torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8)
+    t = torch.tensor([999, 999])
+    torch.testing.assert_close(obj.noise_scheduler.add_noise(z0, eps, t), eps, atol=1e-3, rtol=0)  # pure noise
+    torch.testing.assert_close(obj._target(z0, eps, t), -z0, atol=1e-3, rtol=0)  # v = -z0 there
+    obj.finish()
+    sampler = model.sampling_scheduler("ddim")
+    sampler.set_timesteps(4)
+    assert int(sampler.timesteps[0]) == 999 and float(sampler.alphas_cumprod[999]) < 1e-6
+    r = runner.invoke(app, ["init-model", "--tiny", "--zero-terminal-snr", "-o", str(tmp_path / "bad"), "-q"])
+    assert r.exit_code == 2 and "--zero-terminal-snr needs --prediction-type v_prediction" in r.output
+
+
 def test_epsilon_target_is_the_noise(tiny_model):
     from rgbdface.training.config import resolve_config
     from rgbdface.training.objectives import make_objective

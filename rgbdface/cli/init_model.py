@@ -20,6 +20,7 @@ def init_model_command(
     vae: Annotated[Optional[Path], typer.Option("--vae", help="With --tiny: a trained AutoencoderKL folder (from `rgbdface train-vae`) instead of a random one.")] = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Face-crop size in pixels (default 512 for --base, 64 for --tiny).")] = None,
     prediction_type: Annotated[Optional[str], typer.Option("--prediction-type", help="What the denoiser outputs, for every stage: 'epsilon' (the paper's eq. 5; default for --tiny) or 'v_prediction' (supervises the clean latent at high noise too; the bundled tiny model uses it). Default: the base scheduler's.")] = None,
+    zero_terminal_snr: Annotated[bool, typer.Option("--zero-terminal-snr", help="Rescale the noise schedule so that its last step is pure noise (needs --prediction-type v_prediction): with SD's schedule the mean colour of the image still shows through the noise there, so the seed rather than the reference picks a sample's colours.")] = False,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
     cpu_threads: ThreadsOpt = None,
@@ -43,13 +44,15 @@ def init_model_command(
         raise UsageError("--vae goes with --tiny (an SD-1.5 base brings its own VAE)")
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"--prediction-type {prediction_type}: use one of {', '.join(PREDICTION_TYPES)}")
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise UsageError("--zero-terminal-snr needs --prediction-type v_prediction (at pure noise the noise tells nothing of the image)")
     for flag, folder in (("--base", base), ("--vae", vae)):
         if folder is not None and not folder.is_dir():
             raise InputError(f"{flag} {folder}: no such folder")
     from rgbdface.models.builder import build_from_sd15, build_tiny
 
-    model = (build_tiny(image_size or 64, seed=seed, vae_dir=vae, prediction_type=prediction_type) if tiny
-             else build_from_sd15(base, image_size or 512, prediction_type=prediction_type))
+    model = (build_tiny(image_size or 64, seed=seed, vae_dir=vae, prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr)
+             if tiny else build_from_sd15(base, image_size or 512, prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr))
     model.save_pretrained(output)
     report().wrote(output)
     report().add(image_size=model.meta.image_size, stages=model.meta.stages)

@@ -21,18 +21,28 @@ SD_SCHEDULE = dict(
 SD15_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def _schedule(config: dict, prediction_type: str | None) -> dict:
+def _schedule(config: dict, prediction_type: str | None, zero_terminal_snr: bool = False) -> dict:
     """The training schedule, with the denoiser's output type set (None keeps the base model's).
 
     `epsilon` is the paper's eq. (5); `v_prediction` (the velocity sqrt(a)·eps − sqrt(1−a)·z0)
     supervises the clean latent at high noise too, which small models trained briefly need
     to read depth from the image rather than return an average face from pure noise.
+    `zero_terminal_snr` rescales the betas so that t = T − 1 is pure noise (diffusers'
+    `rescale_betas_zero_snr`): with SD's schedule √ᾱ is still 0.07 there, so the image's mean
+    colour shows through the noise at every training step, the model learns to read it from
+    the noise, and at sampling the seed picks the colours rather than the reference. It needs
+    `v_prediction` (at ᾱ = 0 the noise says nothing of the image).
     """
-    if prediction_type is None:
-        return dict(config)
-    if prediction_type not in PREDICTION_TYPES:
-        raise InputError(f"--prediction-type {prediction_type}: use one of {', '.join(PREDICTION_TYPES)}")
-    return {**config, "prediction_type": prediction_type}
+    out = dict(config)
+    if prediction_type is not None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise InputError(f"--prediction-type {prediction_type}: use one of {', '.join(PREDICTION_TYPES)}")
+        out["prediction_type"] = prediction_type
+    if zero_terminal_snr:
+        if out.get("prediction_type", "epsilon") != "v_prediction":
+            raise InputError("--zero-terminal-snr needs --prediction-type v_prediction (at pure noise the noise tells nothing of the image)")
+        out["rescale_betas_zero_snr"] = True
+    return out
 
 
 def _joint_from_base(vae, base_unet, context, scheduler_config, image_size: int, base: str) -> RGBDFaceModel:
@@ -44,13 +54,13 @@ def _joint_from_base(vae, base_unet, context, scheduler_config, image_size: int,
 
 
 def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None = None,
-               prediction_type: str | None = None) -> RGBDFaceModel:
+               prediction_type: str | None = None, zero_terminal_snr: bool = False) -> RGBDFaceModel:
     """A randomly initialised model of the SD-1.5 architecture, shrunk to run on a CPU in seconds.
 
     It has no text encoder: its cross-attention context is a fixed seeded Gaussian
     [1, 8, 32], stored like the empty-prompt embedding of a real base model. `vae_dir`
     takes a trained codec (`rgbdface train-vae`) instead of a random one; `prediction_type`
-    defaults to `epsilon`, as Stable Diffusion 1.x.
+    defaults to `epsilon`, as Stable Diffusion 1.x; `zero_terminal_snr` see `_schedule`.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -65,7 +75,7 @@ def build_tiny(image_size: int = 64, seed: int = 0, vae_dir: str | Path | None =
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     base_unet = UNet2DConditionModel.from_config(tiny_unet_config(sample_size=image_size // factor))
     context = torch.randn(1, 8, base_unet.config.cross_attention_dim, generator=g)
-    model = _joint_from_base(vae, base_unet, context, _schedule(SD_SCHEDULE, prediction_type), image_size, base="tiny")
+    model = _joint_from_base(vae, base_unet, context, _schedule(SD_SCHEDULE, prediction_type, zero_terminal_snr), image_size, base="tiny")
     model.meta.codec_trained = vae_dir is not None
     return model.eval()
 
@@ -77,12 +87,14 @@ def empty_prompt_embedding(tokenizer, text_encoder) -> torch.Tensor:
     return text_encoder(ids)[0].float()
 
 
-def build_from_sd15(base: str | Path, image_size: int = 512, prediction_type: str | None = None) -> RGBDFaceModel:
+def build_from_sd15(base: str | Path, image_size: int = 512, prediction_type: str | None = None,
+                    zero_terminal_snr: bool = False) -> RGBDFaceModel:
     """Build the stage-0 joint model from a Stable-Diffusion-1.5-layout diffusers folder on disk.
 
     Reads unet/, vae/, text_encoder/, tokenizer/ and scheduler/; nothing is downloaded.
     The text encoder is used once, for the cached empty-prompt embedding, and not kept.
-    `prediction_type` overrides the base scheduler's (None keeps it: epsilon for SD 1.5).
+    `prediction_type` overrides the base scheduler's (None keeps it: epsilon for SD 1.5);
+    `zero_terminal_snr` see `_schedule`.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -99,6 +111,6 @@ def build_from_sd15(base: str | Path, image_size: int = 512, prediction_type: st
     vae = AutoencoderKL.from_pretrained(base / "vae", use_safetensors=True, **kw)
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer", **kw)
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", use_safetensors=True, **kw)
-    scheduler_config = _schedule(dict(DDPMScheduler.from_pretrained(base / "scheduler", **kw).config), prediction_type)
+    scheduler_config = _schedule(dict(DDPMScheduler.from_pretrained(base / "scheduler", **kw).config), prediction_type, zero_terminal_snr)
     context = empty_prompt_embedding(tokenizer, text_encoder)
     return _joint_from_base(vae, unet, context, scheduler_config, image_size, base=str(base)).eval()
