@@ -347,6 +347,14 @@ def test_the_photos_own_side_light_is_estimated_and_gives_the_photo_back(own):
     assert abs(diff[inside].mean()) < 2.5 and np.abs(diff[inside]).mean() < 2.5, (diff[inside].mean(), np.abs(diff[inside]).mean())
 
 
+def test_a_flat_or_black_photo_is_taken_as_frontally_lit():
+    from rgbdface.pipelines.relight import estimate_light
+
+    _, normals, disc, _ = sphere()
+    for value in (0.0, 0.4):
+        assert np.allclose(estimate_light(np.full((H, W), value), normals, disc, 0.25), (0, 0, 1))
+
+
 def test_a_side_lit_sphere_relights_to_another_light():
     albedo = smooth_albedo(3)
     a, depth, disc = render_sphere((-0.6, 0, 0.8), 0.3, albedo)

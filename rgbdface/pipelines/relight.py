@@ -218,7 +218,8 @@ class RelightResult:
     valid:    [H, W] bool, where the given depth is > 0.
     depth_scale: the pixels-per-depth-unit factor the surface used.
     feather:  the feather width in pixels.
-    photo_light: [3] unit direction of the photo's own light as estimated (or as given).
+    photo_light: [3] unit direction of the photo's own light as estimated (or as given; NaN when `original`
+              was given without `photo_light`).
     """
 
     image: np.ndarray
@@ -677,7 +678,7 @@ def estimate_light(luminance: np.ndarray, normals: np.ndarray, mask: np.ndarray,
         m, t = model[keep], target[keep]
         albedo = (m * t[:, None]).sum(0) / np.maximum((m * m).sum(0), 1e-12)  # [D]
         cost = ((t[:, None] - albedo * m) ** 2).sum(0)
-        best = int(np.argmin(cost))
+        best = int(np.argmin(cost + 1e-9 * max(cost.max(), 1e-12) * np.abs(angles)))  # of equal fits (a flat photo), the most frontal
         resid = np.abs(target - albedo[best] * model[:, best])
         mad = np.median(resid[keep])
         if mad <= 0:
