@@ -383,8 +383,9 @@ def test_cli_photo_light_estimated_or_given(tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["photo_light"] == [0, 0, 1], r.output
     own, frontal = (iio.imread(tmp_path / f).astype(float)[disc].mean() for f in ("own.png", "frontal.png"))
     assert abs(own - photo[disc].mean()) < 2 < photo[disc].mean() - frontal  # a frontal light assumed darkens
-    r = run(*args, "-o", tmp_path / "x.png", "--photo-light", "0,0,0")
-    assert r.exit_code == 2 and "--photo-light" in r.stderr and not (tmp_path / "x.png").exists()
+    for bad in ("0,0,0", "1,0,1,2"):
+        r = run(*args, "-o", tmp_path / "x.png", "--photo-light", bad)
+        assert r.exit_code == 2 and "--photo-light" in r.stderr and not (tmp_path / "x.png").exists(), r.output
 
 
 def test_near_black_parts_are_not_darkened_but_still_brightened():
@@ -564,6 +565,11 @@ def test_held_out_portrait_relights_smoothly_with_a_soft_edge(examples_dir):
         m = relight_measures(image, lit)
         assert m.blockiness <= 1.2 and m.edge_ratio <= 0.3, (region, m)
         assert m.changed_px > 10000
+    # relit with its own light, as estimated, the photo keeps its exposure
+    own = relight(image, depth, [(0, 0, 1)], region="face")
+    again = relight(image, depth, [tuple(own.photo_light)], region="face")
+    face = again.valid
+    assert abs(again.image[face].mean() - image[face].mean()) < 2
     # the measures see the faults they are for: a hard cut of the same relighting
     cut = relight(image, depth, [(1, 0.3, 1)], region="face", feather=0).image
     assert relight_measures(image, cut).edge_ratio > 0.7

@@ -84,6 +84,8 @@ def relight_command(
     if not lights and env is None and orbit is None:
         raise fail("--light X,Y,Z (or --env FILE, or --orbit N) is needed (x right, y up, z toward the viewer; e.g. --light 1,0,1)", 2)
     try:
+        if photo_light is not None and len(photo_light.split(",")) != 3:
+            raise ValueError(f"direction {photo_light!r}: expected X,Y,Z (x right, y up, z toward the viewer), e.g. -1,0,1")
         own = Light.parse(photo_light).direction if photo_light is not None else None
     except ValueError as e:
         raise fail(f"--photo-light: {e}", 2) from None
