@@ -347,6 +347,19 @@ def test_the_photos_own_side_light_is_estimated_and_gives_the_photo_back(own):
     assert abs(diff[inside].mean()) < 2.5 and np.abs(diff[inside]).mean() < 2.5, (diff[inside].mean(), np.abs(diff[inside]).mean())
 
 
+def test_dark_features_of_the_albedo_stay_as_they_are():
+    """Darker albedo where the normals turn down (like a beard on a face) is albedo, not shading: relit
+    with its own light, the photo comes back to within a level."""
+    v, u = np.mgrid[:H, :W]
+    albedo = smooth_albedo(6)
+    albedo[v > CY + 8] *= 0.4  # the lower part, a third of the disc
+    photo, depth, disc = render_sphere((0.3, 0, 1), 0.25, albedo)
+    result = relight(photo, depth, [(0.3, 0, 1)], ambient=0.25, depth_scale=1.0, smooth=0, region="face", photo_light=(0.3, 0, 1))
+    inside = disc & (result.weight > 0)
+    err = np.abs(result.image.astype(int) - photo.astype(int))[inside]
+    assert err.max() <= 1, err.max()
+
+
 def test_a_flat_or_black_photo_is_taken_as_frontally_lit():
     from rgbdface.pipelines.relight import estimate_light
 
