@@ -13,8 +13,9 @@ median round and the ratios are taken between cases of the same rounds. The
 Groups:
 
 - startup: `--help`; a missing input for estimate-depth, talk and train (the
-  error before any heavy import); estimate-depth on one portrait; the import
-  floor (`import torch`, and diffusers' UNet and VAE classes).
+  error before any heavy import); estimate-depth on one portrait; the floors:
+  `import torch`, then diffusers' UNet and VAE classes, then MediaPipe (what
+  estimate-depth must import), and `--help` of a two-command typer app.
 - estimate: estimate-depth on a folder of 50 portraits against one portrait:
   per-image time = (t50 - t1) / 49, start-up = t1 - per-image; a minimal
   MediaPipe process on the same 50 files (decode + one face-mesh call each).
@@ -66,6 +67,26 @@ frames = video_frames(paths[0]) if paths[0].endswith(".mp4") else (iio.imread(p)
 found = sum(bool(mesh.process(np.ascontiguousarray(f[..., :3])).multi_face_landmarks) for f in frames)
 print(found, "faces", file=sys.stderr)
 """
+
+# the floor of `rgbdface --help`: typer with rich help pages, two commands
+MINIMAL_TYPER = r"""
+import typer
+app = typer.Typer()
+
+
+@app.command()
+def first(x: int = 1):
+    "The first command."
+
+
+@app.command()
+def second(y: int = 1):
+    "The second command."
+
+
+app()
+"""
+
 
 def load() -> float:
     return os.getloadavg()[0]
@@ -177,6 +198,8 @@ def group_startup(t: Timer, inp: dict, rounds: int, scratch: Path) -> list[str]:
         "train, missing dataset": ([*CLI, "train", "nope", "-o", str(scratch / "nrun"), "--tiny"], (1,)),
         "python -c 'import torch'": [sys.executable, "-c", "import torch"],
         "import torch + diffusers UNet and VAE classes": [sys.executable, "-c", "import torch; from diffusers import UNet2DConditionModel, AutoencoderKL"],
+        "import torch + diffusers UNet and VAE classes + mediapipe": [sys.executable, "-c", "import torch; from diffusers import UNet2DConditionModel, AutoencoderKL; import mediapipe"],
+        "a two-command typer app, --help": [sys.executable, "-c", MINIMAL_TYPER, "--help"],
         "estimate-depth, one portrait": [*CLI, "estimate-depth", str(one), "-o", str(scratch / "one.png"), "--overwrite", "-q"],
     }
     for _ in range(rounds):
