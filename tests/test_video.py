@@ -26,3 +26,17 @@ def test_frames_must_match_and_a_video_needs_one(tmp_path):
         with VideoWriter(tmp_path / "w.mp4") as w:
             w.write(np.zeros((16, 16, 3), np.uint8))
             w.write(np.zeros((16, 18, 3), np.uint8))
+
+
+def test_frames_scaled_for_detection_come_without_a_size_note(tmp_path, caplog):
+    from rgbdface.data.video import read_frames, video_size
+
+    with VideoWriter(tmp_path / "v.mp4", fps=25) as w:
+        for i in range(5):
+            w.write(np.full((72, 128, 3), 40 * i, np.uint8))
+    size = video_size(tmp_path / "v.mp4")
+    with caplog.at_level("WARNING"):
+        small = list(read_frames(tmp_path / "v.mp4", 25.0, width=64, size=size))
+        full = list(read_frames(tmp_path / "v.mp4", 25.0))
+    assert [f.shape for f in small] == [(36, 64, 3)] * 5 and [f.shape for f in full] == [(72, 128, 3)] * 5
+    assert caplog.records == []  # imageio-ffmpeg's note that the frames differ in size from the source's

@@ -39,11 +39,15 @@ def video_size(path: Path) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def read_frames(path: Path, fps: float, width: int | None = None) -> Iterator[np.ndarray]:
-    """uint8 RGB frames [H, W, 3] resampled to `fps` (ffmpeg's fps filter), optionally scaled to `width`."""
+def read_frames(path: Path, fps: float, width: int | None = None, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """uint8 RGB frames [H, W, 3] resampled to `fps` (ffmpeg's fps filter), optionally scaled to `width`.
+
+    size: the video's (width, height) from `video_size`, when the caller has it (each probe starts ffmpeg)."""
+    import logging
+
     import imageio_ffmpeg
 
-    w, h = video_size(path)
+    w, h = size or video_size(path)
     vf = f"fps={fps}"
     if width is not None and width < w:
         h = int(round(h * width / w / 2)) * 2
@@ -51,7 +55,13 @@ def read_frames(path: Path, fps: float, width: int | None = None) -> Iterator[np
         vf += f",scale={w}:{h}:flags=area"
     try:
         gen = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", vf])
-        next(gen)
+        notes = logging.getLogger("imageio_ffmpeg")  # it warns that scaled frames differ in size from the source's
+        level = notes.level
+        notes.setLevel(logging.ERROR)
+        try:
+            next(gen)
+        finally:
+            notes.setLevel(level)
         for buf in gen:
             yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
     except RuntimeError as e:
