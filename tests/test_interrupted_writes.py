@@ -94,6 +94,24 @@ def test_prep_depth_sweeps_the_samples_of_a_killed_run(portrait_path, tmp_path):
     assert samples == named
 
 
+def test_sweeping_an_input_removes_its_own_clip_folders_only(tmp_path):
+    from rgbdface.data import manifest
+    from rgbdface.data.prep import remove_input_files
+
+    key = "obama-1234abcd"
+    own = [key, f"{key}-f0", f"{key}-f1-studio", f"{key}-talk2", f"{key}-f0-talk0", f"{key}-studio"]
+    others = [f"{key}-studiox", f"{key}-f0-1234abcd", "obama-1234abce", f"x{key}", f"{key}-talk"]
+    for name in own + others:
+        (tmp_path / name).mkdir()
+    (tmp_path / f"{key}-talk9").write_bytes(b"a file, not a clip folder")
+    manifest.rows_path(tmp_path, key).parent.mkdir(parents=True, exist_ok=True)
+    manifest.rows_path(tmp_path, key).write_text("{}\n")
+    remove_input_files(tmp_path, key)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != manifest.rows_path(tmp_path, key).parent.name) == sorted(others + [f"{key}-talk9"])
+    assert not manifest.rows_path(tmp_path, key).exists()
+    remove_input_files(tmp_path / "missing", key)  # no dataset folder yet: nothing to sweep
+
+
 def test_sigterm_during_talk_removes_temporary_videos_and_frame_folders(talk_inputs, portrait_path, tmp_path, monkeypatch):
     import rgbdface.pipelines.talk as talk_module
 

@@ -377,10 +377,11 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWri
     from rgbdface.data import audio as audio_io, video
 
     name = str(path)
-    w, _ = video.video_size(path)
+    size = video.video_size(path)
+    w = size[0]
     # 1. Face boxes on small frames, then smoothed over time.
     boxes = []
-    for small in video.read_frames(path, cfg.fps, width=video.DETECT_WIDTH):
+    for small in video.read_frames(path, cfg.fps, width=video.DETECT_WIDTH, size=size):
         faces = detect_faces(small)
         k = w / small.shape[1]
         boxes.append(tuple(v * k for v in square_box(faces[0], cfg.margin)) if faces else None)
@@ -406,7 +407,7 @@ def prepare_video(path: Path, root: Path, cfg: PrepConfig, writer: BackgroundWri
     # 3. Per frame: crop with the smoothed box and fit the mesh here (MediaPipe); depth, mask
     #    and files on the writer's threads, overlapping the next frame's MediaPipe.
     rows, first = [], None
-    for f, frame in enumerate(video.read_frames(path, cfg.fps)):
+    for f, frame in enumerate(video.read_frames(path, cfg.fps, size=size)):
         if f >= len(boxes):
             break
         crop = FaceCrop(crop_box_to(frame, boxes[f], cfg.size), boxes[f], frame.shape[:2])
@@ -554,14 +555,21 @@ def _removed_on_failure(root: Path, key: str) -> Iterator[None]:
 
 
 def remove_input_files(root: Path, key: str) -> None:
-    """Remove the clip folders (KEY, KEY-f0, KEY-studio, KEY-talk0, ...) and the rows file of the input `key`."""
+    """Remove the clip folders (KEY, KEY-f0, KEY-studio, KEY-talk0, ...) and the rows file of the input `key`.
+
+    Runs before every new input: the folder's names are listed once and only those that start with
+    `key` are looked at further, so a dataset of many inputs costs no stat or match per other input."""
     import re
     import shutil
 
     own = re.compile(rf"{re.escape(key)}(-f\d+)?(-studio|-talk\d+)?")
-    for clip in root.iterdir() if root.is_dir() else []:
-        if clip.is_dir() and own.fullmatch(clip.name):
-            shutil.rmtree(clip, ignore_errors=True)
+    try:
+        names = os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    for name in names:
+        if name.startswith(key) and own.fullmatch(name) and (root / name).is_dir():
+            shutil.rmtree(root / name, ignore_errors=True)
     manifest.rows_path(root, key).unlink(missing_ok=True)
 
 
