@@ -296,10 +296,17 @@ def group_train(t: Timer, inp: dict, rounds: int, scratch: Path) -> list[str]:
 def group_busy(t: Timer, inp: dict, rounds: int, scratch: Path) -> list[str]:
     settings = {"default": [], "--threads 1": ["--threads", "1"], "--threads 2": ["--threads", "2"]}
     env = None  # OMP_NUM_THREADS unset (see main): the command's own default decides
+    from rgbdface.utils import default_threads
+
+    chosen = []  # the threads the default chose: its rule, applied just before each default process
     for _ in range(rounds):
         with Busy():
             for label, extra in settings.items():
+                if label == "default":
+                    chosen.append(default_threads()[0])
                 t.run(f"busy est {label}", [*CLI, "estimate-depth", str(inp[50]), "-o", str(scratch / "b50"), "--overwrite", "-q", *extra], env=env)
+                if label == "default":
+                    chosen.append(default_threads()[0])
                 train_steps(t, f"busy train {label}", inp, scratch, 8, env=env, extra=extra)
     lines = ["| with a busy neighbour | estimate-depth, 50 portraits (s) | train stage 1, s/step |", "|---|---:|---:|"]
     for label in settings:
@@ -308,7 +315,8 @@ def group_busy(t: Timer, inp: dict, rounds: int, scratch: Path) -> list[str]:
     best_train = min(settings, key=lambda s: t.median(f"busy train {s} s/step"))
     lines += ["", f"default against the best setting: estimate-depth {t.paired('busy est default', f'busy est {best_est}'):.2f}x "
               f"(best: {best_est}), training {t.paired('busy train default s/step', f'busy train {best_train} s/step'):.2f}x "
-              f"(best: {best_train}); goal: within 1.25x"]
+              f"(best: {best_train}); goal: within 1.25x", "",
+              f"threads the default chose (CPUs the load average leaves idle, at least 1), per default process (estimate-depth, training, round by round): {', '.join(map(str, chosen))}"]
     return lines
 
 
@@ -322,6 +330,7 @@ def main() -> None:
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_NUM_THREADS", None)  # as a user runs them: each command picks its own threads
+    os.environ.pop("OMP_NUM_THREADS", None)  # and the default's rule, applied here too (group_busy), sees what they see
     t = Timer(env)
     inp = make_inputs(args.scratch)
     load_before = load()
