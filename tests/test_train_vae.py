@@ -39,6 +39,25 @@ def test_vae_training_reduces_reconstruction_error(portrait_dataset):
     assert 0.5 < z.std().item() < 2.0
 
 
+def test_colour_jitter_shows_the_codec_rgb_in_random_colours(portrait_dataset):
+    import numpy as np
+
+    from rgbdface.training.vae import _colours
+
+    rgb, depth = load_vae_data(portrait_dataset, 32)
+    assert torch.equal(_colours(rgb, np.random.default_rng(0), 0.0), rgb)
+    turned = _colours(rgb, np.random.default_rng(0), 1.0)
+    assert turned.shape == rgb.shape and turned.min() >= -1 and turned.max() <= 1
+    assert all(not torch.allclose(a, b, atol=0.02) for a, b in zip(turned, rgb))  # every image recoloured
+    # same seed without jitter: the same batches and weights as before the option existed
+    runs = []
+    for p in (0.0, 0.0, 1.0):
+        torch.manual_seed(0)
+        vae = AutoencoderKL.from_config(tiny_vae_config(32))
+        runs.append(train_vae(vae, rgb, depth, VAETrainConfig(steps=3, batch_size=4, colour_jitter=p)))
+    assert runs[0] == runs[1] and runs[2] != runs[0]
+
+
 def test_train_vae_cli_then_init_model(portrait_dataset, tmp_path):
     vae_dir = tmp_path / "vae"
     r = runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(vae_dir), "--image-size", "32",

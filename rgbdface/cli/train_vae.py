@@ -22,6 +22,7 @@ def train_vae_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step (half RGB, half depth).")] = 16,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-4,
     crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random crops of this size (multiple of 8; faster, same codec).")] = None,
+    colour_jitter: Annotated[float, typer.Option("--colour-jitter", min=0.0, max=1.0, help="Share of RGB crops shown in a random colour transform (black and white, turned hues), so that the codec keeps any colour rather than only those of the training portraits.")] = 0.0,
     seed: SeedOpt = 0,
     cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -62,7 +63,8 @@ def train_vae_command(
         if not live and not quiet and ((step + 1) % every == 0 or step + 1 == steps):
             print(f"train-vae: step {step + 1}/{steps} loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop, seed=seed), progress)
+    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop,
+                                                         colour_jitter=colour_jitter, seed=seed), progress)
     bar.close()
     with atomic_dir(output) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)

@@ -5,7 +5,7 @@ pretrained VAE, so one is trained on the same data the denoiser will see: RGB fa
 in [-1, 1] and their normalised depth maps replicated to three channels (the codec's own
 depth encoding, rgbdface/models/codec.py). Loss: L1 + MSE reconstruction with a small KL
 term, as latent-diffusion autoencoders are trained (without the perceptual and adversarial
-terms, which need pretrained networks). The latent scaling factor is then set to
+terms, which need pretrained networks); optionally RGB crops in random colours (`colour_jitter`). The latent scaling factor is then set to
 1 / std of the latents, as Stable Diffusion's 0.18215 was.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +27,10 @@ class VAETrainConfig:
     kl_weight: float = 1e-6  # keeps the posterior near N(0, I) without blurring
     depth_fraction: float = 0.5  # share of each batch that is depth maps
     crop: int | None = None  # train on random square crops of this size (a conv codec generalises to the full size)
+    # share of RGB crops put through one random colour transform with its hues turned (black and white,
+    # green or blue skin...): a codec that saw only a few portraits' colours otherwise maps every image to
+    # them, and a denoiser on its latents cannot copy a reference's colours at all
+    colour_jitter: float = 0.0
     seed: int = 0
 
 
@@ -35,6 +40,7 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
     Returns the list of per-step losses. Sets `vae.config.scaling_factor` from the data.
     """
     g = torch.Generator().manual_seed(config.seed)
+    colour_rng = np.random.default_rng(config.seed)  # its own stream: colour_jitter = 0 draws the same batches as before
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     n_depth = int(round(config.batch_size * config.depth_fraction))
     n_rgb = config.batch_size - n_depth
@@ -42,7 +48,7 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
     vae.train()
     for step in range(config.steps):
         x = torch.cat([
-            rgb[torch.randint(len(rgb), (n_rgb,), generator=g)],
+            _colours(rgb[torch.randint(len(rgb), (n_rgb,), generator=g)], colour_rng, config.colour_jitter),
             depth[torch.randint(len(depth), (n_depth,), generator=g)].expand(-1, 3, -1, -1),
         ])
         x = _augment(x, g, config.crop)
@@ -60,6 +66,17 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
     vae.eval()
     set_scaling_factor(vae, torch.cat([rgb[:256], depth[:256].expand(-1, 3, -1, -1)]))
     return losses
+
+
+def _colours(x: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Tensor:
+    """Each RGB image [B, 3, S, S] in [-1, 1], with probability `p`, through its own random colour transform
+    (training/data.py's, hues turned)."""
+    if p <= 0:
+        return x
+    from rgbdface.training.data import apply_colour, random_colour_matrix
+
+    out = [apply_colour(img, random_colour_matrix(rng, hue=1.0)) if rng.random() < p else img for img in x]
+    return torch.stack(out)
 
 
 def _augment(x: torch.Tensor, g: torch.Generator, crop: int | None = None) -> torch.Tensor:
