@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -194,10 +195,22 @@ def main() -> None:
     ap.add_argument("--video-identity", default=None, help="the example portrait the video shows, left out of its calibration (default video: obama.jpg)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    video = args.video or Path(tempfile.gettempdir()) / "rgbdface-bench-commands" / "closeup10s.mp4"
+    if not video.exists():
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_commands import make_inputs
 
+        video = make_inputs(video.parent)["video"]
+    text = measure(args.variants, video, args.video_identity or (None if args.video else "obama.jpg"), " ".join(sys.argv[1:]))
+    print(text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text)
+
+
+def measure(n_variants: int, video: Path, identity: str | None, options: str = "") -> str:
+    """Every measure, as the Markdown text of the results; `identity`: the example portrait the video shows."""
     from rgbdface.data import face as F
     from rgbdface.data import video as V
-    from rgbdface.data.camera import depth_to_u16
     from rgbdface.data.depth import render_face_depth
     from rgbdface.data.prep import write_sample
 
@@ -208,7 +221,7 @@ def main() -> None:
     # 1. Portraits: both paths on every variant, timed.
     samples, misses, t_two, t_one, t_rest = [], [], [], [], []
     out_dir = Path(tempfile.mkdtemp(prefix="rgbdface-single-pass-"))
-    for name, k, img in variants(args.variants, rng):
+    for name, k, img in variants(n_variants, rng):
         two, ms_two = timed(two_pass, img)
         if two is None:
             continue  # the current path fails too: not a framing question
@@ -259,14 +272,6 @@ def main() -> None:
 
     # 3. Video frames: framing of the one-pass box against prep-depth's per-frame detection (before
     #    smoothing), and tracking against static mode on prep-depth's smoothed crops.
-    video = args.video or Path(tempfile.gettempdir()) / "rgbdface-bench-commands" / "closeup10s.mp4"
-    identity = args.video_identity or (None if args.video else "obama.jpg")
-    vrows = []
-    if not video.exists():
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from bench_commands import make_inputs
-
-        video = make_inputs(video.parent)["video"]
     calib = calibrate([s for s in samples if s["name"] != identity])
     w, _ = V.video_size(video)
     det_boxes = []
@@ -309,9 +314,9 @@ def main() -> None:
         f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores; "
         f"1-minute load average {os.getloadavg()[0]:.1f} at the end. CPU ms from `time.process_time`, one thread.",
         "",
-        "    " + " ".join(["python benchmarks/bench_single_pass.py", *sys.argv[1:]]),
+        "    " + " ".join(["python benchmarks/bench_single_pass.py", options]).rstrip(),
         "",
-        f"Portraits: {len(ids)} identities x {args.variants} images (as shipped, mirrored, then random scale, rotation and place); "
+        f"Portraits: {len(ids)} identities x {n_variants} images (as shipped, mirrored, then random scale, rotation and place); "
         f"{len(samples)} fitted both ways, {len(misses)} where the whole-image face mesh finds no face but the detector "
         f"and the mesh on its crop do ({', '.join(misses) or 'none'}). Video: {vrows} frames of {video.name}, "
         f"{v_miss} with no whole-image mesh; its calibration leaves out {identity or 'no portrait'}.",
@@ -348,10 +353,8 @@ def main() -> None:
         f"| video crop: face mesh, static mode | {med(t_static):.1f} |",
         f"| video crop: face mesh, tracking mode | {med(t_track):.1f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -34,3 +35,25 @@ def test_bench_train_cached_pixels_compares_both_streams(tmp_path):
     bench = load_bench("train")
     text = bench.cached_pixels_ab(make_dataset(tmp_path / "d", identities=2, frames=2), steps=1, rounds=1)
     assert "every sample's pixels decoded |" in text and "pixels of cached samples skipped |" in text
+
+
+def test_bench_single_pass_scores_portraits_and_video_frames(tmp_path):
+    """Both paths on the shipped portraits (as shipped and mirrored) and on a short close-up video."""
+    import cv2
+
+    from rgbdface.data.io import load_image
+    from rgbdface.data.video import VideoWriter
+
+    face = cv2.resize(load_image(BENCH.parent / "examples" / "obama.jpg"), None, fx=1.3, fy=1.3)[:360]
+    with VideoWriter(tmp_path / "closeup.mp4", fps=25) as w:
+        for f in range(4):
+            frame = np.full((360, 640, 3), 128, np.uint8)
+            frame[:, 20 + 4 * f : 20 + 4 * f + face.shape[1]] = face
+            w.write(frame)
+    text = load_bench("single_pass").measure(2, tmp_path / "closeup.mp4", "obama.jpg")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| ")}
+    assert rows["one pass, portraits: centre shift (face widths)"][0] == "8"  # 4 portraits, each as shipped and mirrored
+    assert rows["one pass, video frames: side difference"][0] == "4"
+    shift = float(rows["the detector itself (mirrored, 0.8x, 1.25x): centre shift"][-1].rstrip("% |"))
+    assert 0 <= shift < 10
+    assert float(rows["detection + crop + face mesh on the crop (prep-depth now)"][0].rstrip(" |")) > 0
