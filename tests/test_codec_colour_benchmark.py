@@ -38,6 +38,7 @@ def test_table_for_two_models(portrait_dataset, tiny_model_dir, tmp_path):
         rows = [line for line in out.read_text().splitlines() if line.startswith(f"| {tiny_model_dir} |")]
         assert len(rows) == 2 and rows[0] == rows[1]  # the same codec measures the same
         cells = rows[0].strip("|").split("|")
-        assert len(cells[1].split("/")) == 4 and float(cells[2]) >= 0 and float(cells[3]) > 0
+        assert len(cells) == 6 and len(cells[1].split("/")) == 4 and float(cells[2]) >= 0 and float(cells[3]) > 0
+        assert 0 < float(cells[4]) < 2 and 0 < float(cells[5]) < 2  # an untrained codec: errors, within [-1, 1] units
     finally:
         out.unlink(missing_ok=True)
