@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests_helpers import load_script
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"bench_{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH / f"bench_{name}.py")
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

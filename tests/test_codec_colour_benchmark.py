@@ -1,20 +1,17 @@
 """benchmarks/measure_codec_colour.py: the four colourings of a face and a table per model (tiny models, a real portrait)."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from tests_helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("measure_codec_colour", ROOT / "benchmarks" / "measure_codec_colour.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "measure_codec_colour.py")
 
 
 def test_colourings_are_what_they_say(astronaut):

@@ -1,6 +1,5 @@
 """examples/readme_tables.py: the README's depth tables are written from eval's own JSON, in mm."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,15 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from rgbdface.cli.app import app
+from tests_helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def tables():
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "examples" / "readme_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "readme_tables.py")
 
 
 def test_tables_come_from_eval_json_in_mm(portrait_dataset, tmp_path):

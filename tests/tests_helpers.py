@@ -1,7 +1,8 @@
-"""Inputs built from the shipped portraits, shared by several test modules."""
+"""Inputs built from the shipped portraits, and loaders of the project's scripts, shared by several test modules."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +28,11 @@ def gt_map(seed, shape=(24, 20)):
     g = rng.integers(4800, 5600, shape).astype(np.uint16)
     g[0], g[:, 0] = 0, 0
     return g
+
+
+def load_script(path: Path, name: str | None = None):
+    """A script of benchmarks/ or examples/ imported as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
