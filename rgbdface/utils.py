@@ -221,7 +221,8 @@ def sweep_stale_temporaries(targets: Iterable[str | os.PathLike]) -> list[Path]:
     removed, now = [], time.time()
     for folder, names in owners.items():
         try:
-            entries = [e for e in os.scandir(folder or ".") if e.name.startswith(".") and ".tmp" in e.name]
+            with os.scandir(folder or ".") as listing:
+                entries = [e for e in listing if e.name.startswith(".") and ".tmp" in e.name]
         except OSError:
             continue  # a folder not made yet holds no temporaries
         for entry in entries:
