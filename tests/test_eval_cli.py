@@ -16,7 +16,7 @@ from tests_helpers import gt_map
 
 # Depth files are read as float32, so "exact" predictions score within float32 rounding:
 # an RMSE below 1e-3 in units of 0.1 mm on depths around 5000.
-KEYS = {"abs_rel", "delta1", "delta2", "delta3", "rmse", "n_images"}
+KEYS = {"abs_rel", "delta1", "delta2", "delta3", "rmse", "nearest_offset", "n_images"}
 
 
 def run(*args):
@@ -95,6 +95,24 @@ def test_csv(folders):
     assert [row["name"] for row in rows] == ["a", "b", "c", "mean"]
     assert {"abs_rel", "delta1", "delta2", "delta3", "rmse"} <= rows[0].keys()
     assert float(rows[-1]["delta1"]) == 1.0 and float(rows[-1]["abs_rel"]) < 1e-9
+
+
+def test_nearest_offset_in_every_format(tmp_path):
+    """A nose 3 px right of the true one, over a width of 25 px: 12 % in the table, JSON and CSV."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    rows, cols = np.indices((20, 25))
+    save_npy(gt / "face.npy", 5000 + 10 * np.hypot(rows - 9, cols - 12))
+    save_npy(pred / "face.npy", 5000 + 10 * np.hypot(rows - 9, cols - 15))
+    obj = json.loads(run("--pred", pred, "--gt", gt, "--format", "json").stdout)
+    assert obj["nearest_offset"] == pytest.approx(12) and obj["images"][0]["nearest_offset"] == pytest.approx(12)
+    table = run("--pred", pred, "--gt", gt, "--units", "gt").stdout
+    assert "nearest ↓ (% width)" in table
+    row = next(line for line in table.splitlines() if line.lstrip("│ ").startswith("pred"))
+    assert [c.strip() for c in row.split("│") if c.strip()][-1] == "12.00"
+    r = run("--pred", pred, "--gt", gt, "--format", "csv")
+    assert r.exit_code == 0, r.output
+    lines = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [(x["name"], float(x["nearest_offset"])) for x in lines] == [("face", pytest.approx(12)), ("mean", pytest.approx(12))]
 
 
 def test_disparity_alignment(tmp_path):

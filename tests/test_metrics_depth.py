@@ -12,6 +12,8 @@ from rgbdface.metrics.depth import (
     evaluate_pair,
     evaluate_samples,
     fit_scale_shift,
+    nearest_centroid,
+    nearest_offset,
     rmse,
     valid_mask,
 )
@@ -183,6 +185,62 @@ def test_failed_samples_are_kept_by_name():
 
 
 # --------------------------------------------------------------------------- error maps
+
+
+def nose_map(tip=(9, 12), shape=(20, 25)):
+    """A face-like depth: 700 at the nose tip, farther with the distance from it (one unique minimum)."""
+    rows, cols = np.indices(shape)
+    return 700.0 + np.hypot(rows - tip[0], cols - tip[1])
+
+
+def test_nearest_offset_is_zero_for_the_ground_truth():
+    gt = nose_map()
+    # 2 % of 500 pixels = 10; the 13 pixels within 2 px of the tip are taken (ties), centred on it
+    assert nearest_centroid(gt, gt > 0) == pytest.approx([9, 12])
+    assert evaluate_pair(gt, gt)["nearest_offset"] == 0.0
+    assert evaluate_pair(3 * gt - 1000, gt)["nearest_offset"] == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.parametrize("tip,k", [((9, 15), 3), ((9, 5), 7), ((3, 12), 6)])
+def test_nearest_offset_of_a_shifted_nose_is_the_shift_over_the_width(tip, k):
+    gt = nose_map()  # 20 rows, 25 columns: the offset is over the width, 25, also for a shift upwards
+    m = evaluate_pair(nose_map(tip), gt)
+    assert m["scale"] > 0
+    assert m["nearest_offset"] == pytest.approx(100 * k / 25)
+
+
+def test_nearest_offset_counts_a_prediction_turned_around_by_the_fit():
+    gt = nose_map(tip=(6, 8))
+    # a pure inversion is undone by the affine fit (scale -1), like every measure of the protocol
+    far = evaluate_pair(2000.0 - gt, gt)
+    assert far["scale"] == pytest.approx(-1) and far["nearest_offset"] == pytest.approx(0, abs=1e-9)
+    # nearest at the nose tip, but otherwise a slope that is near where gt is far (bottom right): the
+    # fit turns it around (negative scale), and the aligned map is nearest at the top left corner
+    rows, cols = np.indices(gt.shape)
+    pred = 1300.0 - (rows + cols)  # 1257 .. 1300
+    pred[gt <= 702] = 1250.0  # the 13 pixels within 2 px of the tip stick out
+    assert nearest_offset(pred, gt) == 0.0  # the raw prediction would look perfect
+    m = evaluate_pair(pred, gt)
+    assert m["scale"] < 0
+    # aligned, its nearest 2 % are the 10 pixels with rows + cols <= 3, centred on (1, 1)
+    assert m["nearest_offset"] == pytest.approx(100 * np.hypot(6 - 1, 8 - 1) / 25)
+
+
+def test_nearest_offset_of_a_flat_prediction_is_from_the_centre_of_the_valid_pixels():
+    gt = nose_map()
+    valid = np.zeros(gt.shape, bool)
+    valid[5:15, 4:24] = True  # centroid (9.5, 13.5); the tip (9, 12) is inside
+    m = evaluate_pair(np.full(gt.shape, 3.0), gt, mask=valid)
+    assert m["scale"] == 0.0  # all its pixels tie: the nearest 2 % are all of them
+    assert m["nearest_offset"] == pytest.approx(100 * np.hypot(0.5, 1.5) / 25)
+
+
+def test_nearest_offset_is_averaged_over_images():
+    gt = nose_map()
+    report = evaluate_samples([("a", lambda: (gt, gt, None)), ("b", lambda: (nose_map((9, 17)), gt, None))])
+    assert [r["nearest_offset"] for r in report.images] == pytest.approx([0, 20])
+    assert report.summary()["nearest_offset"] == pytest.approx(10)
+    assert report.to_dict()["nearest_offset"] == pytest.approx(10)
 
 
 def test_error_map_colours():

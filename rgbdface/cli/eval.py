@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from rgbdface.metrics.depth import EvalReport
 
 FORMATS = ("table", "json", "csv")
-CSV_COLUMNS = ("name", "abs_rel", "delta1", "delta2", "delta3", "rmse", "rmse_units", "n_valid", "scale", "shift", "error")
+CSV_COLUMNS = ("name", "abs_rel", "delta1", "delta2", "delta3", "rmse", "rmse_units", "nearest_offset", "n_valid", "scale", "shift",
+               "error")
 UNITS = ("mm", "gt")
 
 PredOpt = Annotated[Optional[Path], typer.Option("--pred", metavar="DIR", help="Folder of predicted depth (16-bit PNG or .npy; 0 = invalid), matched to --gt by file name.")]
@@ -52,9 +53,11 @@ def eval_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score depth predictions against ground truth: AbsRel, δ1-δ3 and RMSE after per-image alignment (paper §5.2).
+    """Score depth predictions against ground truth: AbsRel, δ1-δ3, RMSE and the nearest-point offset after per-image alignment (paper §5.2).
 
     Per image, over pixels with gt > 0, pred > 0 (and the mask): a least-squares scale and shift of the prediction onto the ground truth, clipped to >= 1e-6; then AbsRel = mean |p-g|/g, δk = share of max(p/g, g/p) < 1.25^k and RMSE (in mm, or in the ground truth's units: see --units; the table's header says which), each averaged over images.
+
+    The nearest-point offset (nearest_offset; "nearest" in the table) is the distance between the centroids of the nearest 2% of the pixels (smallest depth) of the aligned prediction and of the ground truth, in % of the image width, averaged over images: on a face, how far the prediction's nearest point lies from the nose tip (a map turned around by a negative scale scores badly).
 
     Results go to stdout; files that cannot be scored are named on stderr and make the exit status 1. A ground truth that is constant over its valid pixels would score any prediction as perfect: it is skipped with a warning, and counted (n_degenerate).
 
@@ -232,15 +235,18 @@ def _print_table(reports: dict[str, "EvalReport"]) -> None:
     first = next(iter(reports.values()))
     unit = "mm" if first.units == "mm" else "gt units"
     table = Table(title=f"Depth, {first.alignment} alignment, RMSE in {unit}", title_justify="left")
-    for col in ("method", "images", "failed", "AbsRel ↓", "δ1 ↑", "δ2 ↑", "δ3 ↑", f"RMSE ↓ ({unit})"):
+    for col in ("method", "images", "failed", "AbsRel ↓", "δ1 ↑", "δ2 ↑", "δ3 ↑", f"RMSE ↓ ({unit})", "nearest ↓ (% width)"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for label, report in reports.items():
         s = report.summary()
         table.add_row(
             label, str(s["n_images"]), str(s["n_failed"]),
-            *(f"{s[m]:.4f}" for m in ("abs_rel", "delta1", "delta2", "delta3")), f"{s['rmse']:.4g}",
+            *(f"{s[m]:.4f}" for m in ("abs_rel", "delta1", "delta2", "delta3")), f"{s['rmse']:.4g}", f"{s['nearest_offset']:.2f}",
         )
-    Console(file=sys.stdout, highlight=False, soft_wrap=False).print(table)
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # a file or a pipe has no width to fit: the whole table, never cut
+        console.width = max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)
+    console.print(table)
 
 
 def _write_csv(reports: dict[str, "EvalReport"]) -> None:

@@ -6,9 +6,18 @@ Per image, over the valid pixels (gt > 0, pred > 0, and the mask if given):
    either in depth space (``"least_square"``, the default) or in disparity space
    (``"least_square_disparity"``), and clip the aligned depth to at least 1e-6;
 2. AbsRel = mean |p - g| / g, δk = share of max(p/g, g/p) < 1.25**k (k = 1, 2, 3),
-   RMSE = sqrt(mean (p - g)²) in the ground truth's units.
+   RMSE = sqrt(mean (p - g)²) in the ground truth's units;
+3. nearest-point offset: the distance between the centroid of the aligned prediction's
+   nearest 2 % of the valid pixels (smallest depth, at least one pixel; pixels tied with the
+   last one are taken too) and the centroid of the ground truth's nearest 2 %, in % of the
+   image width. On a face the nearest point is the nose tip: a depth map whose nearest point
+   sits above the nose or to one side scores badly here even when its RMSE does not. It is
+   measured on the aligned prediction, so a negative fitted scale (a prediction turned
+   around) counts against it.
 
-The per-image numbers are then averaged over images.
+The per-image numbers are then averaged over images. The nearest-point offset is averaged
+too (not its median): a method that misplaces the nose on a third of the images should show
+it, and the median would hide any minority of failures.
 
 Disparity space follows the MiDaS/Marigold convention: the prediction is taken to be
 an affine-invariant *disparity* (what MiDaS, DPT or Depth Anything output), fitted onto
@@ -31,7 +40,8 @@ from rgbdface.utils import InputError, exists
 
 EPS = 1e-6  # aligned depth (and disparity) never falls below this
 ALIGNMENTS = ("least_square", "least_square_disparity")
-METRICS = ("abs_rel", "delta1", "delta2", "delta3", "rmse")
+METRICS = ("abs_rel", "delta1", "delta2", "delta3", "rmse", "nearest_offset")
+NEAREST_SHARE = 0.02  # the nearest-point offset compares the centroids of the nearest 2 % of valid pixels
 DEPTH_SUFFIXES = (".png", ".npy")
 ERROR_RANGE = 0.1  # error maps span -0.1..0.1 of the gt depth range (paper, supp. Fig. 10)
 
@@ -120,6 +130,33 @@ def rmse(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> f
     return float(np.sqrt(np.mean((p - g) ** 2)))
 
 
+def nearest_centroid(depth: np.ndarray, valid: np.ndarray, share: float = NEAREST_SHARE) -> np.ndarray:
+    """(row, col) centroid of the nearest `share` of the valid pixels (smallest depth; at least one).
+
+    Pixels tied with the last one taken are taken too, so the answer does not depend on the
+    order of the pixels: a constant map gives the centroid of all its valid pixels.
+    """
+    depth = np.asarray(depth, np.float64)
+    valid = np.asarray(valid, bool)
+    values = depth[valid]
+    if values.size == 0:
+        raise ValueError("no valid pixels")
+    k = max(1, int(share * values.size))
+    cut = np.partition(values, k - 1)[k - 1]
+    rows, cols = np.nonzero(valid & (depth <= cut))
+    return np.array([rows.mean(), cols.mean()])
+
+
+def nearest_offset(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, share: float = NEAREST_SHARE) -> float:
+    """Distance between the centroids of the nearest `share` of valid pixels of pred and of gt,
+    in % of the image width (the number of columns). 0 = the nearest point is where it should be."""
+    gt = np.asarray(gt, np.float64)
+    if valid is None:
+        valid = gt > 0
+    offset = nearest_centroid(pred, valid, share) - nearest_centroid(gt, valid, share)
+    return float(100.0 * np.hypot(*offset) / gt.shape[-1])
+
+
 def valid_mask(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The protocol's valid pixels: gt > 0, pred > 0, both finite, and mask (nonzero) if given."""
     pred = np.asarray(pred)
@@ -157,6 +194,7 @@ def _score(pred, gt, mask, alignment) -> tuple[dict, np.ndarray, np.ndarray]:
         "delta2": delta(aligned, gt, valid, 2),
         "delta3": delta(aligned, gt, valid, 3),
         "rmse": rmse(aligned, gt, valid),
+        "nearest_offset": nearest_offset(aligned, gt, valid),
         "n_valid": int(valid.sum()),
         "scale": scale,
         "shift": shift,
@@ -169,7 +207,8 @@ def evaluate_pair(
 ) -> dict:
     """Align one prediction onto its ground truth and score it.
 
-    Returns {abs_rel, delta1, delta2, delta3, rmse, n_valid, scale, shift}. Raises
+    Returns {abs_rel, delta1, delta2, delta3, rmse, nearest_offset, n_valid, scale, shift}
+    (nearest_offset in % of the image width). Raises
     ValueError for shapes that differ or when no pixel is valid.
     """
     return _score(pred, gt, mask, alignment)[0]
@@ -222,7 +261,7 @@ class EvalReport:
 
     alignment: str
     units: str = "gt"  # what RMSE is in: "mm", or "gt" (the ground truth's own units)
-    images: list[dict] = field(default_factory=list)  # {name, abs_rel, delta1..3, rmse, n_valid, scale, shift}
+    images: list[dict] = field(default_factory=list)  # {name, abs_rel, delta1..3, rmse, nearest_offset, n_valid, scale, shift}
     failed: list[dict] = field(default_factory=list)  # {name, error}: not scored, and counted
     unmatched: list[str] = field(default_factory=list)  # predictions with no ground truth (not scored)
     degenerate: list[str] = field(default_factory=list)  # constant ground truth over the valid pixels: skipped, counted
