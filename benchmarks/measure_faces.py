@@ -15,8 +15,9 @@ training. What runs, all with the default seed:
   chroma, and the reference sensitivity of colour against black and white (same seed), at
   guidance 1 and 3;
 - depth: `eval --data WORK/heldout` (studio renders with exact depth, and the photo's
-  mesh-fit depth), RMSE in mm, against the mean face of the training data when --train-data
-  is given.
+  mesh-fit depth), RMSE in mm and the nearest-point offset (% of the image width: how far
+  the nearest point lies from the nose tip), against the mean face of the training data when
+  --train-data is given.
 
 The table goes to stdout and to benchmarks/results/faces_LABEL.md.
 """
@@ -161,7 +162,9 @@ def main() -> None:
         e = json.loads(rgbdface("eval", "--data", a.heldout, "--source", source, *methods, "--units", "mm", "--format", "json", "-q",
                                 capture=True))
         for label, rep in e.items():
-            rows.append((f"depth ({source}, {rep['n_images']} images): RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse']:.1f}"))
+            what = f"depth ({source}, {rep['n_images']} images)"
+            rows += [(f"{what}: RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse']:.1f}"),
+                     (f"{what}: nearest-point offset of {label.split(':')[0]} (% of width)", f"{rep['nearest_offset']:.1f}")]
 
     lines = [f"# Faces of model `{a.label}` on a held-out identity (obama.jpg)", "",
              f"`python benchmarks/measure_faces.py --heldout WORK/heldout --label {a.label}"
