@@ -30,6 +30,8 @@ CHIN = 152
 RIGHT_EYE_CORNERS = (33, 133)
 LEFT_EYE_CORNERS = (362, 263)
 UPPER_LIP_INNER = 13
+UPPER_LIP_TOP = 0  # the outer upper lip's highest point
+MOUTH_CORNERS = (61, 291)
 LOWER_LIP_INNER = 14
 
 

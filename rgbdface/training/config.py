@@ -71,6 +71,9 @@ class LossConfig:
     reference_dropout: float = 0.1  # per-sample probability of dropping the reference (enables CFG on it)
     depth_weight: float = 1.0  # weight of the depth half of eq. (5) (1 = the paper's plain MSE)
     depth_background_weight: float = 1.0  # weight of depth-latent cells whose pixels have no valid depth
+    # stage 3: weight of the latent cells (RGB and depth) in each frame's mouth region, from its landmarks: the
+    # part of a frame that the speech moves is a few cells, and at weight 1 its error is lost in the whole frame's
+    mouth_weight: float = 1.0
 
 
 @dataclass
@@ -337,7 +340,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
         (0 <= cfg.data.colour_hue <= 1, f"data.colour_hue must be in [0, 1], got {cfg.data.colour_hue}"),
         (0 <= cfg.data.same_reference <= 1, f"data.same_reference must be in [0, 1], got {cfg.data.same_reference}"),
         (0 <= cfg.loss.reference_dropout <= 1, f"loss.reference_dropout must be in [0, 1], got {cfg.loss.reference_dropout}"),
-        (cfg.loss.depth_weight >= 0 and cfg.loss.depth_background_weight >= 0, "loss weights must be >= 0"),
+        (cfg.loss.depth_weight >= 0 and cfg.loss.depth_background_weight >= 0 and cfg.loss.mouth_weight >= 0, "loss weights must be >= 0"),
         (cfg.log.log_every >= 1, "log.log_every must be >= 1"),
         (cfg.log.checkpoint_every >= 0 and cfg.log.sample_every >= 0 and cfg.log.keep_checkpoints >= 0,
          "log.checkpoint_every, log.sample_every and log.keep_checkpoints must be >= 0"),

@@ -134,6 +134,27 @@ def load_depth_map(path: Path | None, size: int) -> torch.Tensor:
     return d
 
 
+def mouth_region(landmarks_path: Path | None, crop_size: int, size: int) -> torch.Tensor:
+    """[1, S, S]: 1 in the box where speech moves the face (from the outer upper lip down to the chin, between the
+    mouth corners widened by a quarter of the mouth's width on each side), else 0; all 0 without landmarks.
+
+    `crop_size`: the side of the crop the landmarks' pixels refer to (the sample's `size`)."""
+    from rgbdface.data import mesh
+
+    region = torch.zeros(1, size, size)
+    if landmarks_path is None:
+        return region
+    lm = np.load(landmarks_path, allow_pickle=False)[:, :2] * (size / crop_size)
+    corners = lm[list(mesh.MOUTH_CORNERS)]
+    x0, x1 = corners[:, 0].min(), corners[:, 0].max()
+    pad = 0.25 * (x1 - x0)
+    y0, y1 = lm[mesh.UPPER_LIP_TOP, 1], lm[mesh.CHIN, 1]
+    c0, c1 = (int(np.clip(np.floor(v), 0, size)) for v in (x0 - pad, x1 + pad + 1))
+    r0, r1 = (int(np.clip(np.floor(v), 0, size)) for v in (y0, y1 + 1))
+    region[:, r0:r1, c0:c1] = 1.0
+    return region
+
+
 # ----------------------------------------------------------------------------- appearance augmentation
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 GREY_PROB = 0.2  # share of colour transforms that make the image black and white
@@ -403,14 +424,15 @@ class ClipStream(torch.utils.data.Dataset):
     clip at inference. The reference is a frame of the same identity outside the window
     when there is one. Audio features are per frame [T, A] of the clip, windowed by k.
     `photo_background` and `colour_jitter` act as in ImageStream, alike on every frame of the clip,
-    its motion frames and its reference.
+    its motion frames and its reference. With `mouth`, each target frame also carries its mouth
+    region (`mouth_region`, for `loss.mouth_weight`).
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, frames: int, motion_frames: int,
                  audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0,
-                 photo_background: float = 0.0, colour_jitter: float = 0.0, colour_hue: float = 0.0):
+                 photo_background: float = 0.0, colour_jitter: float = 0.0, colour_hue: float = 0.0, mouth: bool = False):
         self.samples, self.spec, self.seed = samples, spec, seed
-        self.colour_hue = colour_hue
+        self.colour_hue, self.mouth = colour_hue, mouth
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.photos = photos_by_identity(samples)
         self.frames, self.motion_frames, self.window = frames, motion_frames, window
@@ -470,7 +492,8 @@ class ClipStream(torch.utils.data.Dataset):
             "motion": motion,  # [M, 3, S, S]
             "audio": audio,  # [F, k, A]
             "keep": keep, "noise": noise, "timestep": t,
-        }
+        } | ({"mouth": torch.stack([mouth_region(self.samples[j].landmarks, self.samples[j].size, spec.image_size) for j in target])}
+             if self.mouth else {})  # [F, 1, S, S]
 
 
 # ----------------------------------------------------------------------------- batching

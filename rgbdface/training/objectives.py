@@ -392,6 +392,9 @@ class MotionObjective(Objective):
         # 5. Eq. (5) over every frame
         depth_w = self._depth_weights(rearrange(batch["depth"].to(dev), "b f c h w -> (b f) c h w"))  # [(B F), 1, h, w]
         w = torch.cat([torch.ones_like(z_rgb), depth_w.expand(-1, c, -1, -1)], dim=1)
+        if "mouth" in batch:  # loss.mouth_weight on every latent cell that touches the mouth region
+            mouth = F.max_pool2d(rearrange(batch["mouth"].to(dev), "b f c h w -> (b f) c h w"), self.model.codec.downsample) > 0
+            w = w * torch.where(mouth, self.cfg.loss.mouth_weight, 1.0)
         return self._weighted_mse(pred, self._target(z0, noise, t), w, c)
 
 

@@ -1,0 +1,94 @@
+"""loss.mouth_weight (stage 3): the latent cells of each frame's mouth region, found from its landmarks, weigh more."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate as collate
+
+from rgbdface.data import mesh
+from rgbdface.training.data import ClipStream, LatentSpec, mouth_region, read_samples
+
+
+def _landmarks(tmp_path, points: dict[int, tuple[float, float]]):
+    lm = np.zeros((478, 3), np.float32)
+    for i, (x, y) in points.items():
+        lm[i, :2] = (x, y)
+    path = tmp_path / "landmarks.npy"
+    np.save(path, lm)
+    return path
+
+
+def test_mouth_region_by_hand(tmp_path):
+    # corners at x 20 and 36 (width 16, a quarter is 4), upper lip at y 40, chin at y 60
+    path = _landmarks(tmp_path, {mesh.MOUTH_CORNERS[0]: (20, 44), mesh.MOUTH_CORNERS[1]: (36, 44),
+                                 mesh.UPPER_LIP_TOP: (28, 40), mesh.CHIN: (28, 60)})
+    region = mouth_region(path, 64, 64)
+    expected = torch.zeros(1, 64, 64)
+    expected[:, 40:61, 16:41] = 1.0
+    assert torch.equal(region, expected)
+    # landmarks of a 128 px crop, frames of 64 px: the same box at half the scale
+    path = _landmarks(tmp_path, {mesh.MOUTH_CORNERS[0]: (40, 88), mesh.MOUTH_CORNERS[1]: (72, 88),
+                                 mesh.UPPER_LIP_TOP: (56, 80), mesh.CHIN: (56, 120)})
+    assert torch.equal(mouth_region(path, 128, 64), expected)
+    # a box reaching past the frame is cut at its edge; no landmarks, no region
+    path = _landmarks(tmp_path, {mesh.MOUTH_CORNERS[0]: (50, 44), mesh.MOUTH_CORNERS[1]: (62, 44),
+                                 mesh.UPPER_LIP_TOP: (56, 40), mesh.CHIN: (56, 70)})
+    assert mouth_region(path, 64, 64)[0, 63, 63] == 1 and mouth_region(path, 64, 64)[0, :40].sum() == 0
+    assert mouth_region(None, 64, 64).sum() == 0
+
+
+@pytest.fixture(scope="module")
+def talking_clip(tmp_path_factory, examples_dir):
+    """obama.jpg at 64 px with one 1.2 s talking clip (real prep-depth output)."""
+    from rgbdface.data.prep import PrepConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("mouth") / "obama"
+    assert not prepare_dataset([examples_dir / "obama.jpg"], root, PrepConfig(size=64, talking_clips=1, clip_seconds=1.2)).failed
+    return root
+
+
+def test_clip_mouth_regions_cover_the_rendered_mouth(talking_clip):
+    samples = read_samples(talking_clip)
+    kw = dict(frames=4, motion_frames=2, audio_features=lambda s: np.zeros((100, 2), np.float32), window=3)
+    item = ClipStream(samples, LatentSpec(64, 4, 16, 1000), 0, mouth=True, **kw)[0]
+    assert "mouth" not in ClipStream(samples, LatentSpec(64, 4, 16, 1000), 0, **kw)[0]
+    assert item["mouth"].shape == (4, 1, 64, 64)
+    for region, j in zip(item["mouth"], item["indices"].tolist()):
+        lm = np.load(samples[j].landmarks)[:, :2]
+        inner = lm[mesh.mouth_loop()].round().astype(int)  # every point of the lips' inner edge lies in the region
+        assert all(region[0, y, x] == 1 for x, y in inner)
+        assert region[0, int(lm[mesh.NOSE_TIP, 1]), int(lm[mesh.NOSE_TIP, 0])] == 0  # the nose does not
+        assert 0.02 < float(region.mean()) < 0.25
+
+
+def test_stage3_loss_weighs_the_mouth_cells(talking_clip, monkeypatch):
+    from rgbdface.training.config import resolve_config
+    from rgbdface.training.objectives import Objective, make_objective
+    from tests.motion_helpers import tiny_motion_model
+
+    model = tiny_motion_model()
+    samples = read_samples(talking_clip)
+    spec = LatentSpec(32, model.meta.latent_channels, model.latent_size, 1000)
+    feats = lambda s: torch.randn(100, model.motion.config.audio_dim, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    stream = ClipStream(samples, spec, 0, frames=2, motion_frames=model.motion.config.motion_frames, audio_features=feats,
+                        window=model.motion.config.audio_window, mouth=True)
+    batch = collate([stream[0]])
+    seen = []
+    original = Objective._weighted_mse
+
+    def spy(pred, target, w, c):
+        seen.append(w)
+        return original(pred, target, w, c)
+
+    monkeypatch.setattr(Objective, "_weighted_mse", staticmethod(spy))
+    losses = {}
+    for weight in (1.0, 4.0):
+        obj = make_objective(model, resolve_config(3, "tiny", [f"loss.mouth_weight={weight}", "motion.frames=2"]))
+        with torch.no_grad():
+            losses[weight], _ = obj(batch)
+    plain, weighted = seen
+    cells = torch.nn.functional.max_pool2d(batch["mouth"][0], model.codec.downsample) > 0  # [F, 1, h, w]
+    assert 0 < int(cells.sum()) < cells.numel()
+    assert torch.equal(plain, torch.ones_like(plain))  # weight 1: as without regions
+    assert torch.equal(weighted, torch.where(cells, 4.0, 1.0).expand_as(weighted))
+    assert not torch.isclose(losses[1.0], losses[4.0])
