@@ -67,6 +67,53 @@ def test_mel_features_follow_loudness_over_time():
     assert energy[5:20].mean() < energy[30:45].mean() - 2
 
 
+def _raw_log_mel(x: np.ndarray) -> torch.Tensor:
+    """log(mel power + 1e-6) at 100 frames/s, written out from torch.stft: the unnormalised features."""
+    from rgbdface.models.audio import mel_filterbank
+
+    spec = torch.stft(torch.from_numpy(x), n_fft=400, hop_length=160, window=torch.hann_window(400), center=True,
+                      pad_mode="reflect", return_complex=True)
+    return torch.log(mel_filterbank(400, 80, SR, 0.0, 8000.0) @ spec.abs().square() + 1e-6).T
+
+
+def test_normalised_mel_features_do_not_depend_on_gain():
+    x = speech_like(1.6)
+    x[SR // 2: SR] = 0.0  # a pause of digital silence inside the speech
+    enc = MelAudioEncoder(normalise=True)
+    same = enc.video_features(x)
+    for g in (0.1, 10.0):
+        assert torch.allclose(enc.video_features(x * g), same, atol=1e-4), g
+    raw = MelAudioEncoder().video_features
+    assert (raw(x * 10.0) - raw(x))[:10].mean() > 4  # unnormalised, the gain shifts the speech's features (log 100 = 4.6)
+
+
+def test_normalised_mel_silence_sits_at_the_floor():
+    enc = MelAudioEncoder(normalise=True)
+    floor = math.log(enc.FLOOR)
+    x = speech_like(2.0)
+    x[SR // 2: 3 * SR // 2] = 0.0  # one second of digital zeros
+    feats = enc.native(torch.from_numpy(x))  # [T', 80] at 100 frames/s
+    assert torch.isfinite(feats).all()
+    assert torch.allclose(feats[60:140], torch.full_like(feats[60:140], floor))  # away from the edges' windows
+    assert feats[:40].mean() > floor + 3  # speech lies well above it
+    # low room noise in place of the zeros lands on (nearly) the same floor
+    noisy = x.copy()
+    noisy[SR // 2: 3 * SR // 2] = 1e-4 * np.random.default_rng(0).standard_normal(SR).astype(np.float32)
+    quiet = enc.native(torch.from_numpy(noisy))[60:140]
+    assert (quiet - floor).abs().max() < 0.05
+    zeros = enc.video_features(np.zeros(SR, np.float32))
+    assert zeros.shape == (25, 80) and torch.isfinite(zeros).all() and torch.allclose(zeros, torch.full_like(zeros, floor))
+
+
+def test_mel_record_keeps_normalise_and_an_old_record_computes_as_before():
+    assert MelAudioEncoder(normalise=True).record() == {"kind": "mel", "dim": 80, "normalise": True}
+    old = make_audio_encoder("mel", 80)  # a record without the field
+    assert old.normalise is False
+    x = speech_like(1.0)
+    assert torch.equal(old.native(torch.from_numpy(x)), _raw_log_mel(x))
+    assert make_audio_encoder("mel", 80, normalise=True).normalise is True
+
+
 def test_audio_windows_are_clamped_at_the_ends():
     feats = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 3)  # frame f has value f
     w = audio_windows(feats, k=5)

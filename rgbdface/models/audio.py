@@ -7,7 +7,8 @@ windows there too (audio_windows).
 
 Two encoders share one interface:
 - `MelAudioEncoder`: log-mel spectrogram from `torch.stft`; needs no weights, deterministic.
-  It serves the tiny models and the tests.
+  It serves the tiny models and the tests; with `normalise=True` the features are relative
+  to each utterance's level (gain-independent, silence at a fixed floor).
 - `Wav2VecAudioEncoder`: wav2vec 2.0 (`transformers.Wav2Vec2Model`) from a local folder,
   safetensors only; the hidden states of all layers (the input embedding included) are
   concatenated per frame, layer-major: [(L + 1) · H]. `wav2vec_features` computes the same
@@ -80,13 +81,33 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_ma
 
 
 class MelAudioEncoder(AudioEncoder):
-    """log(mel power + 1e-6) from torch.stft (Hann window); no weights, the same output everywhere."""
+    """Log-mel features from torch.stft (Hann window); no weights, the same output everywhere.
+
+    normalise=False: log(P + 1e-6) of the mel power P, in the waveform's own units (what the
+    bundled tiny model was trained with). A recording's gain g shifts every feature by log g²,
+    and digital silence sits at log(1e-6) = -13.8, far below anything a quiet room gives.
+
+    normalise=True: level-independent features, log(P / ref + 1e-4), per utterance (the whole
+    waveform given to `video_features` / `native`):
+    - ref is the 95th percentile over the utterance's frames of the per-frame mean mel power:
+      the level of its loud vowels. A percentile rather than the maximum, so that a click or a
+      plosive burst shorter than 5 % of the utterance does not set the level; a high one, so
+      that pauses (often half of a recording) do not.
+    - the floor 1e-4 keeps 40 dB below that level: the dynamic range of speech that moves the
+      mouth. Room noise, hiss and digital zeros all lie below it and map to the same floor
+      (log 1e-4 = -9.2), so no feature is -inf and the kind of silence does not matter.
+    Scaling the waveform by g > 0 scales P and ref by g², so the features are unchanged
+    (up to float error). An all-zero waveform (ref = 0) gives the floor everywhere.
+    """
 
     kind = "mel"
+    REF_QUANTILE = 0.95
+    FLOOR = 1e-4  # 40 dB below the reference level
 
-    def __init__(self, n_mels: int = 80):
+    def __init__(self, n_mels: int = 80, normalise: bool = False):
         self.settings = MelSettings(n_mels=n_mels)
         self.dim = n_mels
+        self.normalise = bool(normalise)
         s = self.settings
         self.filters = mel_filterbank(s.n_fft, s.n_mels, SAMPLE_RATE, s.f_min, s.f_max)  # [M, n_fft/2 + 1]
 
@@ -96,7 +117,14 @@ class MelAudioEncoder(AudioEncoder):
                           center=True, pad_mode="reflect" if wave.numel() > s.n_fft // 2 else "constant",
                           return_complex=True)  # [n_fft/2 + 1, T']
         mel = self.filters @ spec.abs().square()  # [M, T']
-        return rearrange(torch.log(mel + 1e-6), "m t -> t m")
+        if not self.normalise:
+            return rearrange(torch.log(mel + 1e-6), "m t -> t m")
+        ref = torch.quantile(mel.mean(0), self.REF_QUANTILE)  # the utterance's level
+        ratio = mel / ref if ref > 0 else torch.zeros_like(mel)  # all zeros: everything at the floor
+        return rearrange(torch.log(ratio + self.FLOOR), "m t -> t m")
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "dim": self.dim, "normalise": self.normalise}
 
 
 class Wav2VecAudioEncoder(AudioEncoder):
@@ -157,10 +185,14 @@ class Wav2VecAudioEncoder(AudioEncoder):
 
 
 def make_audio_encoder(kind: str, dim: int | None = None, folder: str | Path | None = None,
-                       device: str | torch.device = "cpu") -> AudioEncoder:
-    """Rebuild the encoder a model was trained with ('mel' or 'wav2vec2')."""
+                       device: str | torch.device = "cpu", normalise: bool = False) -> AudioEncoder:
+    """Rebuild the encoder a model was trained with ('mel' or 'wav2vec2').
+
+    `normalise` is the mel encoder's level normalisation (a record without it: off, as before);
+    wav2vec2 normalises its input itself and ignores it.
+    """
     if kind == "mel":
-        return MelAudioEncoder(n_mels=dim or 80)
+        return MelAudioEncoder(n_mels=dim or 80, normalise=normalise)
     if kind == "wav2vec2":
         if folder is None:
             raise InputError("this model was trained with wav2vec 2.0 features; pass its folder with --wav2vec DIR")
