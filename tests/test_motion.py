@@ -208,6 +208,36 @@ def test_save_load_is_exact_and_clone_keeps_motion(tmp_path):
     assert not torch.equal(twin.motion(**x), m.motion(**x))
 
 
+def test_audio_normalise_is_saved_and_a_record_without_it_means_raw_log_mel(tmp_path):
+    import json
+    from pathlib import Path
+
+    from motion_helpers import speech_like
+    from rgbdface.models.motion import MOTION_CONFIG
+
+    x = speech_like(1.0)
+    m = tiny_motion_model()
+    m.motion.config.audio_normalise = True
+    m.save_pretrained(tmp_path / "m")
+    loaded = RGBDFaceModel.from_pretrained(tmp_path / "m")
+    assert loaded.motion.config.audio_normalise is True
+    enc = loaded.motion.audio_encoder()
+    assert enc.normalise and torch.allclose(enc.video_features(x * 7.0), enc.video_features(x), atol=1e-4)
+
+    record_path = tmp_path / "m" / "motion" / MOTION_CONFIG  # a model folder written before the setting existed
+    record = json.loads(record_path.read_text())
+    del record["config"]["audio_normalise"]
+    record_path.write_text(json.dumps(record))
+    old = RGBDFaceModel.from_pretrained(tmp_path / "m").motion
+    assert old.config.audio_normalise is False
+    feats = old.audio_encoder().native(torch.from_numpy(x))
+    assert torch.equal(feats, torch.log(old.audio_encoder().filters @ torch.stft(
+        torch.from_numpy(x), n_fft=400, hop_length=160, window=torch.hann_window(400), center=True,
+        pad_mode="reflect", return_complex=True).abs().square() + 1e-6).T)
+    shipped = Path(__file__).parents[1] / "rgbdface" / "weights" / "rgbdface-tiny" / "motion" / MOTION_CONFIG
+    assert MotionConfig.from_dict(json.loads(shipped.read_text())["config"]).audio_normalise is False
+
+
 def test_stage3_without_motion_folder_is_refused(tmp_path):
     from rgbdface.models.builder import build_tiny
 

@@ -166,6 +166,16 @@ def test_stage3_trains_motion_only(audio_data, stage1_dir, tmp_path):
     meta = json.loads((model / "rgbdface.json").read_text())
     assert meta["stages"] == [0, 1, 3]
     assert meta["extra"]["stage3"]["config"]["motion"]["frames"] == 4
+    record = json.loads((model / "motion" / "motion.json").read_text())["config"]
+    assert record["audio_normalise"] is True  # new runs: level-independent mel features by default
+
+    # continuing a model with motion modules keeps its recorded setting, whatever the run's config says
+    again = tmp_path / "again"
+    r = runner.invoke(app, ["train-motion", str(audio_data), "-o", str(again), "-m", str(model), "--max-steps", "1",
+                            "--set", "motion.frames=4", "--set", "motion.motion_frames=2",
+                            "--set", "motion.audio_normalise=false", *QUIET])
+    assert r.exit_code == 0, r.output
+    assert json.loads((again / "model" / "motion" / "motion.json").read_text())["config"]["audio_normalise"] is True
 
 
 # ----------------------------------------------------------------------------- exact resume

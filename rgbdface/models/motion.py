@@ -41,6 +41,7 @@ class MotionConfig:
     audio_encoder: str = "mel"  # "mel" (offline log-mel) or "wav2vec2" (a local wav2vec 2.0 folder)
     audio_dim: int = 80  # A: per-frame audio feature size (mel bins, or (layers + 1) × hidden for wav2vec2)
     audio_folder: str = ""  # wav2vec2 only: the folder the model was trained with (override with --wav2vec)
+    audio_normalise: bool = False  # mel only: features relative to each utterance's level (a record without it: off)
     audio_tokens: int = 32  # T: tokens per video frame after the audio projection
     audio_hidden: int = 512  # width of the audio projection MLP
     temporal_heads: int = 8  # heads of each temporal attention (without AnimateDiff weights)
@@ -241,7 +242,8 @@ class MotionDenoiser(nn.Module):
         from rgbdface.models.audio import make_audio_encoder
 
         folder = folder or self.config.audio_folder or None
-        return make_audio_encoder(self.config.audio_encoder, self.config.audio_dim, folder, device=device)
+        return make_audio_encoder(self.config.audio_encoder, self.config.audio_dim, folder, device=device,
+                                  normalise=self.config.audio_normalise)
 
     # ---------------------------------------------------------------------------- save / load
     def save(self, folder: Path) -> None:

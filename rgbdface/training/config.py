@@ -101,6 +101,7 @@ class MotionTrainConfig:
     audio_encoder: str = "mel"  # mel (offline log-mel) | wav2vec2 (needs audio_model_dir)
     audio_model_dir: str = ""  # local wav2vec2 folder (transformers format, safetensors)
     audio_window: int = 5  # audio frames per video frame (±2, clamped at the clip ends)
+    audio_normalise: bool = True  # mel: features relative to each clip's level (gain-independent); a model with motion modules keeps its own
     motion_adapter_dir: str = ""  # local AnimateDiff motion-adapter folder to initialise temporal modules ('' = fresh)
     fps: float = 25.0  # video frame rate the audio features are resampled to
 

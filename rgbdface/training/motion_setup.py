@@ -63,7 +63,8 @@ def add_motion(model, cfg: RunConfig, samples: list | None = None, audio_dim: in
     mo = cfg.motion
     settings = dict(frames=mo.frames, motion_frames=mo.motion_frames, audio_window=mo.audio_window,
                     audio_encoder=mo.audio_encoder, audio_dim=audio_dim or _feature_dim(samples or [], cfg),
-                    audio_folder=mo.audio_model_dir, fps=int(round(mo.fps)),
+                    audio_folder=mo.audio_model_dir, audio_normalise=mo.audio_normalise and mo.audio_encoder == "mel",
+                    fps=int(round(mo.fps)),
                     temporal_max_frames=max(32, mo.frames + mo.motion_frames))
     small = model.meta.image_size < 256
     config = MotionConfig.tiny(**settings) if small else MotionConfig(**settings)
