@@ -148,6 +148,33 @@ class RGBDFaceModel(nn.Module):
             self.masked = RGBDDenoiser(unet, self.joint.reference_unet, bank=self.joint.bank)
         return self.masked
 
+    def take_masked(self, other: "RGBDFaceModel") -> RGBDDenoiser:
+        """Stage 2 of another run on the same codec and schedule: its masked denoiser, with the ReferenceNet it
+        was trained with (kept as this model's masked ReferenceNet, so the joint one stays as it is).
+
+        This lets stage 2 start from a different stage-1 run than the one joint generation and stage 3 use
+        (the bundled recipe starts stage 2 from a stage 1 on the photos' own colours). Raises InputError when
+        `other` has no stage 2 or its codec, schedule or latent layout differ from this model's."""
+        other.require_stage(2, "taking the masked denoiser")
+        if other.masked is None:
+            raise InputError("taking the masked denoiser: the other model has no masked denoiser loaded")
+        mine, theirs = self.codec.vae.state_dict(), other.codec.vae.state_dict()
+        same_codec = mine.keys() == theirs.keys() and all(torch.equal(mine[k].float().cpu(), theirs[k].float().cpu()) for k in mine)
+        for ok, what in ((same_codec, "latent codec (vae/)"), (self.scheduler_config == other.scheduler_config, "noise schedule"),
+                         ((self.meta.image_size, self.meta.latent_channels) == (other.meta.image_size, other.meta.latent_channels),
+                          "image size or latent channels")):
+            if not ok:
+                raise InputError(f"taking the masked denoiser: the two models' {what} differ; stage 2 must be trained on this model's codec and schedule")
+        self.masked = RGBDDenoiser(copy.deepcopy(other.masked.unet), copy.deepcopy(other.masked.reference_unet))
+        self.masked.to(device=self.device, dtype=self.dtype)
+        self.meta.stages = sorted(set(self.meta.stages) | {2})
+        self.loaded_stages.add(2)
+        self.meta.known_latents = other.meta.known_latents
+        self.meta.depth_steps, self.meta.depth_flip = other.meta.depth_steps, other.meta.depth_flip
+        if "stage2" in other.meta.extra:
+            self.meta.extra["stage2"] = copy.deepcopy(other.meta.extra["stage2"])
+        return self.masked
+
     def add_motion(self, config=None, motion_adapter_dir: str | Path | None = None):
         """Stage 3 starts here: audio and temporal attention around the joint denoiser (see motion.py).
 
