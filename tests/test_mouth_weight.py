@@ -1,4 +1,5 @@
-"""loss.mouth_weight (stage 3): the latent cells of each frame's mouth region, found from its landmarks, weigh more."""
+"""Stage-3 training data: loss.mouth_weight weighs the latent cells of each frame's mouth region (found from its landmarks);
+motion.noise gives a clip one noise for every frame or one per frame."""
 
 import numpy as np
 import pytest
@@ -92,3 +93,15 @@ def test_stage3_loss_weighs_the_mouth_cells(talking_clip, monkeypatch):
     assert torch.equal(plain, torch.ones_like(plain))  # weight 1: as without regions
     assert torch.equal(weighted, torch.where(cells, 4.0, 1.0).expand_as(weighted))
     assert not torch.isclose(losses[1.0], losses[4.0])
+
+
+def test_clip_noise_shared_by_every_frame_or_drawn_per_frame(talking_clip):
+    samples = read_samples(talking_clip)
+    kw = dict(frames=4, motion_frames=2, audio_features=lambda s: np.zeros((100, 2), np.float32), window=3)
+    video = ClipStream(samples, LatentSpec(64, 4, 16, 1000), 0, noise="video", **kw)[0]["noise"]
+    frame = ClipStream(samples, LatentSpec(64, 4, 16, 1000), 0, noise="frame", **kw)[0]["noise"]
+    assert all(torch.equal(video[0], v) for v in video)  # one noise for the clip, as talk starts a video
+    assert torch.equal(video[0], frame[0]) and not torch.equal(frame[0], frame[1])
+    from rgbdface.training.config import resolve_config
+
+    assert resolve_config(3, "tiny").motion.noise == "video"

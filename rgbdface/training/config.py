@@ -102,6 +102,9 @@ class MotionTrainConfig:
     audio_model_dir: str = ""  # local wav2vec2 folder (transformers format, safetensors)
     audio_window: int = 5  # audio frames per video frame (±2, clamped at the clip ends)
     audio_normalise: bool = True  # mel: features relative to each clip's level (gain-independent); a model with motion modules keeps its own
+    # the noise of a clip's frames: "video" = one noise for every frame (as talk starts by default: temporal attention
+    # trained on independent noise per frame turns a shared one into colour blotches) or "frame" = fresh per frame
+    noise: str = "video"
     motion_adapter_dir: str = ""  # local AnimateDiff motion-adapter folder to initialise temporal modules ('' = fresh)
     fps: float = 25.0  # video frame rate the audio features are resampled to
 
@@ -366,6 +369,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
             (mo.audio_encoder in ("mel", "wav2vec2"), f"motion.audio_encoder must be mel or wav2vec2, got {mo.audio_encoder!r}"),
             (mo.audio_window >= 1 and mo.audio_window % 2 == 1, f"motion.audio_window must be odd and >= 1, got {mo.audio_window}"),
             (mo.fps > 0, "motion.fps must be > 0"),
+            (mo.noise in ("video", "frame"), f"motion.noise must be video or frame, got {mo.noise!r}"),
         ]
     for ok, msg in checks:
         if not ok:

@@ -425,13 +425,16 @@ class ClipStream(torch.utils.data.Dataset):
     when there is one. Audio features are per frame [T, A] of the clip, windowed by k.
     `photo_background` and `colour_jitter` act as in ImageStream, alike on every frame of the clip,
     its motion frames and its reference. With `mouth`, each target frame also carries its mouth
-    region (`mouth_region`, for `loss.mouth_weight`).
+    region (`mouth_region`, for `loss.mouth_weight`). `noise`: "frame" draws each frame's noise on its own,
+    "video" gives every frame of the clip the first frame's (as talk starts a video).
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, frames: int, motion_frames: int,
                  audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0,
-                 photo_background: float = 0.0, colour_jitter: float = 0.0, colour_hue: float = 0.0, mouth: bool = False):
+                 photo_background: float = 0.0, colour_jitter: float = 0.0, colour_hue: float = 0.0, mouth: bool = False,
+                 noise: str = "frame"):
         self.samples, self.spec, self.seed = samples, spec, seed
+        self.shared_noise = noise == "video"
         self.colour_hue, self.mouth = colour_hue, mouth
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.photos = photos_by_identity(samples)
@@ -484,6 +487,8 @@ class ClipStream(torch.utils.data.Dataset):
         keep = bool(rng.random() >= self.reference_dropout)
         noise, t = noise_and_timestep(self.seed, n, (F_, 2 * spec.latent_channels, spec.latent_size, spec.latent_size),
                                       spec.num_train_timesteps)
+        if self.shared_noise:
+            noise = noise[:1].expand_as(noise).clone()
         return {
             "n": n, "indices": torch.tensor(target), "ref_index": ref_i,
             "rgb": torch.stack([frame(j) for j in target]),  # [F, 3, S, S]

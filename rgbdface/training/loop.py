@@ -226,7 +226,7 @@ def make_stream(samples: list, cfg: RunConfig, spec, audio_features=None):
     mo = cfg.motion
     return ClipStream(samples, spec, cfg.seed, mo.frames, mo.motion_frames, audio_features, mo.audio_window,
                       mo.first_clip_prob, cfg.loss.reference_dropout, cfg.data.photo_background, cfg.data.colour_jitter,
-                      cfg.data.colour_hue, mouth=cfg.loss.mouth_weight != 1.0)
+                      cfg.data.colour_hue, mouth=cfg.loss.mouth_weight != 1.0, noise=mo.noise)
 
 
 # ----------------------------------------------------------------------------- the loop
