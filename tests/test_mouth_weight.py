@@ -104,4 +104,4 @@ def test_clip_noise_shared_by_every_frame_or_drawn_per_frame(talking_clip):
     assert torch.equal(video[0], frame[0]) and not torch.equal(frame[0], frame[1])
     from rgbdface.training.config import resolve_config
 
-    assert resolve_config(3, "tiny").motion.noise == "video"
+    assert resolve_config(3, "tiny").motion.noise == "frame"  # eq. 5 per frame unless asked

@@ -47,7 +47,7 @@ def talk_command(
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = 1.0,
     scheduler: SchedulerOpt = "ddim",
-    noise: Annotated[str, typer.Option("--noise", help="Initial noise: 'video' (one noise for every frame: frames change only with the speech) or 'frame' (fresh noise per frame, for a model trained with --set motion.noise=frame; the frames flicker). Stage 3 trains with 'video' by default.")] = "video",
+    noise: Annotated[str, typer.Option("--noise", help="Initial noise: 'video' (one noise for every frame: frames change only with the speech) or 'frame' (fresh noise per frame, as stage 3 trains by default; the frames flicker).")] = "video",
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

@@ -138,8 +138,8 @@ def talk_frames(
     defaults to the one the model was trained with (the mel encoder needs no folder).
     `noise`: "video" starts every frame from one initial noise, so that frames differ only by
     what the audio, the motion frames and temporal attention make of them (no frame-to-frame
-    flicker from the noise), as stage 3 trains by default (`motion.noise`); "frame" draws fresh noise
-    for every frame (what a model trained with `motion.noise=frame` saw).
+    flicker from the noise), as stage 3 trains with `motion.noise=video`; "frame" draws fresh noise
+    for every frame, as stage 3 trains by default.
     `decode_batch`: frames the VAE decodes at once (None: as many as the free memory takes).
     Memory does not grow with the audio's length but for its per-frame features on the host
     ([N, A]; 0.5 MB per minute for mel, 60 MB for wav2vec2-base): windows, latents and frames

@@ -102,9 +102,9 @@ class MotionTrainConfig:
     audio_model_dir: str = ""  # local wav2vec2 folder (transformers format, safetensors)
     audio_window: int = 5  # audio frames per video frame (±2, clamped at the clip ends)
     audio_normalise: bool = True  # mel: features relative to each clip's level (gain-independent); a model with motion modules keeps its own
-    # the noise of a clip's frames: "video" = one noise for every frame (as talk starts by default: temporal attention
-    # trained on independent noise per frame turns a shared one into colour blotches) or "frame" = fresh per frame
-    noise: str = "video"
+    # the noise of a clip's frames: "frame" = fresh per frame (eq. 5 per frame) or "video" = one noise for every frame,
+    # as talk starts a video by default
+    noise: str = "frame"
     motion_adapter_dir: str = ""  # local AnimateDiff motion-adapter folder to initialise temporal modules ('' = fresh)
     fps: float = 25.0  # video frame rate the audio features are resampled to
 
