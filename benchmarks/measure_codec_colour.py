@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def colourings(face: np.ndarray) -> dict[str, np.ndarray]:
-    from rgbdface.training.data import hue_rotation
+    from rgbdface.training.data import LUMA, hue_rotation
 
     x = face.astype(np.float32) / 255.0
-    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = x @ LUMA
     out = {"colour": x, "black and white": np.repeat(grey[..., None], 3, -1), "cold": x * np.array([0.75, 0.9, 1.2], np.float32),
            "hues turned 120°": x @ hue_rotation(2 * np.pi / 3).T.astype(np.float32)}
     return {k: (v.clip(0, 1) * 255).round().astype(np.uint8) for k, v in out.items()}

@@ -178,20 +178,19 @@ class Objective(nn.Module):
     def _depth_weights(self, depth: torch.Tensor, keys: list | None = None) -> torch.Tensor:
         """[B, 1, h, w] per latent cell: 1 with any valid depth pixel, else loss.depth_background_weight
         (cached per sample with the latents, so that a held sample's depth need not be decoded again)."""
-        f = self.model.codec.downsample
-
-        def cells(d):
-            return F.max_pool2d((d > 0).float(), f) > 0
-
         if self.cache is None or keys is None:
-            valid = cells(depth)
+            valid = self._cells(depth > 0)
         else:
             for d, k in zip(depth, keys):
                 if ("valid", k) not in self.cache:
-                    self.cache[("valid", k)] = cells(d[None])[0]
+                    self.cache[("valid", k)] = self._cells(d[None] > 0)[0]
             valid = torch.stack([self.cache[("valid", k)] for k in keys])
         bg = self.cfg.loss.depth_background_weight
         return self.cfg.loss.depth_weight * torch.where(valid, 1.0, bg)
+
+    def _cells(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] pixel mask → [B, 1, h, w]: the latent cells with any pixel of it."""
+        return F.max_pool2d(pixels.float(), self.model.codec.downsample) > 0
 
     @staticmethod
     def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor, c: int) -> tuple[torch.Tensor, dict]:
@@ -393,7 +392,7 @@ class MotionObjective(Objective):
         depth_w = self._depth_weights(rearrange(batch["depth"].to(dev), "b f c h w -> (b f) c h w"))  # [(B F), 1, h, w]
         w = torch.cat([torch.ones_like(z_rgb), depth_w.expand(-1, c, -1, -1)], dim=1)
         if "mouth" in batch:  # loss.mouth_weight on every latent cell that touches the mouth region
-            mouth = F.max_pool2d(rearrange(batch["mouth"].to(dev), "b f c h w -> (b f) c h w"), self.model.codec.downsample) > 0
+            mouth = self._cells(rearrange(batch["mouth"].to(dev), "b f c h w -> (b f) c h w") > 0)
             w = w * torch.where(mouth, self.cfg.loss.mouth_weight, 1.0)
         return self._weighted_mse(pred, self._target(z0, noise, t), w, c)
 
