@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -120,3 +121,25 @@ def test_a_broken_portrait_fails_its_pairs_only(tmp_path, examples_dir):
 def test_negative_count_is_a_usage_error(tmp_path, examples_dir):
     r = prep(str(examples_dir / "astronaut.jpg"), "-o", str(tmp_path), "--studio-mix", "-1")
     assert r.exit_code == 2 and "--studio-mix" in r.stderr
+
+
+def test_a_mixed_identity_is_drawn_over_the_photo_of_its_skin(mixed):
+    from rgbdface.training.data import ImageStream, LatentSpec, load_depth_map, load_rgb, photos_by_identity, read_samples
+
+    samples = read_samples(mixed[0])
+    photos = photos_by_identity(samples)
+    wild = {s.identity: i for i, s in enumerate(samples) if s.source == "wild"}
+    assert photos["astronaut+biden"] == [wild["biden"]] and photos["biden+astronaut"] == [wild["astronaut"]]
+    assert photos["biden+biden"] == [wild["biden"]] and photos["biden"] == [wild["biden"]]
+    stream = ImageStream(samples, LatentSpec(SIZE, 4, SIZE // 8, 1000), 0, None, photo_background=1.0)
+    seen = 0
+    for n in range(len(stream)):
+        item = stream[n]
+        s = samples[item["index"]]
+        if "+" not in s.identity:
+            continue
+        photo = load_rgb(samples[wild[s.identity.split("+")[1]]].rgb, SIZE)
+        around = load_depth_map(s.depth, SIZE)[0] == 0
+        assert torch.equal(item["rgb"][:, around], photo[:, around])
+        seen += 1
+    assert seen >= 4

@@ -53,7 +53,7 @@ class DataConfig:
     hflip: float = 0.0  # stages 1-2: per-sample probability of mirroring target, depth and reference together
     num_workers: int = 0  # data-loading worker processes per training process
     exclude_identities: list[str] = field(default_factory=list)  # train without these identities (e.g. one held out for evaluation)
-    photo_background: float = 0.0  # probability that a studio sample (and its studio reference) is drawn over its identity's photo
+    photo_background: float = 0.0  # probability that a studio sample (and its studio reference) is drawn over its identity's photo (a mixed identity's: the photo of its skin)
     colour_jitter: float = 0.0  # probability of one random colour transform on a sample's RGB, its reference and motion frames
     colour_hue: float = 0.0  # share of colour transforms that also turn every hue by a random angle (skin may turn blue)
     same_reference: float = 0.0  # stage 1: probability that a sample is its own reference

@@ -207,11 +207,18 @@ def over_photo(rgb: torch.Tensor, depth: torch.Tensor, photo: torch.Tensor) -> t
 
 
 def photos_by_identity(samples: list) -> dict[str, list[int]]:
-    """identity → indices of its photographs (non-studio samples), for data.photo_background."""
+    """identity → indices of its photographs (non-studio samples), for data.photo_background. A mixed
+    identity (prep-depth --studio-mix) has no photo of its own: it takes the photo that gave it its skin."""
     out: dict[str, list[int]] = {}
+    photo_ids: dict[str, int] = {}
     for i, s in enumerate(samples):
         if s.source != "studio":
             out.setdefault(s.identity, []).append(i)
+            photo_ids[s.id] = i
+    for s in samples:
+        texture = (s.view or {}).get("texture")
+        if s.identity not in out and texture in photo_ids:
+            out[s.identity] = [photo_ids[texture]]
     return out
 
 
