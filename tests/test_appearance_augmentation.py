@@ -155,3 +155,54 @@ def test_same_reference_makes_the_target_its_own_reference(clip_dataset):
 
     stage2 = ImageStream(samples, SPEC, 0, None, mask_sampler=MaskSampler(1.0, 0.0, 0.0, 0.0), same_reference=1.0)
     assert all(stage2[n]["ref_index"] != stage2[n]["index"] for n in range(10))  # stage 1 only
+
+
+def test_random_background_is_shared_by_target_and_reference_and_new_per_sample(clip_dataset):
+    samples = read_samples(clip_dataset)
+    on = ImageStream(samples, SPEC, 0, None, random_background=1.0)
+    off = ImageStream(samples, SPEC, 0, None)
+    backgrounds = []
+    for n in range(12):
+        a, b = on[n], off[n]
+        s = samples[a["index"]]
+        if s.source != "studio":
+            assert torch.equal(a["rgb"], b["rgb"])  # a photo keeps its own background
+            continue
+        face = load_depth_map(s.depth, 64)[0] > 0
+        assert torch.equal(a["rgb"][:, face], b["rgb"][:, face]) and a["fresh"]
+        assert not torch.allclose(a["rgb"][:, ~face], b["rgb"][:, ~face], atol=0.05)  # the render's own background is gone
+        r = samples[a["ref_index"]]
+        if r.source == "studio":  # the reference is drawn over the same field
+            both = ~face & ~(load_depth_map(r.depth, 64)[0] > 0)
+            assert torch.equal(a["reference"][:, both], a["rgb"][:, both])
+        backgrounds.append(a["rgb"][:, ~face].mean(1))
+    assert len(backgrounds) > 3
+    assert min((x - y).abs().max() for i, x in enumerate(backgrounds) for y in backgrounds[i + 1:]) > 0.01  # a field per sample
+    photo = load_rgb(next(s for s in samples if s.source != "studio").rgb, 64)
+    both = ImageStream(samples, SPEC, 0, None, photo_background=1.0, random_background=1.0)
+    for n in range(6):
+        a = both[n]
+        s = samples[a["index"]]
+        if s.source == "studio":  # a photo first, a field only for the rest
+            face = load_depth_map(s.depth, 64)[0] > 0
+            assert torch.equal(a["rgb"][:, ~face], photo[:, ~face])
+
+
+def test_random_field_is_smooth_and_in_range():
+    from rgbdface.training.data import random_field
+
+    f = random_field(np.random.default_rng(0), 64)
+    assert f.shape == (3, 64, 64) and f.min() >= -1 and f.max() <= 1
+    assert f.std() > 0.1  # colours, not one grey
+    assert (f[:, 1:] - f[:, :-1]).abs().mean() < 0.1  # neighbours close: a smooth field, not noise
+    assert not torch.equal(f, random_field(np.random.default_rng(1), 64))
+
+
+def test_clip_frames_share_one_random_background(clip_dataset):
+    samples = read_samples(clip_dataset)
+    kw = dict(frames=4, motion_frames=2, audio_features=lambda s: np.zeros((100, 2), np.float32), window=3)
+    a = ClipStream(samples, SPEC, 0, random_background=1.0, **kw)[0]
+    faces = torch.stack([load_depth_map(samples[j].depth, 64)[0] > 0 for j in a["indices"].tolist()]).any(0)
+    bg = a["rgb"][:, :, ~faces]
+    assert torch.equal(bg, bg[:1].expand_as(bg))
+    assert not torch.equal(bg[0], ClipStream(samples, SPEC, 0, **kw)[0]["rgb"][0][:, ~faces])

@@ -54,6 +54,7 @@ class DataConfig:
     num_workers: int = 0  # data-loading worker processes per training process
     exclude_identities: list[str] = field(default_factory=list)  # train without these identities (e.g. one held out for evaluation)
     photo_background: float = 0.0  # probability that a studio sample (and its studio reference) is drawn over its identity's photo (a mixed identity's: the photo of its skin)
+    random_background: float = 0.0  # probability that a studio sample not drawn over a photo is drawn (with its studio reference) over one random colour field
     colour_jitter: float = 0.0  # probability of one random colour transform on a sample's RGB, its reference and motion frames
     colour_hue: float = 0.0  # share of colour transforms that also turn every hue by a random angle (skin may turn blue)
     same_reference: float = 0.0  # stage 1: probability that a sample is its own reference
@@ -340,6 +341,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
          f"precision.mixed_precision must be auto, no, fp16 or bf16, got {cfg.precision.mixed_precision!r}"),
         (0 <= cfg.data.hflip <= 1, f"data.hflip must be in [0, 1], got {cfg.data.hflip}"),
         (0 <= cfg.data.photo_background <= 1, f"data.photo_background must be in [0, 1], got {cfg.data.photo_background}"),
+        (0 <= cfg.data.random_background <= 1, f"data.random_background must be in [0, 1], got {cfg.data.random_background}"),
         (0 <= cfg.data.colour_jitter <= 1, f"data.colour_jitter must be in [0, 1], got {cfg.data.colour_jitter}"),
         (0 <= cfg.data.colour_hue <= 1, f"data.colour_hue must be in [0, 1], got {cfg.data.colour_hue}"),
         (0 <= cfg.data.same_reference <= 1, f"data.same_reference must be in [0, 1], got {cfg.data.same_reference}"),

@@ -29,7 +29,7 @@ from rgbdface.utils import InputError
 log = logging.getLogger("rgbdface.training")
 
 # Salts keep the independent draws for one sample apart.
-SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR, SALT_SAME = range(11)
+SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR, SALT_SAME, SALT_FIELD = range(12)
 
 
 def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:
@@ -201,9 +201,19 @@ def apply_colour(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 def over_photo(rgb: torch.Tensor, depth: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    """A studio render [3, S, S] drawn over a photo [3, S, S]: the render where it has depth (the rendered
-    face), the photo elsewhere, so that the background of a render is the identity's own."""
+    """A studio render [3, S, S] drawn over a background [3, S, S] (a photo or a random field): the render
+    where it has depth (the rendered face), the background elsewhere."""
     return torch.where(depth > 0, rgb, photo)
+
+
+def random_field(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """A random background [3, S, S] in [-1, 1]: smooth random colours (a 2-5 cell grid, bicubic) with
+    finer random detail (8-16 cells) of random strength, so that no two samples share a background."""
+    def grid(k: int, scale: float) -> torch.Tensor:
+        cells = torch.from_numpy(rng.uniform(-1, 1, (1, 3, k, k)).astype(np.float32)) * scale
+        return F.interpolate(cells, size=(size, size), mode="bicubic", align_corners=False)[0]
+
+    return (grid(int(rng.integers(2, 6)), 1.0) + grid(int(rng.integers(8, 17)), float(rng.uniform(0, 0.4)))).clamp(-1, 1)
 
 
 def photos_by_identity(samples: list) -> dict[str, list[int]]:
@@ -239,15 +249,21 @@ def noise_and_timestep(seed: int, n: int, shape: tuple[int, ...], T: int) -> tup
     return torch.randn(shape, generator=g), t
 
 
-def photo_for(stream, n: int, s) -> torch.Tensor | None:
-    """Stream helper: the photo of `s`'s identity that studio sample n is drawn over (data.photo_background), or None."""
+def background_for(stream, n: int, s) -> torch.Tensor | None:
+    """Stream helper: the background studio sample n is drawn over, or None: a photo of `s`'s identity
+    (data.photo_background), else a random field (data.random_background)."""
+    if s.source != "studio":
+        return None
     photos = stream.photos.get(s.identity)
-    if stream.photo_background <= 0 or s.source != "studio" or not photos:
-        return None
-    rng = rng_for(stream.seed, SALT_PHOTO, n)
-    if rng.random() >= stream.photo_background:
-        return None
-    return load_rgb(stream.samples[photos[int(rng.integers(len(photos)))]].rgb, stream.spec.image_size)
+    if stream.photo_background > 0 and photos:
+        rng = rng_for(stream.seed, SALT_PHOTO, n)
+        if rng.random() < stream.photo_background:
+            return load_rgb(stream.samples[photos[int(rng.integers(len(photos)))]].rgb, stream.spec.image_size)
+    if stream.random_background > 0:
+        rng = rng_for(stream.seed, SALT_FIELD, n)
+        if rng.random() < stream.random_background:
+            return random_field(rng, stream.spec.image_size)
+    return None
 
 
 def colour_for(stream, n: int) -> torch.Tensor | None:
@@ -272,9 +288,11 @@ class ImageStream(torch.utils.data.Dataset):
     takes its own image as the reference, as depth estimation does at inference: the
     reference then tells nothing the kept RGB does not.
 
-    Appearance (both off by default): with probability `photo_background` a studio target is drawn
+    Appearance (all off by default): with probability `photo_background` a studio target is drawn
     over a photo of its identity, and so is its reference when that is a studio render too, so the
-    background is the reference's to copy; with probability `colour_jitter` one random colour
+    background is the reference's to copy; a studio target not drawn over a photo is drawn, with
+    its studio reference, over one random field (`random_field`) with probability `random_background`,
+    so that the background cannot be remembered, only copied; with probability `colour_jitter` one random colour
     transform (random_colour_matrix; with probability `colour_hue` its hues turned as well) changes the
     target and its reference alike, so the colours are the reference's to copy. Such samples are encoded afresh (`fresh`), never cached. With
     probability `same_reference` (stage 1) the target is its own reference: copying it is then
@@ -284,11 +302,12 @@ class ImageStream(torch.utils.data.Dataset):
     def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
                  single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None, hflip: float = 0.0,
                  self_reference: float = 0.0, photo_background: float = 0.0, colour_jitter: float = 0.0,
-                 same_reference: float = 0.0, colour_hue: float = 0.0):
+                 same_reference: float = 0.0, colour_hue: float = 0.0, random_background: float = 0.0):
         self.samples, self.spec, self.seed, self.hflip = samples, spec, seed, hflip
         self.colour_hue = colour_hue
         self.same_reference = same_reference
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
+        self.random_background = random_background
         self.photos = photos_by_identity(samples)
         self.self_reference = self_reference
         self.cached: dict | None = None  # the objective's latent cache, when it runs in this process (see _held)
@@ -317,9 +336,9 @@ class ImageStream(torch.utils.data.Dataset):
     def __len__(self) -> int:  # one epoch
         return len(self.pool)
 
-    def photo_for(self, n: int, s) -> torch.Tensor | None:
-        """The photo [3, S, S] that studio sample n (row `s`) is drawn over, or None."""
-        return photo_for(self, n, s)
+    def background_for(self, n: int, s) -> torch.Tensor | None:
+        """The background [3, S, S] that studio sample n (row `s`) is drawn over, or None."""
+        return background_for(self, n, s)
 
     def colour_for(self, n: int) -> torch.Tensor | None:
         """The colour matrix of sample n, or None."""
@@ -343,7 +362,7 @@ class ImageStream(torch.utils.data.Dataset):
         j, mirrored = self.reference_of(n, i)
         s = self.samples[i]
         flip = self.hflip > 0 and bool(rng_for(self.seed, SALT_FLIP, n).random() < self.hflip)
-        photo = self.photo_for(n, s)
+        photo = self.background_for(n, s)
         colour = self.colour_for(n)
         fresh = photo is not None or colour is not None  # augmented RGB: its latents are not cached
         masks = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size) if self.mask_sampler is not None else None
@@ -430,7 +449,7 @@ class ClipStream(torch.utils.data.Dataset):
     probability `first_clip_prob` they are the reference repeated instead, as for the first
     clip at inference. The reference is a frame of the same identity outside the window
     when there is one. Audio features are per frame [T, A] of the clip, windowed by k.
-    `photo_background` and `colour_jitter` act as in ImageStream, alike on every frame of the clip,
+    `photo_background`, `random_background` and `colour_jitter` act as in ImageStream, alike on every frame of the clip,
     its motion frames and its reference. With `mouth`, each target frame also carries its mouth
     region (`mouth_region`, for `loss.mouth_weight`). `noise`: "frame" draws each frame's noise on its own,
     "video" gives every frame of the clip the first frame's (as talk starts a video).
@@ -439,11 +458,12 @@ class ClipStream(torch.utils.data.Dataset):
     def __init__(self, samples: list, spec: LatentSpec, seed: int, frames: int, motion_frames: int,
                  audio_features, window: int = 5, first_clip_prob: float = 0.0, reference_dropout: float = 0.0,
                  photo_background: float = 0.0, colour_jitter: float = 0.0, colour_hue: float = 0.0, mouth: bool = False,
-                 noise: str = "frame"):
+                 noise: str = "frame", random_background: float = 0.0):
         self.samples, self.spec, self.seed = samples, spec, seed
         self.shared_noise = noise == "video"
         self.colour_hue, self.mouth = colour_hue, mouth
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
+        self.random_background = random_background
         self.photos = photos_by_identity(samples)
         self.frames, self.motion_frames, self.window = frames, motion_frames, window
         self.first_clip_prob, self.reference_dropout = first_clip_prob, reference_dropout
@@ -473,7 +493,7 @@ class ClipStream(torch.utils.data.Dataset):
         window = set(run.indices[start - M:start + F_])
         others = [j for j in self.by_id[run.identity] if j not in window] or [j for j in run.indices if j not in target]
         ref_i = others[int(rng.integers(len(others)))]
-        photo = photo_for(self, n, self.samples[target[0]])
+        photo = background_for(self, n, self.samples[target[0]])
         colour = colour_for(self, n)
 
         def frame(j: int) -> torch.Tensor:
