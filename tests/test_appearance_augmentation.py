@@ -1,5 +1,6 @@
-"""data.photo_background and data.colour_jitter: studio renders over their identity's photo, and one colour
-transform on a target, its reference and its motion frames alike (real prep-depth data of an example portrait)."""
+"""What the training streams draw: studio renders over their identity's photo or a random field, one colour
+transform on a target, its reference and its motion frames alike, and stage 2's image → depth samples at the
+last timestep (real prep-depth data of an example portrait)."""
 
 import numpy as np
 import pytest
@@ -206,3 +207,23 @@ def test_clip_frames_share_one_random_background(clip_dataset):
     bg = a["rgb"][:, :, ~faces]
     assert torch.equal(bg, bg[:1].expand_as(bg))
     assert not torch.equal(bg[0], ClipStream(samples, SPEC, 0, **kw)[0]["rgb"][0][:, ~faces])
+
+
+def test_final_step_trains_image_to_depth_at_the_last_timestep(clip_dataset):
+    from rgbdface.training.masks import MaskSampler
+
+    samples = read_samples(clip_dataset)
+    masks = MaskSampler(0.3, 0.4, 0.3, 0.0)
+    plain = ImageStream(samples, SPEC, 0, None, mask_sampler=masks)
+    final = ImageStream(samples, SPEC, 0, None, mask_sampler=masks, final_step=0.5)
+    moved = kept = 0
+    for n in range(40):
+        a, b = final[n], plain[n]
+        i2d = not a["m_rgb"].any() and bool(a["m_depth"].all())
+        if not i2d or a["timestep"] == b["timestep"]:
+            assert int(a["timestep"]) == int(b["timestep"])  # other masks keep their uniform timestep
+            kept += i2d
+            continue
+        assert int(a["timestep"]) == SPEC.num_train_timesteps - 1 and torch.equal(a["noise"], b["noise"])
+        moved += 1
+    assert moved >= 4 and kept >= 4

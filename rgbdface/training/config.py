@@ -92,6 +92,7 @@ class MaskConfig:
     known_latents: str = "noised"
     own_reference: bool = False  # fine-tune a copy of the ReferenceNet too (else it stays frozen and shared)
     self_reference: float = 0.0  # image -> depth samples: probability that the reference is the sample's own image
+    final_step: float = 0.0  # image -> depth samples: probability of training at t = T - 1 (where one-step estimation starts)
 
 
 @dataclass
@@ -359,6 +360,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
             (all(p >= 0 for p in ps) and sum(ps) > 0, "masks.p_* must be >= 0 and not all 0"),
             (m.known_weight >= 0, "masks.known_weight must be >= 0"),
             (0 <= m.self_reference <= 1, f"masks.self_reference must be in [0, 1], got {m.self_reference}"),
+            (0 <= m.final_step <= 1, f"masks.final_step must be in [0, 1], got {m.final_step}"),
             (m.known_latents in ("noised", "clean"), "masks.known_latents must be 'noised' or 'clean'"),
             (0 < m.box_min <= m.box_max <= 1, f"masks.box_min/box_max must satisfy 0 < min <= max <= 1, got {m.box_min}/{m.box_max}"),
         ]

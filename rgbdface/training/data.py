@@ -29,7 +29,7 @@ from rgbdface.utils import InputError
 log = logging.getLogger("rgbdface.training")
 
 # Salts keep the independent draws for one sample apart.
-SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR, SALT_SAME, SALT_FIELD = range(12)
+SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SALT_SELF, SALT_PHOTO, SALT_COLOUR, SALT_SAME, SALT_FIELD, SALT_FINAL = range(13)
 
 
 def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:
@@ -296,18 +296,22 @@ class ImageStream(torch.utils.data.Dataset):
     transform (random_colour_matrix; with probability `colour_hue` its hues turned as well) changes the
     target and its reference alike, so the colours are the reference's to copy. Such samples are encoded afresh (`fresh`), never cached. With
     probability `same_reference` (stage 1) the target is its own reference: copying it is then
-    the whole task, which teaches the ReferenceNet path to carry appearance at all.
+    the whole task, which teaches the ReferenceNet path to carry appearance at all. With probability
+    `final_step` (stage 2) an image → depth sample is trained at the last timestep, T - 1, where
+    estimation in one step starts from pure noise, instead of at a uniform random one.
     """
 
     def __init__(self, samples: list, spec: LatentSpec, seed: int, studio_fraction: float | None,
                  single_sample: str = "skip", reference_dropout: float = 0.0, mask_sampler=None, hflip: float = 0.0,
                  self_reference: float = 0.0, photo_background: float = 0.0, colour_jitter: float = 0.0,
-                 same_reference: float = 0.0, colour_hue: float = 0.0, random_background: float = 0.0):
+                 same_reference: float = 0.0, colour_hue: float = 0.0, random_background: float = 0.0,
+                 final_step: float = 0.0):
         self.samples, self.spec, self.seed, self.hflip = samples, spec, seed, hflip
         self.colour_hue = colour_hue
         self.same_reference = same_reference
         self.photo_background, self.colour_jitter = photo_background, colour_jitter
         self.random_background = random_background
+        self.final_step = final_step
         self.photos = photos_by_identity(samples)
         self.self_reference = self_reference
         self.cached: dict | None = None  # the objective's latent cache, when it runs in this process (see _held)
@@ -402,6 +406,9 @@ class ImageStream(torch.utils.data.Dataset):
         keep = bool(rng_for(self.seed, SALT_KEEP, n).random() >= self.reference_dropout)
         noise, t = noise_and_timestep(self.seed, n, (2 * spec.latent_channels, spec.latent_size, spec.latent_size),
                                       spec.num_train_timesteps)
+        if (masks is not None and self.final_step > 0 and not masks[0].any() and masks[1].all()
+                and rng_for(self.seed, SALT_FINAL, n).random() < self.final_step):
+            t = torch.tensor(spec.num_train_timesteps - 1)  # image → depth at the step one-step estimation takes
         item = {
             "n": n, "index": i, "ref_index": j, "mirrored": mirrored, "flipped": flip,
             "rgb": rgb,  # [3, S, S] in [-1, 1]

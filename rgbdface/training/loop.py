@@ -222,7 +222,8 @@ def make_stream(samples: list, cfg: RunConfig, spec, audio_features=None):
         return ImageStream(samples, spec, cfg.seed, cfg.data.studio_fraction, cfg.data.single_sample,
                            cfg.loss.reference_dropout, MaskSampler.from_config(cfg.masks) if cfg.stage == 2 else None, cfg.data.hflip,
                            cfg.masks.self_reference if cfg.stage == 2 else 0.0, cfg.data.photo_background, cfg.data.colour_jitter,
-                           cfg.data.same_reference, cfg.data.colour_hue, cfg.data.random_background)
+                           cfg.data.same_reference, cfg.data.colour_hue, cfg.data.random_background,
+                           cfg.masks.final_step if cfg.stage == 2 else 0.0)
     mo = cfg.motion
     return ClipStream(samples, spec, cfg.seed, mo.frames, mo.motion_frames, audio_features, mo.audio_window,
                       mo.first_clip_prob, cfg.loss.reference_dropout, cfg.data.photo_background, cfg.data.colour_jitter,
