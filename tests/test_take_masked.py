@@ -73,3 +73,14 @@ def test_take_masked_refuses_another_codec_or_schedule():
         other.take_masked(depth)
     with pytest.raises(InputError, match="stage 2"):
         build_tiny(32, seed=0).take_masked(build_tiny(32, seed=0))
+
+
+def test_take_masked_from_or_into_a_copy_saved_in_float16(tmp_path):
+    depth = _stage2(seed=10)
+    half = RGBDFaceModel.from_pretrained(build_tiny(32, seed=0).save_pretrained(tmp_path / "half", half=True))
+    half.take_masked(depth)  # a float16 copy of the same codec is the same codec
+    assert torch.allclose(_masked_output(half), _masked_output(depth), atol=1e-5)
+    depth_half = RGBDFaceModel.from_pretrained(depth.save_pretrained(tmp_path / "depth_half", half=True))
+    build_tiny(32, seed=0).take_masked(depth_half)
+    with pytest.raises(InputError, match="codec"):
+        build_tiny(32, seed=1).take_masked(depth_half)

@@ -159,7 +159,8 @@ class RGBDFaceModel(nn.Module):
         if other.masked is None:
             raise InputError("taking the masked denoiser: the other model has no masked denoiser loaded")
         mine, theirs = self.codec.vae.state_dict(), other.codec.vae.state_dict()
-        same_codec = mine.keys() == theirs.keys() and all(torch.equal(mine[k].float().cpu(), theirs[k].float().cpu()) for k in mine)
+        # compared at float16, so that a copy saved in float16 (save_pretrained(half=True)) is the same codec
+        same_codec = mine.keys() == theirs.keys() and all(torch.equal(mine[k].cpu().half(), theirs[k].cpu().half()) for k in mine)
         for ok, what in ((same_codec, "latent codec (vae/)"), (self.scheduler_config == other.scheduler_config, "noise schedule"),
                          ((self.meta.image_size, self.meta.latent_channels) == (other.meta.image_size, other.meta.latent_channels),
                           "image size or latent channels")):
