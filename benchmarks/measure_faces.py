@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--train-data", default=None, type=Path)
     ap.add_argument("--keep", default=None, type=Path, help="keep the generated files here")
     ap.add_argument("--noise", default="video", choices=["video", "frame"], help="talk's initial noise (talk --noise)")
+    ap.add_argument("--strength", default="1", help="talk --strength")
+    ap.add_argument("--talk-only", action="store_true", help="talk and the re-created clip only (no generate, no depth)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     model = ["--model", a.model] if a.model else []
@@ -111,7 +113,7 @@ def main() -> None:
     wav = speech(tmp, a.speech)
     obama = ROOT / "examples" / "obama.jpg"
     made(tmp / "talk_rgb", "talk", obama, wav, "-o", tmp / "talk.mp4", "--max-seconds", "4", "--rgb-frames", tmp / "talk_rgb",
-         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "-q", *model)
+         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "--strength", a.strength, "-q", *model)
     t = score(tmp / "talk_rgb", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / "talk_depth")
     rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}"), ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
              ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}"), ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}"),
@@ -125,7 +127,7 @@ def main() -> None:
     first = tmp / "clip_first_frame.png"  # upscaled: the detector needs a face of 32 px or more
     save_image(first, resize(load_image(sorted(clip.glob("rgb_*"))[0]), 256, "cubic"))
     made(tmp / "rec_rgb", "talk", first, clip / "audio.wav", "-o", tmp / "rec.mp4", "--rgb-frames", tmp / "rec_rgb", "--depth-frames",
-         tmp / "rec_depth", "--noise", a.noise, "-q", *model)
+         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, "-q", *model)
     r = score(tmp / "rec_rgb", "-r", first, "--audio", clip / "audio.wav", "--depth-frames", tmp / "rec_depth", "--gt", clip)
     truth = clip_ceiling(clip)
     unit = json.loads((a.heldout / "dataset.json").read_text()).get("depth_unit_mm", 0.1)
@@ -133,43 +135,45 @@ def main() -> None:
              ("reconstruction: depth RMSE (mm)", f"{r['depth_rmse'] * unit:.1f}"),
              ("reconstruction: mouth-audio r (the rendered clip itself: %.2f)" % truth["mouth_audio_r"], f"{r['mouth_audio_r']:.2f}")]
 
-    # 3. generate from three references; sensitivity colour vs black-and-white at the same seed
-    refs = references(tmp)
-    gen = {}
-    for g in ("1", "3"):
-        for name, ref in refs.items():
-            if g == "3" and name == "cold":
-                continue
-            out = tmp / f"gen_g{g}_{name}"
-            made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "-q", *model)
-            gen[g, name] = out
-    s = {name: score(gen["1", name], "-r", refs[name]) for name in refs}
-    sens1 = score(gen["1", "colour"], "-r", refs["colour"], "--against", gen["1", "bw"], "--no-detect")
-    sens3 = score(gen["3", "colour"], "-r", refs["colour"], "--against", gen["3", "bw"], "--no-detect")
-    found = np.mean([s[n]["face_found"] for n in s])
-    de = np.mean([s[n]["colour_de"] for n in s])
-    rows += [("generate: face found, 12 samples (goal >= 0.9)", f"{found:.2f}"), ("generate: colour dE (goal <= 8)", f"{de:.1f}"),
-             ("generate: chroma of b/w samples (reference: %.1f)" % s["bw"]["reference_chroma"], f"{s['bw']['chroma']:.1f}"),
-             ("generate: chroma of colour samples (reference: %.1f)" % s["colour"]["reference_chroma"], f"{s['colour']['chroma']:.1f}"),
-             ("generate: reference sensitivity colour vs b/w, 0..255", f"{sens1['reference_sensitivity']:.1f}"),
-             ("generate: the same at --guidance 3", f"{sens3['reference_sensitivity']:.1f}")]
+    if not a.talk_only:
+        # 3. generate from three references; sensitivity colour vs black-and-white at the same seed
+        refs = references(tmp)
+        gen = {}
+        for g in ("1", "3"):
+            for name, ref in refs.items():
+                if g == "3" and name == "cold":
+                    continue
+                out = tmp / f"gen_g{g}_{name}"
+                made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "-q", *model)
+                gen[g, name] = out
+        s = {name: score(gen["1", name], "-r", refs[name]) for name in refs}
+        sens1 = score(gen["1", "colour"], "-r", refs["colour"], "--against", gen["1", "bw"], "--no-detect")
+        sens3 = score(gen["3", "colour"], "-r", refs["colour"], "--against", gen["3", "bw"], "--no-detect")
+        found = np.mean([s[n]["face_found"] for n in s])
+        de = np.mean([s[n]["colour_de"] for n in s])
+        rows += [("generate: face found, 12 samples (goal >= 0.9)", f"{found:.2f}"), ("generate: colour dE (goal <= 8)", f"{de:.1f}"),
+                 ("generate: chroma of b/w samples (reference: %.1f)" % s["bw"]["reference_chroma"], f"{s['bw']['chroma']:.1f}"),
+                 ("generate: chroma of colour samples (reference: %.1f)" % s["colour"]["reference_chroma"], f"{s['colour']['chroma']:.1f}"),
+                 ("generate: reference sensitivity colour vs b/w, 0..255", f"{sens1['reference_sensitivity']:.1f}"),
+                 ("generate: the same at --guidance 3", f"{sens3['reference_sensitivity']:.1f}")]
 
-    # 4. depth on the held-out identity: studio renders (exact) and the photo's mesh-fit depth
-    for source in ("studio", "wild"):
-        methods = ["--method", f"model:{a.model}" if a.model else "model", "--method", "plane"]
-        if a.train_data:
-            methods += ["--method", f"mean-face:{a.train_data}"]
-        e = json.loads(rgbdface("eval", "--data", a.heldout, "--source", source, *methods, "--units", "mm", "--format", "json", "-q",
-                                capture=True))
-        for label, rep in e.items():
-            what = f"depth ({source}, {rep['n_images']} images)"
-            rows += [(f"{what}: RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse']:.1f}"),
-                     (f"{what}: nearest-point offset of {label.split(':')[0]} (% of width)", f"{rep['nearest_offset']:.1f}")]
+        # 4. depth on the held-out identity: studio renders (exact) and the photo's mesh-fit depth
+        for source in ("studio", "wild"):
+            methods = ["--method", f"model:{a.model}" if a.model else "model", "--method", "plane"]
+            if a.train_data:
+                methods += ["--method", f"mean-face:{a.train_data}"]
+            e = json.loads(rgbdface("eval", "--data", a.heldout, "--source", source, *methods, "--units", "mm", "--format", "json", "-q",
+                                    capture=True))
+            for label, rep in e.items():
+                what = f"depth ({source}, {rep['n_images']} images)"
+                rows += [(f"{what}: RMSE of {label.split(':')[0]} (mm)", f"{rep['rmse']:.1f}"),
+                         (f"{what}: nearest-point offset of {label.split(':')[0]} (% of width)", f"{rep['nearest_offset']:.1f}")]
 
     lines = [f"# Faces of model `{a.label}` on a held-out identity (obama.jpg)", "",
              f"`python benchmarks/measure_faces.py --heldout WORK/heldout --label {a.label}"
              + (f" --model {a.model}" if a.model else "") + (" --train-data WORK/data" if a.train_data else "")
-             + (f" --noise {a.noise}" if a.noise != "video" else "") + "`", "",
+             + (f" --noise {a.noise}" if a.noise != "video" else "") + (f" --strength {a.strength}" if float(a.strength) != 1 else "")
+             + (" --talk-only" if a.talk_only else "") + "`", "",
              "| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -243,3 +243,43 @@ def test_one_noise_for_the_video_leaves_only_the_model_to_change_frames(astronau
     assert np.abs(np.diff(fresh.astype(int), axis=0)).mean() > 1
     with pytest.raises(ValueError, match="noise"):
         next(talk_frames(m, astronaut, wave, steps=2, noise="clip"))
+
+
+def test_strength_starts_every_clip_from_the_reference_and_its_depth(astronaut):
+    """strength < 1 (bundled model, stages 2 and 3): clips start from the reference's own latents noised to a
+    late step and take only the remaining steps, so the frames keep the reference far more than from pure noise;
+    strength 1 is the unchanged default."""
+    from rgbdface.data.face import crop_face
+    from rgbdface.metrics.generated import psnr
+    from rgbdface.models.model import load_model
+    from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
+
+    m = load_model()
+    S = m.meta.image_size
+    ref = crop_face(astronaut, size=256, margin=m.meta.crop_margin).image
+    wave = speech_like(0.2)  # 5 frames, one clip
+    small = tensor_to_images(image_to_tensor(ref, S))[0]
+    with torch.no_grad():
+        round_trip = tensor_to_images(m.codec.decode_rgb(m.codec.encode_rgb(image_to_tensor(ref, S))))[0]
+
+    def frames(steps=4, **kw):
+        return np.stack([f.rgb for f in talk_frames(m, ref, wave, steps=steps, **kw)])
+
+    default, full = frames(), frames(strength=1.0)
+    assert np.array_equal(default, full)
+    late = frames(steps=20, strength=0.05)  # one step, from the reference noised to the last step's level (t = 49)
+    close = np.mean([psnr(f, small) for f in late])
+    assert close > np.mean([psnr(f, small) for f in full]) + 3
+    assert close > psnr(round_trip, small) - 3  # near what the codec itself keeps of the reference
+    for bad in (0.0, 1.5, 0.1):  # 0.1 of 4 steps leaves none
+        with pytest.raises(ValueError, match="strength"):
+            next(talk_frames(m, ref, wave, steps=4, strength=bad))
+    with pytest.raises(InputError, match="stage 2"):
+        next(talk_frames(tiny_motion_model(), astronaut, wave, steps=2, strength=0.5))  # no depth model for the start
+
+
+def test_bad_strength_is_a_one_line_usage_error(model_dir, portrait_path, speech, tmp_path):
+    r = runner.invoke(app, ["talk", str(portrait_path), str(speech), "-o", str(tmp_path / "t.mp4"), "--model", str(model_dir),
+                            "--strength", "0", "--steps", "4"])
+    assert r.exit_code == 2 and r.stderr.strip().startswith("rgbdface: error: --strength 0.0") and len(r.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -11,8 +11,9 @@ DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16":
 
 
 def load_for_command(model: Path | None, device: str = "auto", dtype: str = "auto", quiet: bool = False,
-                     stage: int | None = None):
-    """Load `model` (or the bundled default) onto the chosen device, only the weights of `stage`'s task.
+                     stage: int | set[int] | None = None):
+    """Load `model` (or the bundled default) onto the chosen device, only the weights of `stage`'s task
+    (a set: of those stages' tasks).
 
     dtype 'auto': float16 weights on CUDA (half the memory and no autocast re-casts), float32 elsewhere.
     """
@@ -33,7 +34,7 @@ def load_for_command(model: Path | None, device: str = "auto", dtype: str = "aut
     torch_dtype = getattr(torch, DTYPES[dtype])
     if dev == "cpu" and torch_dtype == torch.float16:
         raise InputError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-    m = load_model(model, device=dev, dtype=torch_dtype, stages=None if stage is None else {stage})
+    m = load_model(model, device=dev, dtype=torch_dtype, stages=None if stage is None else {stage} if isinstance(stage, int) else set(stage))
     if dev.startswith("cuda"):  # the VAE codes as many images at once as the free memory takes (VAE slicing)
         from rgbdface.pipelines.memory import batch_size_for
 

@@ -48,6 +48,7 @@ def talk_command(
     guidance: GuidanceOpt = 1.0,
     scheduler: SchedulerOpt = "ddim",
     noise: Annotated[str, typer.Option("--noise", help="Initial noise: 'video' (one noise for every frame: frames change only with the speech) or 'frame' (fresh noise per frame, as stage 3 trains by default; the frames flicker).")] = "video",
+    strength: Annotated[float, typer.Option("--strength", help="1 = start from pure noise (the paper). Below 1: start every clip from the reference itself and its estimated depth, noised to the level of the last STRENGTH share of the --steps, and take only those steps; lower keeps more of the reference (its look and background) and leaves the speech less to change.")] = 1.0,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -74,6 +75,8 @@ def talk_command(
     # bad option even before the model's libraries are imported.
     if noise not in ("video", "frame"):
         raise fail(f"--noise {noise!r}: expected 'video' or 'frame'", 2)
+    if not 0 < strength <= 1 or round(strength * steps) < 1:
+        raise fail(f"--strength {strength}: expected a share in (0, 1] that leaves at least one of the {steps} steps", 2)
     check_outputs(output, depth_video, rgb_frames, depth_frames, mesh_frames, inputs=(reference, audio))
     check_input_file(reference, "image file")
     check_input_file(audio)
@@ -85,7 +88,7 @@ def talk_command(
 
     wave = load_audio(audio, max_seconds=max_seconds)
     crop = crop_face(load_image(reference), size=CROP_SIZE, margin=model_crop_margin(model), name=str(reference))  # the model's framing
-    m = load_for_command(model, device, dtype, quiet, stage=3)
+    m = load_for_command(model, device, dtype, quiet, stage=3 if strength == 1 else {2, 3})
     m.require_stage(3, "talk")
     encoder = m.motion.audio_encoder(wav2vec, device=m.device)
 
@@ -98,7 +101,7 @@ def talk_command(
     log(f"{audio}: {wave.size / SAMPLE_RATE:.2f} s of audio; frames of {size * (2 if side_by_side else 1)}x{size} px (the model's size)", quiet)
     result = talk(m, crop.image, audio, wave, output, depth_video=depth_video, side_by_side=side_by_side,
                   rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames, steps=steps, guidance=guidance,
-                  scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress, noise=noise)
+                  scheduler=scheduler, seed=seed, audio_encoder=encoder, on_clip=progress, noise=noise, strength=strength)
     report().wrote(*result.outputs)
     report().add(frames=result.frames, clips=result.clips, audio_seconds=round(result.seconds, 3),
                  generate_seconds=round(result.elapsed, 3))

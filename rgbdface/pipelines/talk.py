@@ -70,7 +70,7 @@ class TalkResult:
 NOISE_MODES = ("video", "frame")
 
 
-def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: float, noise: str = "video") -> None:
+def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: float, noise: str = "video", strength: float = 1.0) -> None:
     if not isinstance(reference, np.ndarray) or reference.dtype != np.uint8 or reference.ndim != 3 or reference.shape[2] != 3:
         raise ValueError("reference must be a uint8 RGB array [H, W, 3]")
     if not isinstance(wave, np.ndarray) or wave.ndim != 1 or wave.size == 0:
@@ -81,6 +81,8 @@ def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: 
         raise ValueError(f"guidance must be >= 1 (1 = off), got {guidance}")
     if noise not in NOISE_MODES:
         raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
+    if not 0 < strength <= 1 or round(strength * steps) < 1:
+        raise ValueError(f"strength must be in (0, 1] and leave at least one of the {steps} steps, got {strength}")
 
 
 @torch.no_grad()
@@ -92,8 +94,13 @@ def denoise_clip(
     steps: int = 25,
     guidance: float = 1.0,
     scheduler: str = "ddim",
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
-    """Denoise one clip; the reference must already be set (`model.motion.set_reference`). → [1, F, 2C, h, w]."""
+    """Denoise one clip; the reference must already be set (`model.motion.set_reference`). → [1, F, 2C, h, w].
+
+    strength < 1: the clip starts from `start` ([1, 1 or F, 2C, h, w] latents) noised to the level of the
+    last `round(strength × steps)` of the steps, and takes only those (1 = from pure noise)."""
     den = model.motion
     context = model.context.to(noise.dtype)
     sched = model.sampling_scheduler(scheduler)  # fresh per clip: multistep schedulers keep state
@@ -103,9 +110,14 @@ def denoise_clip(
 
     # 2. Denoising loop (joint denoiser + audio and temporal attention); CFG on the reference
     sched.set_timesteps(steps, device=noise.device)
-    latents = noise * sched.init_noise_sigma
+    timesteps = sched.timesteps
+    if strength < 1:
+        timesteps = timesteps[steps - round(strength * steps):]
+        latents = sched.add_noise(start.expand_as(noise), noise, timesteps[:1])
+    else:
+        latents = noise * sched.init_noise_sigma
     keep = torch.tensor([False, True]) if guidance != 1.0 else None  # on the CPU: the bank moves it once
-    for t in sched.timesteps:
+    for t in timesteps:
         x = sched.scale_model_input(latents, t)
         audio = windows
         if exists(keep):  # [unconditional | conditional]: same audio and motion, reference dropped in the first
@@ -130,6 +142,7 @@ def talk_frames(
     on_clip: Callable[[ClipProgress], None] | None = None,
     noise: str = "video",
     decode_batch: int | None = None,
+    strength: float = 1.0,
 ) -> Iterator[TalkFrame]:
     """Frames of the person in `reference` (a face crop, uint8 RGB, framed with `model.meta.crop_margin`)
     speaking `wave` (float32 [T], 16 kHz mono).
@@ -140,14 +153,20 @@ def talk_frames(
     what the audio, the motion frames and temporal attention make of them (no frame-to-frame
     flicker from the noise), as stage 3 trains with `motion.noise=video`; "frame" draws fresh noise
     for every frame, as stage 3 trains by default.
+    `strength` < 1 starts every clip not from pure noise but from the reference's own RGB latent and the
+    latent of its estimated depth (stage 2, the model's default steps), noised to the level of step
+    `round((1 - strength) × steps)`, and takes the remaining steps (as image-to-image sampling does); 1 =
+    from pure noise, as the paper samples.
     `decode_batch`: frames the VAE decodes at once (None: as many as the free memory takes).
     Memory does not grow with the audio's length but for its per-frame features on the host
     ([N, A]; 0.5 MB per minute for mel, 60 MB for wav2vec2-base): windows, latents and frames
     exist for one clip at a time.
     """
     # 1. Check inputs
-    check_inputs(reference, wave, steps, guidance, noise)
+    check_inputs(reference, wave, steps, guidance, noise, strength)
     model.require_stage(3, "talk")
+    if strength < 1:
+        model.require_stage(2, "talk --strength below 1 (the reference's depth)")
     den, cfg = model.motion, model.motion.config
     device, dtype = model.device, model.dtype
     generator = torch.Generator().manual_seed(seed)
@@ -172,6 +191,7 @@ def talk_frames(
             z_ref = model.codec.encode_rgb(ref)  # [1, C, s, s]
             den.set_reference(z_ref, model.context.to(dtype))
             motion = repeat(z_ref, "b c h w -> b n c h w", n=cfg.motion_frames)  # [1, n, C, s, s]: first clip
+            start = reference_start(model, reference, z_ref) if strength < 1 else None  # [1, 1, 2C, s, s]
 
             for clip in range(clips):
                 # 4. One clip: its audio windows (clamped past the end), fresh noise, denoise
@@ -181,10 +201,10 @@ def talk_frames(
                 if noise == "video":  # one noise for every frame of every clip
                     if one_noise is None:
                         one_noise = torch.randn((1, 1, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
-                    start = one_noise.expand(1, cfg.frames, -1, -1, -1)
+                    clip_noise = one_noise.expand(1, cfg.frames, -1, -1, -1)
                 else:
-                    start = torch.randn((1, cfg.frames, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
-                latents = denoise_clip(model, clip_windows, motion, start, steps, guidance, scheduler)  # [1, F, 2C, s, s]
+                    clip_noise = torch.randn((1, cfg.frames, 2 * c, *z_ref.shape[-2:]), generator=generator).to(device, dtype)
+                latents = denoise_clip(model, clip_windows, motion, clip_noise, steps, guidance, scheduler, start, strength)  # [1, F, 2C, s, s]
                 motion = latents[:, cfg.frames - cfg.motion_frames:, :c]  # [1, n, C, s, s]: last generated frames
 
                 # 5. Decode (VAE), `decode_batch` frames at a time, and hand them out
@@ -209,6 +229,18 @@ def talk_frames(
         den.clear()
 
 
+def reference_start(model: RGBDFaceModel, reference: np.ndarray, z_ref: torch.Tensor) -> torch.Tensor:
+    """The latents a clip starts from at strength < 1: the reference's RGB latent `z_ref` [1, C, s, s] and the
+    latent of its depth as stage 2 estimates it over the whole crop. → [1, 1, 2C, s, s]."""
+    from rgbdface.pipelines.depth import estimate_depth_crop
+
+    S = model.meta.image_size
+    crop = tensor_to_images(image_to_tensor(reference, S))[0]  # [S, S, 3] at the model's size
+    depth = torch.from_numpy(estimate_depth_crop(model, crop))[None, None].to(z_ref.device, z_ref.dtype)  # [1, 1, S, S]
+    z_depth = model.codec.encode_depth(depth, normalized=True)
+    return torch.cat([z_ref, z_depth.to(z_ref.dtype)], 1)[:, None]
+
+
 def talk(
     model: RGBDFaceModel,
     reference: np.ndarray,
@@ -227,6 +259,7 @@ def talk(
     audio_encoder=None,
     on_clip: Callable[[ClipProgress], None] | None = None,
     noise: str = "video",
+    strength: float = 1.0,
 ) -> TalkResult:
     """Generate the talking RGB + depth video and write every requested output as frames are made.
 
@@ -236,7 +269,7 @@ def talk(
     """
     from rgbdface.data.video_outputs import VideoOutputs
 
-    check_inputs(reference, wave, steps, guidance, noise)
+    check_inputs(reference, wave, steps, guidance, noise, strength)
     model.require_stage(3, "talk")
     fps = model.motion.config.fps if exists(model.motion) else 25
     seconds = wave.size / SAMPLE_RATE
@@ -244,7 +277,7 @@ def talk(
                            rgb_frames=rgb_frames, depth_frames=depth_frames, mesh_frames=mesh_frames)  # checks every path
     t0 = time.perf_counter()
     with outputs:
-        for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip, noise):
+        for frame in talk_frames(model, reference, wave, steps, guidance, scheduler, seed, audio_encoder, on_clip, noise, strength=strength):
             outputs.write(frame)
     clips = math.ceil(outputs.frames / model.motion.config.frames)
     return TalkResult(outputs.frames, seconds, clips, time.perf_counter() - t0, outputs.paths)
