@@ -271,6 +271,20 @@ def test_strength_starts_every_clip_from_the_reference_and_its_depth(astronaut):
     close = np.mean([psnr(f, small) for f in late])
     assert close > np.mean([psnr(f, small) for f in full]) + 3
     assert close > psnr(round_trip, small) - 3  # near what the codec itself keeps of the reference
+    # every denoising step reads the reference's features (the depth estimate for the start must not clear them)
+    seen = []
+    forward = m.joint.forward
+
+    def recording(*args, **kw):
+        seen.append(len(m.joint.bank.features))
+        return forward(*args, **kw)
+
+    m.joint.forward = recording
+    try:
+        frames(strength=0.5)
+    finally:
+        del m.joint.forward
+    assert len(seen) == 2 and min(seen) > 0
     for bad in (0.0, 1.5, 0.1):  # 0.1 of 4 steps leaves none
         with pytest.raises(ValueError, match="strength"):
             next(talk_frames(m, ref, wave, steps=4, strength=bad))

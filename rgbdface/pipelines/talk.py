@@ -189,9 +189,10 @@ def talk_frames(
             # 3. Encode the reference (VAE) and run the ReferenceNet on it once for the whole video
             ref = image_to_tensor(reference, model.meta.image_size, device).to(dtype)  # [1, 3, S, S]
             z_ref = model.codec.encode_rgb(ref)  # [1, C, s, s]
+            # before the ReferenceNet runs for the video: estimating depth sets and clears the shared reference bank
+            start = reference_start(model, reference, z_ref) if strength < 1 else None  # [1, 1, 2C, s, s]
             den.set_reference(z_ref, model.context.to(dtype))
             motion = repeat(z_ref, "b c h w -> b n c h w", n=cfg.motion_frames)  # [1, n, C, s, s]: first clip
-            start = reference_start(model, reference, z_ref) if strength < 1 else None  # [1, 1, 2C, s, s]
 
             for clip in range(clips):
                 # 4. One clip: its audio windows (clamped past the end), fresh noise, denoise
