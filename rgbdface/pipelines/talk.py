@@ -190,7 +190,7 @@ def talk_frames(
             ref = image_to_tensor(reference, model.meta.image_size, device).to(dtype)  # [1, 3, S, S]
             z_ref = model.codec.encode_rgb(ref)  # [1, C, s, s]
             # before the ReferenceNet runs for the video: estimating depth sets and clears the shared reference bank
-            start = reference_start(model, reference, z_ref) if strength < 1 else None  # [1, 1, 2C, s, s]
+            start = reference_start(model, ref, z_ref) if strength < 1 else None  # [1, 1, 2C, s, s]
             den.set_reference(z_ref, model.context.to(dtype))
             motion = repeat(z_ref, "b c h w -> b n c h w", n=cfg.motion_frames)  # [1, n, C, s, s]: first clip
 
@@ -230,13 +230,13 @@ def talk_frames(
         den.clear()
 
 
-def reference_start(model: RGBDFaceModel, reference: np.ndarray, z_ref: torch.Tensor) -> torch.Tensor:
+def reference_start(model: RGBDFaceModel, ref: torch.Tensor, z_ref: torch.Tensor) -> torch.Tensor:
     """The latents a clip starts from at strength < 1: the reference's RGB latent `z_ref` [1, C, s, s] and the
-    latent of its depth as stage 2 estimates it over the whole crop. → [1, 1, 2C, s, s]."""
+    latent of its depth as stage 2 estimates it over the whole crop (`ref` [1, 3, S, S] at the model's size).
+    → [1, 1, 2C, s, s]."""
     from rgbdface.pipelines.depth import estimate_depth_crop
 
-    S = model.meta.image_size
-    crop = tensor_to_images(image_to_tensor(reference, S))[0]  # [S, S, 3] at the model's size
+    crop = tensor_to_images(ref)[0]  # [S, S, 3]
     depth = torch.from_numpy(estimate_depth_crop(model, crop))[None, None].to(z_ref.device, z_ref.dtype)  # [1, 1, S, S]
     z_depth = model.codec.encode_depth(depth, normalized=True)
     return torch.cat([z_ref, z_depth.to(z_ref.dtype)], 1)[:, None]

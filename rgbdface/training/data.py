@@ -200,10 +200,10 @@ def apply_colour(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return u.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
-def over_photo(rgb: torch.Tensor, depth: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+def over_background(rgb: torch.Tensor, depth: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """A studio render [3, S, S] drawn over a background [3, S, S] (a photo or a random field): the render
     where it has depth (the rendered face), the background elsewhere."""
-    return torch.where(depth > 0, rgb, photo)
+    return torch.where(depth > 0, rgb, background)
 
 
 def random_field(rng: np.random.Generator, size: int) -> torch.Tensor:
@@ -366,9 +366,9 @@ class ImageStream(torch.utils.data.Dataset):
         j, mirrored = self.reference_of(n, i)
         s = self.samples[i]
         flip = self.hflip > 0 and bool(rng_for(self.seed, SALT_FLIP, n).random() < self.hflip)
-        photo = self.background_for(n, s)
+        background = self.background_for(n, s)
         colour = self.colour_for(n)
-        fresh = photo is not None or colour is not None  # augmented RGB: its latents are not cached
+        fresh = background is not None or colour is not None  # augmented RGB: its latents are not cached
         masks = self.mask_sampler(rng_for(self.seed, SALT_MASK, n), spec.latent_size) if self.mask_sampler is not None else None
         own = False
         if (masks is not None and self.self_reference > 0 and not masks[0].any()
@@ -378,15 +378,15 @@ class ImageStream(torch.utils.data.Dataset):
             j, mirrored, own = i, False, True  # stage 1: the target is its own reference
 
         # Pixels whose latents the objective holds are not decoded (zeros of the same shape stand in).
-        depth_held = photo is None and self._held(("depth", (i, flip)), ("valid", (i, flip)))
+        depth_held = background is None and self._held(("depth", (i, flip)), ("valid", (i, flip)))
         rgb_held = not fresh and self._held(("rgb", (i, flip)))
         ref_held = not fresh and self._held(("reference", (j, mirrored != flip)))
         depth = torch.zeros(1, S, S) if depth_held else load_depth_map(s.depth, S)
         rgb = torch.zeros(3, S, S)
         if not rgb_held or (own and not ref_held):
             rgb = load_rgb(s.rgb, S)
-            if photo is not None:
-                rgb = over_photo(rgb, depth, photo)
+            if background is not None:
+                rgb = over_background(rgb, depth, background)
             if flip:
                 rgb = rgb.flip(-1)
         if flip and not depth_held:
@@ -397,8 +397,8 @@ class ImageStream(torch.utils.data.Dataset):
             ref = rgb
         else:
             ref = load_rgb(self.samples[j].rgb, S)
-            if photo is not None and self.samples[j].source == "studio":
-                ref = over_photo(ref, load_depth_map(self.samples[j].depth, S), photo)
+            if background is not None and self.samples[j].source == "studio":
+                ref = over_background(ref, load_depth_map(self.samples[j].depth, S), background)
             if mirrored != flip:  # a single image's other "view" is its mirror image (never the target pixels); a flip mirrors it too
                 ref = ref.flip(-1)
         if colour is not None:
@@ -500,13 +500,13 @@ class ClipStream(torch.utils.data.Dataset):
         window = set(run.indices[start - M:start + F_])
         others = [j for j in self.by_id[run.identity] if j not in window] or [j for j in run.indices if j not in target]
         ref_i = others[int(rng.integers(len(others)))]
-        photo = background_for(self, n, self.samples[target[0]])
+        background = background_for(self, n, self.samples[target[0]])
         colour = colour_for(self, n)
 
         def frame(j: int) -> torch.Tensor:
             x = load_rgb(self.samples[j].rgb, spec.image_size)
-            if photo is not None and self.samples[j].source == "studio":
-                x = over_photo(x, load_depth_map(self.samples[j].depth, spec.image_size), photo)
+            if background is not None and self.samples[j].source == "studio":
+                x = over_background(x, load_depth_map(self.samples[j].depth, spec.image_size), background)
             return x if colour is None else apply_colour(x, colour)
 
         reference = frame(ref_i)
