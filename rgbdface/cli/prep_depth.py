@@ -19,6 +19,8 @@ def prep_depth(
     margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin on each side, in face-box sizes (default 0.6); recorded in dataset.json, and models trained on the dataset crop their inputs with it. An existing dataset keeps its margin.")] = None,
     studio_views: Annotated[int, typer.Option("--studio-views", help="Studio-like renders with exact depth per fitted portrait (new pose, jaw, light, background). Run again with more to add the missing ones to finished inputs.")] = 0,
     studio_mix: Annotated[int, typer.Option("--studio-mix", help="Studio-like renders of mixed identities: for each ordered pair of fitted portraits of different identities, the face shape of one under the skin of the other, with a skin tone of its own (and each portrait under a new skin tone); identity 'SHAPE+TEXTURE'. Mixes every portrait in the dataset; after sharded runs, run once more unsharded.")] = 0,
+    shape_blends: Annotated[int, typer.Option("--shape-blends", help="New face shapes no portrait has, drawn from the space the dataset's fitted portraits span (their mean plus random multiples of each one's difference from it, after aligning them), each under the skin of one portrait in turn with a skin tone of its own; identity 'blendK+TEXTURE'. Needs two or more fitted portraits; after sharded runs, run once more unsharded.")] = 0,
+    blend_views: Annotated[int, typer.Option("--blend-views", help="Studio-like renders of each --shape-blends shape.")] = 40,
     talking_clips: Annotated[int, typer.Option("--talking-clips", help="Synthetic talking clips per fitted portrait: 25 fps renders whose jaw follows speech-like synthetic audio (audio.wav), exact depth. Run again with more to add the missing ones to finished inputs.")] = 0,
     clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Every face of an image (default: the largest only).")] = False,
@@ -51,7 +53,8 @@ def prep_depth(
         from rgbdface.models.audio import wav2vec_features
 
         features = partial(wav2vec_features, wav2vec)
-    cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, studio_mix=studio_mix, talking_clips=talking_clips,
+    cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, studio_mix=studio_mix, shape_blends=shape_blends,
+                     blend_views=blend_views, talking_clips=talking_clips,
                      clip_seconds=clip_seconds, all_faces=all_faces,
                      export_mesh=export_mesh, wav2vec=wav2vec, audio_features=features, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
     cfg.check()

@@ -51,6 +51,8 @@ class PrepConfig:
     margin: float = DEFAULT_MARGIN  # crop margin, in face sizes on each side
     studio_views: int = 0  # studio-like renders per fitted image (videos: per clip, from its first frame)
     studio_mix: int = 0  # studio-like renders per ordered pair of fitted portraits: shape of one, texture of the other
+    shape_blends: int = 0  # new face shapes drawn from the space the fitted portraits span, each under one portrait's skin
+    blend_views: int = 40  # studio-like renders of each of them
     talking_clips: int = 0  # synthetic talking clips (25 fps frames + audio) per fitted image, as studio_views
     clip_seconds: float = 2.4  # length of each talking clip
     all_faces: bool = False  # every face of an image, not just the largest
@@ -74,6 +76,10 @@ class PrepConfig:
             raise UsageError(f"--studio-views {self.studio_views}: must be >= 0")
         if self.studio_mix < 0:
             raise UsageError(f"--studio-mix {self.studio_mix}: must be >= 0")
+        if self.shape_blends < 0:
+            raise UsageError(f"--shape-blends {self.shape_blends}: must be >= 0")
+        if self.blend_views < 1:
+            raise UsageError(f"--blend-views {self.blend_views}: must be >= 1")
         if self.talking_clips < 0:
             raise UsageError(f"--talking-clips {self.talking_clips}: must be >= 0")
         if not 0 < self.clip_seconds <= 60:
@@ -311,32 +317,88 @@ def mix_pairs(portraits: dict[str, dict]) -> list[tuple[str, dict, dict]]:
 def prepare_mix(key: str, shape: dict, texture: dict, root: Path, cfg: PrepConfig, overwrite: bool = False, writer: BackgroundWriter | None = None) -> InputResult:
     """`cfg.studio_mix` studio renders of a mixed identity: `shape`'s fitted mesh under `texture`'s
     skin, with a skin tone of its own (the same in every view), as one clip and identity."""
+    name = f"{shape['identity']} (shape) + {texture['identity']} (texture)"
+    return _prepare_new_identity(key, name, f"{shape['identity']}+{texture['identity']}", texture, lambda: np.load(root / shape["landmarks"], allow_pickle=False),
+                                 {"shape": shape["id"]}, f"{shape['input']} + {texture['input']}", cfg.studio_mix, "--studio-mix", root, cfg, overwrite, writer)
+
+
+BLEND_PREFIX = f"{MIX_PREFIX}blend"
+
+
+def aligned_shapes(landmark_sets: list[np.ndarray], iterations: int = 5) -> np.ndarray:
+    """Landmark sets [P][N, 3] (crop pixels) moved, turned and scaled onto their common mean (generalised
+    Procrustes on the 468 mesh points), so that they differ in shape only: [P, N, 3]."""
+    sets = [np.asarray(lm, np.float64) for lm in landmark_sets]
+    target = sets[0][:468]
+    scale = np.mean([np.linalg.norm(s[:468] - s[:468].mean(0)) for s in sets])
+    out = np.stack(sets)
+    for _ in range(iterations):
+        mu = target.mean(0)
+        t0 = (target - mu) / np.linalg.norm(target - mu)
+        for i, s in enumerate(sets):
+            c = s[:468].mean(0)
+            x = (s - c) / np.linalg.norm(s[:468] - c)
+            u, _, vt = np.linalg.svd(x[:468].T @ t0)
+            d = np.sign(np.linalg.det(u @ vt))
+            rot = u @ np.diag([1.0, 1.0, d]) @ vt  # a proper rotation: no mirrored faces
+            out[i] = (x @ rot) * scale + mu
+        target = out[:, :468].mean(0)
+    return out
+
+
+def random_shape(aligned: np.ndarray, rng: np.random.Generator, spread: float = 1.0) -> np.ndarray:
+    """A new face shape [N, 3] from the space the aligned portraits span: their mean plus a random multiple of each one's
+    difference from it, N(0, spread² / P), so that new shapes differ from the mean about as much as the portraits do."""
+    mean = aligned.mean(0)
+    weights = rng.normal(0.0, spread / np.sqrt(len(aligned)), len(aligned))
+    return mean + np.tensordot(weights, aligned - mean, axes=1)
+
+
+def prepare_blend(index: int, portraits: dict[str, dict], root: Path, cfg: PrepConfig, overwrite: bool = False, writer: BackgroundWriter | None = None) -> InputResult:
+    """`cfg.blend_views` studio renders of a new face shape (`random_shape` of every fitted portrait's) under the
+    skin of one portrait in turn, with a skin tone of its own, as one clip; identity 'blendK+TEXTURE'."""
+    rows = [portraits[k] for k in sorted(portraits)]
+    texture = rows[index % len(rows)]
+    key = f"{BLEND_PREFIX}{index:03d}"
+    name = f"face shape {index} (blend of {len(rows)}) + {texture['identity']} (texture)"
+
+    def shape() -> np.ndarray:
+        aligned = aligned_shapes([np.load(root / r["landmarks"], allow_pickle=False) for r in rows])
+        return random_shape(aligned, _rng(cfg, key, "shape"))
+
+    return _prepare_new_identity(key, name, f"blend{index:03d}+{texture['identity']}", texture, shape, {"shapes": [r["id"] for r in rows]},
+                                 f"blend of {len(rows)} + {texture['input']}", cfg.blend_views, "--blend-views", root, cfg, overwrite, writer)
+
+
+def _prepare_new_identity(key: str, name: str, identity: str, texture: dict, shape_landmarks: Callable[[], np.ndarray], view_extra: dict, input_path: str,
+                          views: int, option: str, root: Path, cfg: PrepConfig, overwrite: bool, writer: BackgroundWriter | None) -> InputResult:
+    """`views` studio renders of a face shape that no portrait has (its landmarks from `shape_landmarks()`), under
+    `texture`'s skin with a skin tone of its own (the same in every view), as one clip `key` of `identity`."""
     from dataclasses import replace
 
     from rgbdface.data.studio import random_albedo, random_view
 
     t0 = time.perf_counter()
-    name = f"{shape['identity']} (shape) + {texture['identity']} (texture)"
     if not overwrite and manifest.rows_path(root, key).exists():
         made = len(manifest.rows_of(root, key))
-        return InputResult(name, "skipped", changed=f"--studio-mix {made} (now {cfg.studio_mix})" if made != cfg.studio_mix else None)
+        return InputResult(name, "skipped", changed=f"{option} {made} (now {views})" if made != views else None)
     try:
         with _removed_on_failure(root, key):
             image = load_image(root / texture["rgb"])
-            tex_lm, shape_lm = (np.load(root / row["landmarks"], allow_pickle=False) for row in (texture, shape))
+            tex_lm = np.load(root / texture["landmarks"], allow_pickle=False)
+            shape_lm = shape_landmarks()
             if image.shape[0] != cfg.size:
                 raise InputError(f"{name}: the fitted crop is {image.shape[0]} px, not {cfg.size}; mix within one dataset")
             vertices = landmarks_to_camera(shape_lm, Camera.for_crop(cfg.size))
             rng = _rng(cfg, key)
             albedo = random_albedo(rng)
-            identity = f"{shape['identity']}+{texture['identity']}"
             rows = []
             with _writer_for_input(cfg, writer) as w:
-                for k in range(cfg.studio_mix):
+                for k in range(views):
                     view = replace(random_view(rng), albedo=albedo)
                     f = w.submit(_render_and_write, root, key, k, image, tex_lm, vertices, view, cfg.rgb_format, shape_lm)
-                    rows.append(_rows_of(f, clip=key, frame=k, identity=identity, source="studio", cfg=cfg, input_path=f"{shape['input']} + {texture['input']}",
-                                         view={**view.to_dict(), "shape": shape["id"], "texture": texture["id"]}))
+                    rows.append(_rows_of(f, clip=key, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path,
+                                         view={**view.to_dict(), **view_extra, "texture": texture["id"]}))
                 w.results()
             manifest.write_rows(root, key, [make() for make in rows])
             return InputResult(name, "done", samples=len(rows), seconds=time.perf_counter() - t0)
@@ -642,6 +704,14 @@ def prepare_dataset(
         if cfg.studio_mix:  # after every input, so that each pair can be made
             for key, shape, texture in mix_pairs(fitted_portraits(root)):
                 _account(summary, prepare_mix(key, shape, texture, root, cfg, overwrite, writer), on_result)
+        if cfg.shape_blends:
+            portraits = fitted_portraits(root)
+            if len(portraits) < 2:
+                error = f"--shape-blends needs at least two fitted portraits in {root}, found {len(portraits)}; add portraits"
+                _account(summary, InputResult("--shape-blends", "failed", error=error), on_result)
+            else:
+                for k in range(cfg.shape_blends):
+                    _account(summary, prepare_blend(k, portraits, root, cfg, overwrite, writer), on_result)
     manifest.write_manifest(root)
     summary.seconds = time.perf_counter() - t0
     return summary

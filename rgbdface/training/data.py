@@ -33,8 +33,9 @@ SALT_ORDER, SALT_REF, SALT_KEEP, SALT_MASK, SALT_NOISE, SALT_CLIP, SALT_FLIP, SA
 
 
 def exclude_identities(samples: list, names: list[str], where: str = "data.exclude_identities") -> list:
-    """`samples` without those of the identities `names` (order kept); a one-line error for a name the
-    dataset does not have, or when nothing is left."""
+    """`samples` without those of the identities `names` (order kept), nor those made from their portraits (prep-depth
+    --studio-mix, --shape-blends: their shape or skin); a one-line error for a name the dataset does not have, or when
+    nothing is left."""
     if not names:
         return samples
     known = sorted({s.identity for s in samples})
@@ -42,11 +43,18 @@ def exclude_identities(samples: list, names: list[str], where: str = "data.exclu
     if unknown:
         raise InputError(f"{where}: no identity {', '.join(map(repr, unknown))} in the dataset; it has: {', '.join(known)}")
     excluded = set(names)
-    kept = [s for s in samples if s.identity not in excluded]
+    identity_of = {s.id: s.identity for s in samples}
+    kept = [s for s in samples if s.identity not in excluded and not excluded & {identity_of.get(i) for i in made_from(s)}]
     if not kept:
         raise InputError(f"{where}: every identity of the dataset is excluded; leave at least one to train on")
     log.info("excluding %d samples of %s; training on %d", len(samples) - len(kept), ", ".join(names), len(kept))
     return kept
+
+
+def made_from(sample) -> list[str]:
+    """The ids of the fitted portraits a made-up sample's shape and skin come from (none for a portrait's own)."""
+    view = sample.view or {}
+    return [i for i in (view.get("shape"), view.get("texture"), *view.get("shapes", ())) if i]
 
 
 def draw_seed(*keys: int) -> int:
