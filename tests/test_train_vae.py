@@ -83,3 +83,49 @@ def test_train_vae_errors(tmp_path):
     assert not (tmp_path / "v").exists()
     r = runner.invoke(app, ["init-model", "--tiny", "--vae", str(tmp_path), "-o", str(tmp_path / "m")])
     assert r.exit_code == 1 and "AutoencoderKL" in r.stderr
+
+
+def test_decoder_only_keeps_every_latent_and_learns_to_decode(portrait_dataset):
+    rgb, depth = load_vae_data(portrait_dataset, 32)
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(tiny_vae_config(32))
+    train_vae(vae, rgb, depth, VAETrainConfig(steps=5, batch_size=4, lr=1e-3))
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    scaling = vae.config.scaling_factor
+    x = torch.cat([rgb, depth.expand(-1, 3, -1, -1)])
+
+    @torch.no_grad()
+    def error():
+        return (vae.decode(vae.encode(x).latent_dist.mean).sample - x).abs().mean().item()
+
+    start = error()
+    losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=40, batch_size=4, lr=1e-3, decoder_only=True))
+    after = vae.state_dict()
+    for k, v in before.items():
+        if k.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(after[k], v), k
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("decoder."))
+    assert vae.config.scaling_factor == scaling  # latents unchanged, so is their scale
+    assert error() < 0.8 * start and sum(losses[-5:]) < sum(losses[:5])
+    assert all(p.requires_grad for p in vae.parameters())  # the codec is left trainable, as it came
+
+
+def test_decoder_only_cli(portrait_dataset, tmp_path):
+    from rgbdface.models.model import load_model
+
+    first = tmp_path / "vae"
+    assert runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(first), "--image-size", "32", "--steps", "3", "--batch-size", "2"]).exit_code == 0
+    assert runner.invoke(app, ["init-model", "--tiny", "--vae", str(first), "--image-size", "32", "-o", str(tmp_path / "m"), "-q"]).exit_code == 0
+    new = tmp_path / "new"
+    r = runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(new), "--image-size", "32", "--steps", "3", "--batch-size", "2",
+                            "--init", str(tmp_path / "m"), "--decoder-only", "--colour-jitter", "0.5"])  # a model folder: its vae/
+    assert r.exit_code == 0, r.output
+    old, fresh = AutoencoderKL.from_pretrained(first), AutoencoderKL.from_pretrained(new)
+    assert fresh.config.scaling_factor == old.config.scaling_factor
+    assert torch.equal(fresh.encoder.conv_in.weight, old.encoder.conv_in.weight)
+    assert not torch.equal(fresh.decoder.conv_out.weight, old.decoder.conv_out.weight)
+    assert load_model(tmp_path / "m").codec.scaling_factor == fresh.config.scaling_factor
+    r = runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(tmp_path / "x"), "--decoder-only"])
+    assert r.exit_code == 2 and "--init" in r.stderr and not (tmp_path / "x").exists()
+    r = runner.invoke(app, ["train-vae", str(portrait_dataset), "-o", str(tmp_path / "x"), "--init", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "no codec there" in r.stderr and len(r.stderr.strip().splitlines()) == 1

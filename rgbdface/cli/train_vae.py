@@ -23,6 +23,8 @@ def train_vae_command(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-4,
     crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random crops of this size (multiple of 8; faster, same codec).")] = None,
     colour_jitter: Annotated[float, typer.Option("--colour-jitter", min=0.0, max=1.0, help="Share of RGB crops shown in a random colour transform (black and white, turned hues), so that the codec keeps any colour rather than only those of the training portraits.")] = 0.0,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this codec: a VAE folder, or a model folder (its vae/).")] = None,
+    decoder_only: Annotated[bool, typer.Option("--decoder-only", help="With --init: train the decoder only. The encoder, every latent and the scaling factor stay as they were, so a model trained on that codec's latents works unchanged with the new one (replace its vae/ folder), e.g. to decode colours the old decoder lost.")] = False,
     seed: SeedOpt = 0,
     cpu_threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -37,6 +39,12 @@ def train_vae_command(
 
     if crop is not None and (crop % 8 or not 8 <= crop <= image_size):
         raise UsageError(f"--crop {crop}: must be a multiple of 8 between 8 and --image-size {image_size}")
+    if decoder_only and init is None:
+        raise UsageError("--decoder-only trains the decoder of an existing codec; pass it with --init")
+    if init is not None:
+        init = init / "vae" if (init / "vae" / "config.json").is_file() else init
+        if not (init / "config.json").is_file():
+            raise InputError(f"--init {init}: no codec there (config.json); pass a VAE folder or a model folder with vae/")
     check_files(read_samples(dataset), ("rgb", "depth"), dataset)  # a missing, empty or broken dataset fails before torch is imported
 
     import torch
@@ -52,7 +60,7 @@ def train_vae_command(
         raise InputError(f"{dataset}: the dataset has no samples; run `rgbdface prep-depth` first")
     log(f"training the codec on {len(rgb)} RGB crops and depth maps at {image_size}px", quiet)
     torch.manual_seed(seed)
-    vae = AutoencoderKL.from_config(tiny_vae_config(image_size))
+    vae = AutoencoderKL.from_pretrained(init, torch_dtype=torch.float32, use_safetensors=True) if init is not None else AutoencoderKL.from_config(tiny_vae_config(image_size))
     live = sys.stderr.isatty()  # into a log file: one plain line every twentieth of the run instead of a bar
     bar = tqdm(total=steps, disable=quiet or not live, desc="train-vae", file=sys.stderr)
     every = max(steps // 20, 1)
@@ -64,7 +72,7 @@ def train_vae_command(
             print(f"train-vae: step {step + 1}/{steps} loss {loss:.4f}", file=sys.stderr, flush=True)
 
     losses = train_vae(vae, rgb, depth, VAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop,
-                                                         colour_jitter=colour_jitter, seed=seed), progress)
+                                                         colour_jitter=colour_jitter, decoder_only=decoder_only, seed=seed), progress)
     bar.close()
     with atomic_dir(output) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)

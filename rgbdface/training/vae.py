@@ -31,6 +31,9 @@ class VAETrainConfig:
     # green or blue skin...): a codec that saw only a few portraits' colours otherwise maps every image to
     # them, and a denoiser on its latents cannot copy a reference's colours at all
     colour_jitter: float = 0.0
+    # train the decoder only: the encoder, hence every latent and the scaling factor, stay as they are, so that
+    # denoisers trained on this codec's latents keep working with the new decoder
+    decoder_only: bool = False
     seed: int = 0
 
 
@@ -41,7 +44,10 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
     """
     g = torch.Generator().manual_seed(config.seed)
     colour_rng = np.random.default_rng(config.seed)  # its own stream: colour_jitter = 0 draws the same batches as before
-    opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    if config.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=config.lr)
     n_depth = int(round(config.batch_size * config.depth_fraction))
     n_rgb = config.batch_size - n_depth
     losses = []
@@ -52,11 +58,13 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
             depth[torch.randint(len(depth), (n_depth,), generator=g)].expand(-1, 3, -1, -1),
         ])
         x = _augment(x, g, config.crop)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=g)
+        with torch.set_grad_enabled(not config.decoder_only):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator=g)
         recon = vae.decode(z).sample
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + config.kl_weight * kl
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        if not config.decoder_only:
+            loss = loss + config.kl_weight * posterior.kl().mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -64,7 +72,9 @@ def train_vae(vae, rgb: torch.Tensor, depth: torch.Tensor, config: VAETrainConfi
         if progress is not None:
             progress(step, loss.item())
     vae.eval()
-    set_scaling_factor(vae, torch.cat([rgb[:256], depth[:256].expand(-1, 3, -1, -1)]))
+    vae.requires_grad_(True)
+    if not config.decoder_only:
+        set_scaling_factor(vae, torch.cat([rgb[:256], depth[:256].expand(-1, 3, -1, -1)]))
     return losses
 
 
