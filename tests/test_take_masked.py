@@ -84,3 +84,73 @@ def test_take_masked_from_or_into_a_copy_saved_in_float16(tmp_path):
     build_tiny(32, seed=0).take_masked(depth_half)
     with pytest.raises(InputError, match="codec"):
         build_tiny(32, seed=1).take_masked(depth_half)
+
+
+def _zero_snr(model: RGBDFaceModel) -> RGBDFaceModel:
+    model.scheduler_config = {**model.scheduler_config, "rescale_betas_zero_snr": True}
+    return model
+
+
+def test_take_masked_with_its_own_codec_and_schedule(tmp_path, examples_dir, portrait_dataset):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from rgbdface.cli.app import app
+    from rgbdface.data.face import crop_face
+    from rgbdface.data.io import load_image
+    from rgbdface.pipelines.depth import estimate_depth_crop
+    from rgbdface.pipelines.depth2img import depth2img
+    from rgbdface.pipelines.generate import generate
+
+    photo = load_image(examples_dir / "obama.jpg")
+    crop = crop_face(photo, 32).image
+    depth = _stage2(seed=10)  # codec of seed 0, the SD schedule
+    appearance = _zero_snr(build_tiny(32, seed=1))  # another codec and schedule
+    appearance.context = depth.context.clone()  # the text context is fixed for a configuration
+    appearance.meta.stages = [0, 1]
+    samples_before = generate(appearance, crop, num_samples=1, steps=2, seed=3)
+    codec_before = {k: v.clone() for k, v in appearance.codec.vae.state_dict().items()}
+    appearance.take_masked(depth, own_codec=True)
+
+    # depth estimation and depth-to-image run exactly as in the model stage 2 came from
+    assert appearance.masked_has_own_codec and appearance.masked_schedule == depth.scheduler_config
+    assert appearance.sampling_scheduler(masked=True).config.get("rescale_betas_zero_snr") is not True
+    assert appearance.sampling_scheduler().config.rescale_betas_zero_snr is True
+    want = estimate_depth_crop(depth, crop, steps=2)
+    np.testing.assert_array_equal(estimate_depth_crop(appearance, crop, steps=2), want)
+    yy, xx = np.mgrid[:64, :64] / 63.0 - 0.5
+    dome = np.where(xx**2 / 0.1 + yy**2 / 0.15 < 1, 600.0 - 80.0 * np.sqrt(np.clip(1 - xx**2 / 0.1 - yy**2 / 0.15, 0, 1)), 0.0)
+    np.testing.assert_array_equal(depth2img(appearance, dome, photo, steps=2).crop, depth2img(depth, dome, photo, steps=2).crop)
+    # generation keeps this model's codec, schedule and joint denoiser
+    assert all(torch.equal(v, appearance.codec.vae.state_dict()[k]) for k, v in codec_before.items())
+    after = generate(appearance, crop, num_samples=1, steps=2, seed=3)
+    np.testing.assert_array_equal(after.rgb, samples_before.rgb)
+
+    # saved (in float16 too) and loaded: the same
+    folder = appearance.save_pretrained(tmp_path / "joined")
+    assert (folder / "masked_vae").is_dir() and (folder / "masked_scheduler" / "scheduler_config.json").is_file()
+    loaded = RGBDFaceModel.from_pretrained(folder)
+    np.testing.assert_array_equal(estimate_depth_crop(loaded, crop, steps=2), want)
+    np.testing.assert_array_equal(generate(loaded, crop, num_samples=1, steps=2, seed=3).rgb, samples_before.rgb)
+    half = RGBDFaceModel.from_pretrained(appearance.save_pretrained(tmp_path / "half", half=True))
+    assert half.masked_has_own_codec and half.masked_schedule == depth.scheduler_config
+    # a clone keeps it
+    assert loaded.clone().masked_has_own_codec
+
+    # from a model on the same codec and schedule, nothing extra is kept
+    same = build_tiny(32, seed=0)
+    same.take_masked(depth, own_codec=True)
+    assert not same.masked_has_own_codec and same.masked_scheduler_config is None
+    assert not (same.save_pretrained(tmp_path / "same") / "masked_vae").exists()
+
+    # stage 2 cannot be trained further on the joined model: its stage 2 belongs to another model's latents
+    r = CliRunner().invoke(app, ["finetune-mask", str(portrait_dataset), "-o", str(tmp_path / "run"), "-m", str(folder)])
+    assert r.exit_code == 1 and "keeps a codec and schedule of its own" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_take_masked_own_codec_still_needs_the_same_latent_layout():
+    depth = _stage2(seed=10)
+    other = build_tiny(32, seed=0)
+    other.context = other.context + 1.0
+    with pytest.raises(InputError, match="text context"):
+        other.take_masked(depth, own_codec=True)

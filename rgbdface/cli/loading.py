@@ -38,6 +38,6 @@ def load_for_command(model: Path | None, device: str = "auto", dtype: str = "aut
     if dev.startswith("cuda"):  # the VAE codes as many images at once as the free memory takes (VAE slicing)
         from rgbdface.pipelines.memory import batch_size_for
 
-        m.codec.slice_size = batch_size_for("vae_decode", dev, m.meta.image_size, torch_dtype, cap=16)
+        m.codec.slice_size = m.masked_codec.slice_size = batch_size_for("vae_decode", dev, m.meta.image_size, torch_dtype, cap=16)
     log(f"model: {model or 'bundled rgbdface-tiny'} (stages {m.meta.stages}, {m.meta.image_size}px) on {dev}", quiet)
     return m

@@ -142,11 +142,13 @@ def check_model_folder(folder: Path) -> dict:
     _check_meta(meta, meta_path, fix)
     stages = meta.get("stages", [0])
     parts = ["vae", "unet", "reference_unet"] + (["masked_unet"] if 2 in stages else [])
-    parts += [p for p in ("masked_unet", "masked_reference_unet") if p not in parts and (folder / p).is_dir()]
+    parts += [p for p in ("masked_unet", "masked_reference_unet", "masked_vae") if p not in parts and (folder / p).is_dir()]
     for part in parts:
         _read_json_object(folder / part / "config.json", fix)
         _check_weights(folder / part / WEIGHTS, fix)
     _read_json_object(folder / "scheduler" / "scheduler_config.json", fix)
+    if (folder / "masked_scheduler").is_dir():
+        _read_json_object(folder / "masked_scheduler" / "scheduler_config.json", fix)
     _check_weights(folder / "context.safetensors", fix)
     if 3 in stages or (folder / "motion").is_dir():
         record = _read_json_object(folder / "motion" / "motion.json", fix)

@@ -83,9 +83,12 @@ class RGBDFaceModel(nn.Module):
     """Codec + denoisers + cached context + metadata; `from_pretrained` / `save_pretrained`."""
 
     def __init__(self, vae, unet, reference_unet, context: torch.Tensor, meta: ModelMeta, scheduler_config: dict,
-                 masked_unet=None, masked_reference_unet=None):
+                 masked_unet=None, masked_reference_unet=None, masked_vae=None, masked_scheduler_config: dict | None = None):
         super().__init__()
         self.codec = LatentCodec(vae)
+        # Stage 2 may keep the codec and schedule it was trained with (take_masked(..., own_codec=True)); else it shares these.
+        self.masked_codec = LatentCodec(masked_vae) if masked_vae is not None else self.codec
+        self.masked_scheduler_config = dict(masked_scheduler_config) if masked_scheduler_config is not None else None
         self.joint = RGBDDenoiser(unet, reference_unet)
         self.masked = None
         if masked_unet is not None:
@@ -148,26 +151,40 @@ class RGBDFaceModel(nn.Module):
             self.masked = RGBDDenoiser(unet, self.joint.reference_unet, bank=self.joint.bank)
         return self.masked
 
-    def take_masked(self, other: "RGBDFaceModel") -> RGBDDenoiser:
-        """Stage 2 of another run on the same codec and schedule: its masked denoiser, with the ReferenceNet it
-        was trained with (kept as this model's masked ReferenceNet, so the joint one stays as it is).
+    @property
+    def masked_has_own_codec(self) -> bool:
+        return self.masked_codec is not self.codec
+
+    def take_masked(self, other: "RGBDFaceModel", own_codec: bool = False) -> RGBDDenoiser:
+        """Stage 2 of another run: its masked denoiser, with the ReferenceNet it was trained with (kept as this
+        model's masked ReferenceNet, so the joint one stays as it is).
 
         This lets stage 2 start from a different stage-1 run than the one joint generation and stage 3 use
-        (the bundled recipe starts stage 2 from a stage 1 on the photos' own colours). Raises InputError when
-        `other` has no stage 2 or its codec, schedule or latent layout differ from this model's."""
+        (the bundled recipe starts stage 2 from a stage 1 on the photos' own colours). By default the other run
+        must share this model's codec and schedule. With `own_codec`, stage 2 keeps the other run's codec and
+        schedule (saved as masked_vae/ and masked_scheduler/): depth estimation and depth-to-image then run
+        exactly as in that model, while generation and talk use this one's. Raises InputError when `other` has
+        no stage 2, or (without `own_codec`) its codec or schedule differ, or its latent layout or text context
+        differ."""
         other.require_stage(2, "taking the masked denoiser")
         if other.masked is None:
             raise InputError("taking the masked denoiser: the other model has no masked denoiser loaded")
-        mine, theirs = self.codec.vae.state_dict(), other.codec.vae.state_dict()
-        # compared at float16, so that a copy saved in float16 (save_pretrained(half=True)) is the same codec
-        same_codec = mine.keys() == theirs.keys() and all(torch.equal(mine[k].cpu().half(), theirs[k].cpu().half()) for k in mine)
-        for ok, what in ((same_codec, "latent codec (vae/)"), (self.scheduler_config == other.scheduler_config, "noise schedule"),
-                         ((self.meta.image_size, self.meta.latent_channels) == (other.meta.image_size, other.meta.latent_channels),
-                          "image size or latent channels")):
+        codec, schedule = other.masked_codec, other.masked_schedule
+        checks = [((self.meta.image_size, self.meta.latent_channels) == (other.meta.image_size, other.meta.latent_channels), "image size or latent channels"),
+                  (torch.equal(self.context.cpu().float(), other.context.cpu().float()), "text context")]
+        if not own_codec:
+            checks += [(_same_weights(self.codec.vae, codec.vae), "latent codec (vae/)"), (self.scheduler_config == schedule, "noise schedule")]
+        for ok, what in checks:
             if not ok:
-                raise InputError(f"taking the masked denoiser: the two models' {what} differ; stage 2 must be trained on this model's codec and schedule")
+                raise InputError(f"taking the masked denoiser: the two models' {what} differ; stage 2 must be trained on this model's "
+                                 + ("latent layout" if own_codec else "codec and schedule, or kept with its own (own_codec)"))
         self.masked = RGBDDenoiser(copy.deepcopy(other.masked.unet), copy.deepcopy(other.masked.reference_unet))
         self.masked.to(device=self.device, dtype=self.dtype)
+        if own_codec and not _same_weights(self.codec.vae, codec.vae):
+            self.masked_codec = LatentCodec(copy.deepcopy(codec.vae)).to(device=self.device, dtype=self.dtype)
+        else:
+            self.masked_codec = self.codec
+        self.masked_scheduler_config = dict(schedule) if own_codec and schedule != self.scheduler_config else None
         self.meta.stages = sorted(set(self.meta.stages) | {2})
         self.loaded_stages.add(2)
         self.meta.known_latents = other.meta.known_latents
@@ -198,13 +215,18 @@ class RGBDFaceModel(nn.Module):
         return self.motion
 
     # ----------------------------------------------------------------------------- schedulers
-    def noise_scheduler(self):
-        """The training schedule (DDPM, as the base model was trained)."""
+    @property
+    def masked_schedule(self) -> dict:
+        """The schedule stage 2 was trained with: its own (take_masked(..., own_codec=True)) or this model's."""
+        return self.masked_scheduler_config if self.masked_scheduler_config is not None else self.scheduler_config
+
+    def noise_scheduler(self, masked: bool = False):
+        """The training schedule (DDPM, as the base model was trained); `masked`: stage 2's."""
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler.from_config(self.scheduler_config)
+        return DDPMScheduler.from_config(self.masked_schedule if masked else self.scheduler_config)
 
-    def sampling_scheduler(self, name: str = "ddim"):
+    def sampling_scheduler(self, name: str = "ddim", masked: bool = False):
         """'ddim', 'ddpm', or any diffusers scheduler class name, configured from the training schedule.
 
         Sampling steps are spaced "trailing" (the first step at t = T - 1, where training put pure
@@ -219,7 +241,7 @@ class RGBDFaceModel(nn.Module):
         cls = getattr(diffusers, cls_name, None)
         if cls is None or not hasattr(cls, "from_config") or not cls_name.endswith("Scheduler"):
             raise UsageError(f"--scheduler {name}: unknown scheduler; use ddim, ddpm, dpm, euler, unipc or a diffusers scheduler class name")
-        return cls.from_config({"timestep_spacing": "trailing", **self.scheduler_config})
+        return cls.from_config({"timestep_spacing": "trailing", **(self.masked_schedule if masked else self.scheduler_config)})
 
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | Path, half: bool = False) -> Path:
@@ -237,6 +259,11 @@ class RGBDFaceModel(nn.Module):
             self.joint.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.joint.reference_unet.save_pretrained(tmp / "reference_unet", safe_serialization=True)
             if self.masked is not None:
+                if self.masked_has_own_codec:
+                    self.masked_codec.vae.save_pretrained(tmp / "masked_vae", safe_serialization=True)
+                if self.masked_scheduler_config is not None:
+                    (tmp / "masked_scheduler").mkdir()
+                    (tmp / "masked_scheduler" / "scheduler_config.json").write_text(json.dumps(self.masked_scheduler_config, indent=2))
                 self.masked.unet.save_pretrained(tmp / "masked_unet", safe_serialization=True)
                 if self.masked.reference_unet is not self.joint.reference_unet:
                     self.masked.reference_unet.save_pretrained(tmp / "masked_reference_unet", safe_serialization=True)
@@ -284,9 +311,15 @@ class RGBDFaceModel(nn.Module):
 
         vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True, local_files_only=True)
         scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        masked_vae = masked_schedule = None
+        if (path / "masked_unet").is_dir() and (path / "masked_vae").is_dir():
+            masked_vae = AutoencoderKL.from_pretrained(path / "masked_vae", use_safetensors=True, local_files_only=True)
+        if (path / "masked_unet").is_dir() and (path / "masked_scheduler").is_dir():
+            masked_schedule = json.loads((path / "masked_scheduler" / "scheduler_config.json").read_text())
         context = load_file(str(path / "context.safetensors"))["context"]
         model = cls(vae, unet("unet"), unet("reference_unet"), context, meta, scheduler_config,
-                    masked_unet=unet("masked_unet"), masked_reference_unet=unet("masked_reference_unet"))
+                    masked_unet=unet("masked_unet"), masked_reference_unet=unet("masked_reference_unet"),
+                    masked_vae=masked_vae, masked_scheduler_config=masked_schedule)
         if (path / "motion").is_dir() and "motion" in needed:
             from rgbdface.models.motion import MotionDenoiser
 
@@ -327,8 +360,16 @@ class RGBDFaceModel(nn.Module):
             masked_unet=copy.deepcopy(self.masked.unet) if self.masked is not None else None,
             masked_reference_unet=(copy.deepcopy(self.masked.reference_unet)
                                    if self.masked is not None and self.masked.reference_unet is not self.joint.reference_unet else None),
+            masked_vae=copy.deepcopy(self.masked_codec.vae) if self.masked_has_own_codec else None,
+            masked_scheduler_config=self.masked_scheduler_config,
         )
         return m.to(self.device)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """The same weights, compared at float16 (a copy saved with save_pretrained(half=True) is the same)."""
+    mine, theirs = a.state_dict(), b.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k].cpu().half(), theirs[k].cpu().half()) for k in mine)
 
 
 ALL_PARTS = ("unet", "reference_unet", "masked_unet", "masked_reference_unet", "motion")

@@ -200,17 +200,17 @@ def sample_depth(
     with model.autocast():
         # 2. Encode the face crops (VAE); each image is its own reference
         rgb = torch.cat([image_to_tensor(c, size, device) for c in crops]).to(dtype)  # [B, 3, S, S]
-        z_rgb = model.codec.encode_rgb(rgb)  # [B, C, s, s]
+        z_rgb = model.masked_codec.encode_rgb(rgb)  # [B, C, s, s]
 
         # 3. Generate depth with RGB known (ReferenceNet once, masked UNet per step)
         _, z_depth = sample_latents(
-            model.masked, model.sampling_scheduler(scheduler), z_rgb, model.context.to(dtype),
+            model.masked, model.sampling_scheduler(scheduler, masked=True), z_rgb, model.context.to(dtype),
             num_per_reference=ensemble, steps=steps, guidance=guidance, generator=generators,
             known=Known(rgb=z_rgb, m_rgb=0.0, m_depth=1.0, clean=model.meta.known_clean), progress=progress,
         )  # [B·N, C, s, s]
 
         # 4. Decode depth (VAE: mean of the 3 channels)
-        depth = model.codec.decode_depth(z_depth).float()  # [B·N, 1, S, S]
+        depth = model.masked_codec.decode_depth(z_depth).float()  # [B·N, 1, S, S]
     return rearrange(depth, "(b n) 1 h w -> b n h w", n=ensemble).cpu().numpy()
 
 

@@ -237,23 +237,23 @@ def run_depth2img(
 
     with model.autocast():
         # 2. Encode the reference, the depth and, when editing, the image (VAE)
-        z_ref = model.codec.encode_rgb(image_to_tensor(inp.reference.image, size, device).to(dtype))  # [1, C, s, s]
+        z_ref = model.masked_codec.encode_rgb(image_to_tensor(inp.reference.image, size, device).to(dtype))  # [1, C, s, s]
         d, valid = _resize_depth(inp.depth, size)  # [1, 1, S, S]
-        z_depth = model.codec.encode_depth(d.to(device, dtype), valid.to(device))  # [1, C, s, s]
+        z_depth = model.masked_codec.encode_depth(d.to(device, dtype), valid.to(device))  # [1, C, s, s]
         known = Known(depth=z_depth, m_rgb=1.0, m_depth=0.0, clean=model.meta.known_clean)
         if region_mode:
-            z_image = model.codec.encode_rgb(image_to_tensor(inp.image.image, size, device).to(dtype))  # [1, C, s, s]
+            z_image = model.masked_codec.encode_rgb(image_to_tensor(inp.image.image, size, device).to(dtype))  # [1, C, s, s]
             r = torch.from_numpy(inp.region.astype(np.float32))[None, None]
             r = F.interpolate(r, size=(size, size), mode="area")  # [1, 1, S, S]: any coverage counts
             m_rgb = (F.adaptive_max_pool2d(r, z_image.shape[-2:]) > 0).to(device, dtype)  # [1, 1, s, s]
             known = Known(rgb=z_image, depth=z_depth, m_rgb=m_rgb, m_depth=0.0, clean=model.meta.known_clean)
 
         # 3. Generate RGB with depth known (ReferenceNet once, masked UNet per step)
-        z_rgb, _ = sample_latents(model.masked, model.sampling_scheduler(scheduler), z_ref, model.context.to(dtype),
+        z_rgb, _ = sample_latents(model.masked, model.sampling_scheduler(scheduler, masked=True), z_ref, model.context.to(dtype),
                                   steps=steps, guidance=guidance, generator=generator, known=known, progress=progress)
 
         # 4. Decode (VAE) and bring to the crop's size
-        rgb = model.codec.decode_rgb(z_rgb).float()  # [1, 3, S, S]
+        rgb = model.masked_codec.decode_rgb(z_rgb).float()  # [1, 3, S, S]
     if inp.size != size:
         rgb = F.interpolate(rgb, size=(inp.size, inp.size), mode="bicubic", align_corners=False, antialias=True)
     crop = tensor_to_images(rgb)[0]  # [S', S', 3] uint8

@@ -165,6 +165,9 @@ def plan(req: TrainRequest) -> Plan:
     from rgbdface.training.data import exclude_identities
     from rgbdface.training.state import newest_valid_checkpoint, read_state
 
+    if stage == 2 and model_dir is not None and any((model_dir / part).is_dir() for part in ("masked_vae", "masked_scheduler")):
+        raise InputError(f"--model {req.model}: its stage 2 keeps a codec and schedule of its own (joined from another model); "
+                         "run finetune-mask on the model that stage 2 came from and join it again")
     if req.tiny or (model_dir is not None and not json.loads((model_dir / "rgbdface.json").read_text()).get("codec_trained", True)):
         log.warning(UNTRAINED_CODEC.format(what="--tiny builds a model with" if req.tiny else f"--model {req.model} has"))
 
