@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--keep", default=None, type=Path, help="keep the generated files here")
     ap.add_argument("--noise", default="video", choices=["video", "frame"], help="talk's initial noise (talk --noise)")
     ap.add_argument("--strength", default="1", help="talk --strength")
+    ap.add_argument("--guidance", default="1", help="talk --guidance (guidance on the reference)")
     ap.add_argument("--talk-only", action="store_true", help="talk and the re-created clip only (no generate, no depth)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -113,7 +114,7 @@ def main() -> None:
     wav = speech(tmp, a.speech)
     obama = ROOT / "examples" / "obama.jpg"
     made(tmp / "talk_rgb", "talk", obama, wav, "-o", tmp / "talk.mp4", "--max-seconds", "4", "--rgb-frames", tmp / "talk_rgb",
-         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "--strength", a.strength, "-q", *model)
+         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *model)
     t = score(tmp / "talk_rgb", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / "talk_depth")
     rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}"), ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
              ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}"), ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}"),
@@ -127,7 +128,7 @@ def main() -> None:
     first = tmp / "clip_first_frame.png"  # upscaled: the detector needs a face of 32 px or more
     save_image(first, resize(load_image(sorted(clip.glob("rgb_*"))[0]), 256, "cubic"))
     made(tmp / "rec_rgb", "talk", first, clip / "audio.wav", "-o", tmp / "rec.mp4", "--rgb-frames", tmp / "rec_rgb", "--depth-frames",
-         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, "-q", *model)
+         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *model)
     r = score(tmp / "rec_rgb", "-r", first, "--audio", clip / "audio.wav", "--depth-frames", tmp / "rec_depth", "--gt", clip)
     truth = clip_ceiling(clip)
     unit = json.loads((a.heldout / "dataset.json").read_text()).get("depth_unit_mm", 0.1)
@@ -173,6 +174,7 @@ def main() -> None:
              f"`python benchmarks/measure_faces.py --heldout WORK/heldout --label {a.label}"
              + (f" --model {a.model}" if a.model else "") + (" --train-data WORK/data" if a.train_data else "")
              + (f" --noise {a.noise}" if a.noise != "video" else "") + (f" --strength {a.strength}" if float(a.strength) != 1 else "")
+             + (f" --guidance {a.guidance}" if float(a.guidance) != 1 else "")
              + (" --talk-only" if a.talk_only else "") + "`", "",
              "| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     text = "\n".join(lines) + "\n"
