@@ -268,9 +268,10 @@ def test_strength_starts_every_clip_from_the_reference_and_its_depth(astronaut):
     default, full = frames(), frames(strength=1.0)
     assert np.array_equal(default, full)
     late = frames(steps=20, strength=0.05)  # one step, from the reference noised to the last step's level (t = 49)
-    close = np.mean([psnr(f, small) for f in late])
-    assert close > np.mean([psnr(f, small) for f in full]) + 3
-    assert close > psnr(round_trip, small) - 3  # near what the codec itself keeps of the reference
+    # against what the codec itself keeps of the reference (the latent a late start begins from): far closer
+    kept = np.mean([psnr(f, round_trip) for f in late])
+    assert kept > np.mean([psnr(f, round_trip) for f in full]) + 5
+    assert np.mean([psnr(f, small) for f in late]) > psnr(round_trip, small) - 3
     # every denoising step reads the reference's features (the depth estimate for the start must not clear them)
     seen = []
     forward = m.joint.forward
