@@ -54,3 +54,35 @@ def test_bench_single_pass_scores_portraits_and_video_frames(tmp_path):
     shift = float(rows["the detector itself (mirrored, 0.8x, 1.25x): centre shift"][-1].rstrip("% |"))
     assert 0 <= shift < 10
     assert float(rows["detection + crop + face mesh on the crop (prep-depth now)"][0].rstrip(" |")) > 0
+
+
+def test_audio_effect_compares_the_lower_half_of_the_frames():
+    from types import SimpleNamespace
+
+    lower_face_change = load_script(BENCH / "measure_audio_effect.py").lower_face_change
+
+    top = np.zeros((4, 4), np.float32)
+    a = [SimpleNamespace(depth=top.copy()), SimpleNamespace(depth=top.copy())]
+    b = [SimpleNamespace(depth=top.copy()), SimpleNamespace(depth=top.copy())]
+    b[0].depth[:2] = 5.0  # upper half: not counted
+    b[1].depth[2:, :2] = 1.0  # lower half: 4 of its 8 pixels differ by 1
+    assert lower_face_change(a, b, "depth") == (0.0 + 0.5) / 2
+
+
+def test_audio_effect_clip_scale_reads_a_rendered_clip(tmp_path):
+    from rgbdface.data.io import save_depth16
+
+    bench = load_script(BENCH / "measure_audio_effect.py")
+    yy = np.arange(8, dtype=np.uint16)[:, None].repeat(8, 1)
+    flat = 5000 + 10 * yy  # a face sloping away downwards (0.1 mm steps)
+    moved = flat.copy()
+    moved[6:, :] += 200  # the jaw region moves back
+    for i, d in enumerate((flat, moved)):
+        save_depth16(tmp_path / f"depth_{i:06d}.png", d.astype(np.uint16))
+    change = bench.clip_change(tmp_path)
+    assert change > 0
+    same = tmp_path / "same"
+    same.mkdir()
+    for i in range(2):
+        save_depth16(same / f"depth_{i:06d}.png", moved.astype(np.uint16))
+    assert bench.clip_change(same) == 0.0
