@@ -105,3 +105,32 @@ def test_clip_noise_shared_by_every_frame_or_drawn_per_frame(talking_clip):
     from rgbdface.training.config import resolve_config
 
     assert resolve_config(3, "tiny").motion.noise == "frame"  # eq. 5 per frame unless asked
+
+
+def test_stage3_can_train_the_audio_parts_alone(talking_clip, tmp_path):
+    from typer.testing import CliRunner
+
+    from rgbdface.cli.app import app
+    from rgbdface.models.builder import build_tiny
+    from rgbdface.models.model import RGBDFaceModel
+
+    stage1 = build_tiny(64, seed=0)
+    stage1.meta.stages = [0, 1]
+    tiny_model_dir = stage1.save_pretrained(tmp_path / "stage1")
+
+    common = ["--set", "motion.frames=4", "--set", "motion.motion_frames=2", "--set", "log.sample_every=0",
+              "--set", "log.checkpoint_every=0", "-q"]
+    r = CliRunner().invoke(app, ["train-motion", str(talking_clip), "-o", str(tmp_path / "s3"), "-m", str(tiny_model_dir),
+                                 "--max-steps", "1", *common])
+    assert r.exit_code == 0, r.output
+    first = RGBDFaceModel.from_pretrained(tmp_path / "s3" / "model").motion
+    r = CliRunner().invoke(app, ["train-motion", str(talking_clip), "-o", str(tmp_path / "audio"), "-m", str(tmp_path / "s3" / "model"),
+                                 "--max-steps", "2", "--set", "motion.train=audio", "--set", "optim.lr=0.01", *common])
+    assert r.exit_code == 0, r.output
+    then = RGBDFaceModel.from_pretrained(tmp_path / "audio" / "model").motion
+    for a, b in zip(first.temporal.state_dict().values(), then.temporal.state_dict().values()):
+        assert torch.equal(a, b)  # the temporal modules as they were
+    assert any(not torch.equal(a, b) for a, b in zip(first.audio_attn.state_dict().values(), then.audio_attn.state_dict().values()))
+    r = CliRunner().invoke(app, ["train-motion", str(talking_clip), "-o", str(tmp_path / "bad"), "-m", str(tiny_model_dir),
+                                 "--set", "motion.train=temporal", *common])
+    assert r.exit_code == 2 and "motion.train must be all or audio" in r.stderr

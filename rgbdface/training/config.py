@@ -107,6 +107,9 @@ class MotionTrainConfig:
     # the noise of a clip's frames: "frame" = fresh per frame (eq. 5 per frame) or "video" = one noise for every frame,
     # as talk starts a video by default
     noise: str = "frame"
+    # what learns: "all" = audio projection, audio attention and temporal modules; "audio" = the audio parts only,
+    # the temporal modules kept as the model has them (to go on from a finished stage 3 without moving its frames)
+    train: str = "all"
     motion_adapter_dir: str = ""  # local AnimateDiff motion-adapter folder to initialise temporal modules ('' = fresh)
     fps: float = 25.0  # video frame rate the audio features are resampled to
 
@@ -374,6 +377,7 @@ def validate(cfg: RunConfig, error: type[Exception] = InputError, where: str = "
             (mo.audio_window >= 1 and mo.audio_window % 2 == 1, f"motion.audio_window must be odd and >= 1, got {mo.audio_window}"),
             (mo.fps > 0, "motion.fps must be > 0"),
             (mo.noise in ("video", "frame"), f"motion.noise must be video or frame, got {mo.noise!r}"),
+            (mo.train in ("all", "audio"), f"motion.train must be all or audio, got {mo.train!r}"),
         ]
     for ok, msg in checks:
         if not ok:

@@ -333,15 +333,20 @@ class MotionObjective(Objective):
     stage = 3
 
     def select_trainable(self) -> None:
-        for p in self.model.motion.trainable_parameters():
-            p.requires_grad_(True)
+        for m in self.trainable_modules():
+            m.requires_grad_(True)
+
+    @property
+    def audio_only(self) -> bool:
+        return self.cfg.motion is not None and self.cfg.motion.train == "audio"
 
     def trainable_modules(self) -> list[nn.Module]:
         mo = self.model.motion
-        return [mo.audio_proj, mo.audio_attn, mo.temporal]
+        return [mo.audio_proj, mo.audio_attn] + ([] if self.audio_only else [mo.temporal])
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.model.joint.unet, self.model.joint.reference_unet]  # stage 1, which the hooks extend
+        # stage 1, which the hooks extend (and the temporal modules when only the audio parts learn)
+        return [self.model.joint.unet, self.model.joint.reference_unet] + ([self.model.motion.temporal] if self.audio_only else [])
 
     def enable_gradient_checkpointing(self) -> None:
         # diffusers recomputes the frozen UNet's blocks; the temporal modules hooked after its
