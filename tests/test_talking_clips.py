@@ -106,3 +106,23 @@ def test_blink_closes_the_eyes(examples_dir):
 def test_bad_clip_length_is_refused(tmp_path, examples_dir):
     r = CliRunner().invoke(app, ["prep-depth", str(examples_dir / "obama.jpg"), "-o", str(tmp_path), "--talking-clips", "1", "--clip-seconds", "0"])
     assert r.exit_code != 0 and "--clip-seconds" in r.stderr
+
+
+def test_talk_jaw_widens_the_mouth_motion(clips, tmp_path, examples_dir):
+    out = tmp_path / "wide"
+    r = CliRunner().invoke(app, ["prep-depth", str(examples_dir / "obama.jpg"), "-o", str(out), "--size", str(SIZE),
+                                 "--talking-clips", "2", "--clip-seconds", str(SECONDS), "--talk-jaw", "30", "-q"])
+    assert r.exit_code == 0, r.stderr
+    wide: dict[str, list] = {}
+    for s in load_manifest(out):
+        if s.clip.endswith(("-talk0", "-talk1")):
+            wide.setdefault(s.clip, []).append(s)
+    _, default = clips
+    for (_, rows), (_, base) in zip(sorted(wide.items()), sorted(default.items())):
+        jaw, jaw0 = np.array([s.view["jaw"] for s in rows]), np.array([s.view["jaw"] for s in base])
+        # the same seed draws the same speech: the jaw follows the same envelope, twice as wide (the default is 15)
+        np.testing.assert_allclose(jaw, 2 * jaw0, rtol=1e-3, atol=1e-3)
+        assert jaw.max() <= 1.2 * 30 + 1e-6
+    for bad in ("0", "41"):
+        r = CliRunner().invoke(app, ["prep-depth", str(examples_dir / "obama.jpg"), "-o", str(tmp_path / "bad"), "--talking-clips", "1", "--talk-jaw", bad])
+        assert r.exit_code == 2 and "--talk-jaw" in r.stderr

@@ -23,6 +23,7 @@ def prep_depth(
     blend_views: Annotated[int, typer.Option("--blend-views", help="Studio-like renders of each --shape-blends shape.")] = 40,
     talking_clips: Annotated[int, typer.Option("--talking-clips", help="Synthetic talking clips per fitted portrait: 25 fps renders whose jaw follows speech-like synthetic audio (audio.wav), exact depth. Run again with more to add the missing ones to finished inputs.")] = 0,
     clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Length of each talking clip in seconds.")] = 2.4,
+    talk_jaw: Annotated[float, typer.Option("--talk-jaw", help="Widest jaw opening of a talking clip, in degrees (each clip draws its own from 0.8 to 1.2 times this; the jaw follows the speech envelope up to it). At small crop sizes a wider jaw makes the mouth's motion visible to training.")] = 15.0,
     all_faces: Annotated[bool, typer.Option("--all-faces", help="Every face of an image (default: the largest only).")] = False,
     workers: Annotated[int, typer.Option("--workers", "-j", min=0, help="Worker processes (0 = in this process).")] = 0,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Background threads (per worker) that rasterise, encode and write a frame while MediaPipe fits the next; 0 = all in one thread. More than one pays off only with cores to spare beside MediaPipe's.")] = 1,
@@ -54,7 +55,7 @@ def prep_depth(
 
         features = partial(wav2vec_features, wav2vec)
     cfg = PrepConfig(size=size, margin=DEFAULT_MARGIN if margin is None else margin, studio_views=studio_views, studio_mix=studio_mix, shape_blends=shape_blends,
-                     blend_views=blend_views, talking_clips=talking_clips,
+                     blend_views=blend_views, talking_clips=talking_clips, talk_jaw=talk_jaw,
                      clip_seconds=clip_seconds, all_faces=all_faces,
                      export_mesh=export_mesh, wav2vec=wav2vec, audio_features=features, fps=fps, rgb_format=rgb_format, identity_from=identity_from, seed=seed, threads=threads)
     cfg.check()

@@ -55,6 +55,7 @@ class PrepConfig:
     blend_views: int = 40  # studio-like renders of each of them
     talking_clips: int = 0  # synthetic talking clips (25 fps frames + audio) per fitted image, as studio_views
     clip_seconds: float = 2.4  # length of each talking clip
+    talk_jaw: float = 15.0  # a talking clip's widest jaw opening, in degrees (each clip draws it from 0.8x to 1.2x this)
     all_faces: bool = False  # every face of an image, not just the largest
     export_mesh: str | None = None  # "ply" | "obj" | "glb": the fitted mesh with vertex colours
     wav2vec: Path | None = None  # local wav2vec2 folder for per-frame audio features (computed by audio_features)
@@ -82,6 +83,8 @@ class PrepConfig:
             raise UsageError(f"--blend-views {self.blend_views}: must be >= 1")
         if self.talking_clips < 0:
             raise UsageError(f"--talking-clips {self.talking_clips}: must be >= 0")
+        if not 0 < self.talk_jaw <= 40:
+            raise UsageError(f"--talk-jaw {self.talk_jaw}: must be in (0, 40] degrees")
         if not 0 < self.clip_seconds <= 60:
             raise UsageError(f"--clip-seconds {self.clip_seconds}: must be in (0, 60]")
         if self.threads < 0:
@@ -274,7 +277,8 @@ def _submit_studio(writer: BackgroundWriter, root: Path, key: str, identity: str
         rows.append(_rows_of(f, clip=clip, frame=k, identity=identity, source="studio", cfg=cfg, input_path=input_path, view=view.to_dict()))
     for c in range(clips_from, cfg.talking_clips):
         clip = f"{key}-talk{c}"
-        plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, seed_name(key), "talk", c))
+        plan = plan_talking_clip(max(int(round(cfg.clip_seconds * cfg.fps)), 1), cfg.fps, _rng(cfg, seed_name(key), "talk", c),
+                                 max_jaw=(0.8 * cfg.talk_jaw, 1.2 * cfg.talk_jaw))
         audio_rel, features_rel = f"{clip}/audio.wav", None
         writer.submit(write_wav, root / audio_rel, plan.audio, plan.sample_rate)
         if exists(cfg.wav2vec):
