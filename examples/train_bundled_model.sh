@@ -52,13 +52,20 @@ for RUN in "a1 1500" "a2 1500" "a3 2000"; do set -- $RUN
 done
 rgbdface train-motion "$W/data-mix" -o "$W/run3" -m "$FROM" --config tiny $APPEARANCE --set loss.mouth_weight=5 \
     --max-steps 300 --overwrite
+#    Then the audio parts alone (the temporal modules kept), at a higher learning rate, on talking clips whose jaw
+#    opens twice as wide: at 64 px the default clips move the mouth by about a pixel, too little for the audio to
+#    be learned from (benchmarks/results/audio_effect_models.md).
+rgbdface prep-depth examples/astronaut.jpg examples/biden.jpg examples/grace_hopper.jpg examples/cameraman.png \
+    -o "$W/data-jaw" --size 64 --studio-views 200 --talking-clips 6 --talk-jaw 30 --studio-mix 80
+rgbdface train-motion "$W/data-jaw" -o "$W/run4" -m "$W/run3/model" --config tiny $APPEARANCE --set loss.mouth_weight=5 \
+    --set motion.train=audio --set optim.lr=0.001 --max-steps 600 --overwrite
 
 # 5. One model: the appearance model, with stage 2 of step 3 keeping the codec and schedule it was trained
 #    with (take_masked(own_codec=True): depth estimation and depth -> image run exactly as that model's).
 #    Shipped with float16 weights, and evaluated on the held-out identity (Table 1 style). Image -> depth
 #    defaults to one denoising step for this model (chosen on new poses of the training portraits,
 #    `prep-depth --studio-views 16 --seed 7`: one step beat 4 steps and 10 steps with an ensemble of 3).
-python - "$W/run3/model" "$W/run2/model" rgbdface/weights/rgbdface-tiny <<'PY'
+python - "$W/run4/model" "$W/run2/model" rgbdface/weights/rgbdface-tiny <<'PY'
 import sys
 from rgbdface.models.model import load_model
 model = load_model(sys.argv[1])
