@@ -102,3 +102,38 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({("data", "models"): [], ("models", "data"): []}) == ["data", "models", "data"]
     assert find_cycle({("a", "b"): [], ("b", "c"): [], ("c", "a"): []}) == ["a", "b", "c", "a"]
     assert find_cycle({("a", "b"): [], ("a", "c"): [], ("b", "c"): []}) is None
+
+
+# What `pip install .` brings: the declared dependencies and what they themselves require
+# (imageio → pillow; mediapipe → opencv, and jax → scipy). bitsandbytes is optional and
+# checked for before use (optim.optimizer=adamw8bit).
+INSTALLED_BY_THE_PACKAGE = {
+    "torch", "diffusers", "transformers", "accelerate", "safetensors", "einops", "numpy", "imageio", "imageio_ffmpeg",
+    "trimesh", "mediapipe", "typer", "rich", "tqdm", "PIL", "cv2", "scipy", "bitsandbytes",
+}
+
+
+def third_party_imports() -> dict[str, list[str]]:
+    """Top-level module → the package files that import it (anywhere in the file), outside the standard library."""
+    import sys
+
+    out: dict[str, set[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"rgbdface", ""}:
+                out.setdefault(top, set()).add(str(path.relative_to(ROOT.parent)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_the_package_imports_only_what_its_install_brings():
+    """A user's `pip install .` has no test extras: `rgbdface score` once needed scikit-image for L*a*b* and SSIM."""
+    imports = third_party_imports()
+    assert "torch" in imports and "cv2" in imports  # the scan sees module-level and in-function imports
+    extra = {m: files for m, files in imports.items() if m not in INSTALLED_BY_THE_PACKAGE}
+    assert extra == {}

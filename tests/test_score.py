@@ -118,6 +118,8 @@ def test_psnr_ssim_sensitivity_by_hand():
     assert g.psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / 25))
     assert g.psnr(a, a) == float("inf")
     assert g.ssim(a, a) == pytest.approx(1.0)
+    c1 = (0.01 * 255) ** 2  # uniform images: only the luminance term is left
+    assert g.ssim(b, a) == pytest.approx((2 * 100 * 105 + c1) / (100 ** 2 + 105 ** 2 + c1))
     rng = np.random.default_rng(0)
     noisy = rng.integers(0, 256, a.shape).astype(np.uint8)
     assert g.ssim(noisy, a) < 0.2
@@ -192,3 +194,17 @@ def test_score_cli_errors(tmp_path, portrait_path):
     assert r.exit_code == 2
     r = runner.invoke(app, ["score", str(tmp_path), "-r", str(portrait_path)])
     assert r.exit_code == 1 and "no PNG or JPEG" in r.stderr
+
+
+def test_ssim_agrees_with_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    for shape in [(64, 64, 3), (20, 33, 3), (11, 11, 3)]:
+        a = rng.integers(0, 256, shape).astype(np.uint8)
+        b = np.clip(a.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
+        ref = structural_similarity(b, a, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)
+        assert g.ssim(a, b) == pytest.approx(ref, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 11 x 11"):
+        g.ssim(a[:10, :10], b[:10, :10])

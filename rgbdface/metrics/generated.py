@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rgbdface.data.colour import srgb_to_lab
+
 DETECT_SIZE = 256
 DEFAULT_MARGIN = 0.6
 FACE_SIZED = (0.08, 0.85)  # a face-sized valid depth region covers this share of its frame ...
@@ -74,13 +76,6 @@ def mouth_box(size: int, margin: float = DEFAULT_MARGIN) -> tuple[int, int, int,
 
 
 # ----------------------------------------------------------------------------- per-frame measures
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (or 0..255 float) sRGB [..., 3] → CIE L*a*b* (D65) [..., 3], float64."""
-    from skimage.color import rgb2lab
-
-    return rgb2lab(np.asarray(rgb, np.float64) / 255.0)
-
-
 def mean_lab(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """The L*a*b* of the mean sRGB colour inside `box` of a uint8 RGB image: [3]."""
     y0, y1, x0, x1 = box
@@ -182,12 +177,35 @@ def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
 
 
-def ssim(pred: np.ndarray, gt: np.ndarray) -> float:
-    """SSIM of two uint8 RGB images (scikit-image, Gaussian-weighted 7 x 7 windows, channels averaged)."""
-    from skimage.metrics import structural_similarity
+def _gaussian_blur(x: np.ndarray, sigma: float, radius: int) -> np.ndarray:
+    """Separable Gaussian filter over the first two axes of [H, W, ...], edges mirrored (…c b a | a b c…)."""
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = [(radius, radius), (radius, radius)] + [(0, 0)] * (x.ndim - 2)
+    x = np.pad(x, pad, mode="symmetric")
+    h, w = x.shape[0] - 2 * radius, x.shape[1] - 2 * radius
+    x = sum(k[i] * x[i:i + h] for i in range(k.size))
+    return sum(k[i] * x[:, i:i + w] for i in range(k.size))
 
-    return float(structural_similarity(np.asarray(gt), np.asarray(pred), channel_axis=-1, data_range=255,
-                                       gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+
+def ssim(pred: np.ndarray, gt: np.ndarray, sigma: float = 1.5) -> float:
+    """SSIM (Wang et al. 2004) of two uint8 RGB images: Gaussian-weighted windows (σ 1.5, 11 x 11), K1 0.01,
+    K2 0.03, data range 255, per channel; the mean over the pixels at least a window radius from the border
+    and over the channels (as scikit-image's `structural_similarity(..., gaussian_weights=True,
+    use_sample_covariance=False)`)."""
+    x, y = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"the two images differ in shape: {x.shape} and {y.shape}")
+    r = int(3.5 * sigma + 0.5)
+    if min(x.shape[:2]) < 2 * r + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * r + 1} x {2 * r + 1} px, got {x.shape[0]} x {x.shape[1]}")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _gaussian_blur(x, sigma, r), _gaussian_blur(y, sigma, r)
+    vx = _gaussian_blur(x * x, sigma, r) - mx * mx
+    vy = _gaussian_blur(y * y, sigma, r) - my * my
+    cxy = _gaussian_blur(x * y, sigma, r) - mx * my
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s[r:-r, r:-r].mean())
 
 
 def reference_sensitivity(a: np.ndarray, b: np.ndarray) -> float:
