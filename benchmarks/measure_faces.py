@@ -7,13 +7,15 @@ WORK/heldout is `prep-depth examples/obama.jpg -o WORK/heldout --size 64 --studi
 training. What runs, all with the default seed:
 
 - talk: obama.jpg speaking 4 s of real speech (espeak-ng's voice reading a fixed sentence,
-  or --speech FILE), 25 steps; face found, flicker, colour dE, mouth-audio r, depth face;
+  or --speech FILE), 25 steps (--steps, --scheduler); face found, flicker, colour dE, mouth-audio r, depth face;
 - reconstruction: talk from the first frame of obama's rendered talking clip with its audio;
   PSNR / SSIM / depth RMSE (mm) against the rendered frames;
 - generate: 4 samples (25 steps) of each of three references made from obama.jpg: the colour
   photo, the same photo in black and white, and a cold-tinted copy; face found, colour dE,
   chroma, and the reference sensitivity of colour against black and white (same seed), at
   guidance 1 and 3;
+- depth2img: 4 samples (25 steps, seeds 0-3) from obama's own estimated depth with obama.jpg as
+  the reference; face found and colour dE;
 - depth: `eval --data WORK/heldout` (studio renders with exact depth, and the photo's
   mesh-fit depth), RMSE in mm and the nearest-point offset (% of the image width: how far
   the nearest point lies from the nose tip), against the mean face of the training data when
@@ -102,10 +104,13 @@ def main() -> None:
     ap.add_argument("--noise", default="video", choices=["video", "frame"], help="talk's initial noise (talk --noise)")
     ap.add_argument("--strength", default="1", help="talk --strength")
     ap.add_argument("--guidance", default="1", help="talk --guidance (guidance on the reference)")
+    ap.add_argument("--scheduler", default="ddim", help="talk and generate --scheduler")
+    ap.add_argument("--steps", default="25", help="talk and generate --steps")
     ap.add_argument("--talk-only", action="store_true", help="talk and the re-created clip only (no generate, no depth)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     model = ["--model", a.model] if a.model else []
+    sampling = ["--scheduler", a.scheduler, "--steps", a.steps]
     tmp = Path(tempfile.mkdtemp(prefix="measure-faces-")) if a.keep is None else a.keep
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str]] = []
@@ -114,7 +119,7 @@ def main() -> None:
     wav = speech(tmp, a.speech)
     obama = ROOT / "examples" / "obama.jpg"
     made(tmp / "talk_rgb", "talk", obama, wav, "-o", tmp / "talk.mp4", "--max-seconds", "4", "--rgb-frames", tmp / "talk_rgb",
-         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *model)
+         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *sampling, *model)
     t = score(tmp / "talk_rgb", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / "talk_depth")
     rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}"), ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
              ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}"), ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}"),
@@ -128,7 +133,7 @@ def main() -> None:
     first = tmp / "clip_first_frame.png"  # upscaled: the detector needs a face of 32 px or more
     save_image(first, resize(load_image(sorted(clip.glob("rgb_*"))[0]), 256, "cubic"))
     made(tmp / "rec_rgb", "talk", first, clip / "audio.wav", "-o", tmp / "rec.mp4", "--rgb-frames", tmp / "rec_rgb", "--depth-frames",
-         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *model)
+         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *sampling, *model)
     r = score(tmp / "rec_rgb", "-r", first, "--audio", clip / "audio.wav", "--depth-frames", tmp / "rec_depth", "--gt", clip)
     truth = clip_ceiling(clip)
     unit = json.loads((a.heldout / "dataset.json").read_text()).get("depth_unit_mm", 0.1)
@@ -145,7 +150,7 @@ def main() -> None:
                 if g == "3" and name == "cold":
                     continue
                 out = tmp / f"gen_g{g}_{name}"
-                made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "-q", *model)
+                made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "-q", *sampling, *model)
                 gen[g, name] = out
         s = {name: score(gen["1", name], "-r", refs[name]) for name in refs}
         sens1 = score(gen["1", "colour"], "-r", refs["colour"], "--against", gen["1", "bw"], "--no-detect")
@@ -158,7 +163,17 @@ def main() -> None:
                  ("generate: reference sensitivity colour vs b/w, 0..255", f"{sens1['reference_sensitivity']:.1f}"),
                  ("generate: the same at --guidance 3", f"{sens3['reference_sensitivity']:.1f}")]
 
-        # 4. depth on the held-out identity: studio renders (exact) and the photo's mesh-fit depth
+        # 4. depth -> image: obama's own estimated depth, obama as the reference, four seeds
+        depth = tmp / "obama_depth.png"
+        made(depth, "estimate-depth", obama, "-o", depth, "-q", *model)
+        d2i = tmp / "depth2img"
+        for seed in range(4):
+            made(d2i / f"obama_{seed}.png", "depth2img", depth, "-r", obama, "-o", d2i / f"obama_{seed}.png", "--seed", seed, "-q", *sampling, *model)
+        d = score(d2i, "-r", obama)
+        rows += [("depth2img: face found, 4 samples of the photo's own depth", f"{d['face_found']:.2f}"),
+                 ("depth2img: colour dE", f"{d['colour_de']:.1f}")]
+
+        # 5. depth on the held-out identity: studio renders (exact) and the photo's mesh-fit depth
         for source in ("studio", "wild"):
             methods = ["--method", f"model:{a.model}" if a.model else "model", "--method", "plane"]
             if a.train_data:
@@ -175,6 +190,7 @@ def main() -> None:
              + (f" --model {a.model}" if a.model else "") + (" --train-data WORK/data" if a.train_data else "")
              + (f" --noise {a.noise}" if a.noise != "video" else "") + (f" --strength {a.strength}" if float(a.strength) != 1 else "")
              + (f" --guidance {a.guidance}" if float(a.guidance) != 1 else "")
+             + (f" --scheduler {a.scheduler}" if a.scheduler != "ddim" else "") + (f" --steps {a.steps}" if int(a.steps) != 25 else "")
              + (" --talk-only" if a.talk_only else "") + "`", "",
              "| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     text = "\n".join(lines) + "\n"

@@ -86,3 +86,16 @@ def test_audio_effect_clip_scale_reads_a_rendered_clip(tmp_path):
     for i in range(2):
         save_depth16(same / f"depth_{i:06d}.png", moved.astype(np.uint16))
     assert bench.clip_change(same) == 0.0
+
+
+def test_colour_match_moves_images_by_one_offset_to_the_reference_mean():
+    from rgbdface.data.colour import srgb_to_lab
+
+    shifted = load_script(BENCH / "measure_colour_match.py").shifted
+    rng = np.random.default_rng(0)
+    frames = (100 + rng.integers(-15, 16, (3, 8, 8, 3))).astype(np.uint8)  # mid-tones: nothing clips
+    ref = np.broadcast_to(np.array([160, 110, 90], np.uint8), (8, 8, 3))
+    out = shifted(frames, ref, frames[:1])  # the offset of the first frame, for all
+    offset = srgb_to_lab(ref[0, 0]) - srgb_to_lab(frames[0]).reshape(-1, 3).mean(0)
+    assert np.abs(srgb_to_lab(out) - srgb_to_lab(frames) - offset).max() < 1.0  # every pixel, every frame: one offset
+    assert np.abs(srgb_to_lab(out[0]).reshape(-1, 3).mean(0) - srgb_to_lab(ref[0, 0])).max() < 0.3
