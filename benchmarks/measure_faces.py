@@ -8,6 +8,8 @@ training. What runs, all with the default seed:
 
 - talk: obama.jpg speaking 4 s of real speech (espeak-ng's voice reading a fixed sentence,
   or --speech FILE), 25 steps (--steps, --scheduler); face found, flicker, colour dE, mouth-audio r, depth face;
+- the codec floor: the reference's own face crop through the latent codec and back (and through
+  depth2img's codec when the model has its own): what a perfect copy in latent space would score;
 - reconstruction: talk from the first frame of obama's rendered talking clip with its audio;
   PSNR / SSIM / depth RMSE (mm) against the rendered frames;
 - generate: 4 samples (25 steps) of each of three references made from obama.jpg: the colour
@@ -93,6 +95,30 @@ def references(tmp: Path) -> dict[str, Path]:
     return out
 
 
+def codec_floor(reference: Path, model_dir: str | None) -> list[tuple[str, str]]:
+    """The reference's own face crop through the latent codec and back, at the model's size: the colour dE and
+    face found of a result that copied the reference perfectly in latent space. For talk and generate (vae/) and,
+    when the model has its own, for depth -> image (masked_vae/)."""
+    import torch
+
+    from rgbdface.data.face import crop_face
+    from rgbdface.data.io import load_image
+    from rgbdface.metrics.generated import colour_distance, face_found
+    from rgbdface.models.model import load_model
+    from rgbdface.pipelines.common import image_to_tensor, tensor_to_images
+
+    m = load_model(model_dir) if model_dir else load_model()
+    crop = crop_face(load_image(reference), size=256, margin=m.meta.crop_margin, name=str(reference)).image  # as `score` crops it
+    rows = []
+    for name, codec in (("codec", m.codec), ("depth2img's codec", m.masked_codec if m.masked_codec is not m.codec else None)):
+        if codec is None:
+            continue
+        with torch.no_grad():
+            back = tensor_to_images(codec.decode_rgb(codec.encode_rgb(image_to_tensor(crop, m.meta.image_size))))[0]
+        rows.append((f"the reference through the {name} alone: colour dE / face found", f"{colour_distance(crop, back):.1f} / {face_found(back):d}"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heldout", required=True, type=Path)
@@ -124,6 +150,8 @@ def main() -> None:
     rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}"), ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
              ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}"), ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}"),
              ("talk: depth face share", f"{t['depth_face']:.2f}")]
+
+    rows += codec_floor(obama, a.model)
 
     # 2. reconstruction of the held-out rendered talking clip from its first frame and its audio
     clip = next(p for p in sorted(a.heldout.iterdir()) if p.is_dir() and "-talk" in p.name)
