@@ -99,3 +99,20 @@ def test_colour_match_moves_images_by_one_offset_to_the_reference_mean():
     offset = srgb_to_lab(ref[0, 0]) - srgb_to_lab(frames[0]).reshape(-1, 3).mean(0)
     assert np.abs(srgb_to_lab(out) - srgb_to_lab(frames) - offset).max() < 1.0  # every pixel, every frame: one offset
     assert np.abs(srgb_to_lab(out[0]).reshape(-1, 3).mean(0) - srgb_to_lab(ref[0, 0])).max() < 0.3
+
+
+def test_depth_regions_split_the_mask_and_sign_the_nearest_point_shift():
+    bench = load_script(BENCH / "measure_depth_regions.py")
+    valid = np.zeros((20, 20), bool)
+    valid[2:18, 4:16] = True
+    upper, lower = bench.split_rows(valid)
+    assert not (upper & lower).any() and ((upper | lower) == valid).all()
+    assert np.nonzero(upper.any(1))[0].max() < np.nonzero(lower.any(1))[0].min()  # upper rows lie above lower rows
+    yy, xx = np.mgrid[:20, :20]
+    gt = 1000.0 + 10 * np.hypot(yy - 8, xx - 10)  # a cone, nearest at row 8
+    same = bench.region_scores(gt, gt, valid, 0.1)
+    assert same["all"] == pytest.approx(0, abs=1e-9) and same["upper"] == pytest.approx(0, abs=1e-9)
+    assert tuple(same["shift"]) == pytest.approx((0, 0))
+    lower_nose = 1000.0 + 10 * np.hypot(yy - 11, xx - 10)  # the estimate's nearest point 3 rows lower
+    moved = bench.region_scores(lower_nose, gt, valid, 0.1)
+    assert moved["shift"][0] > 2 and abs(moved["shift"][1]) < 0.5 and moved["all"] > 0
