@@ -4,7 +4,8 @@
 
 WORK/heldout is `prep-depth examples/obama.jpg -o WORK/heldout --size 64 --studio-views 32
 --talking-clips 1` (examples/train_bundled_model.sh makes it). obama.jpg is never seen in
-training. What runs, all with the default seed:
+training. What runs, with seed 0 (--seeds K: talk and generate with each of seeds 0..K-1, rows the mean
+over them and, for face found, colour and mouth sync, each seed's value in brackets):
 
 - talk: obama.jpg speaking 4 s of real speech (espeak-ng's voice reading a fixed sentence,
   or --speech FILE), 25 steps (--steps, --scheduler); face found, flicker, colour dE, mouth-audio r, depth face;
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--guidance", default="1", help="talk --guidance (guidance on the reference)")
     ap.add_argument("--scheduler", default="ddim", help="talk and generate --scheduler")
     ap.add_argument("--steps", default="25", help="talk and generate --steps")
+    ap.add_argument("--seeds", type=int, default=1, help="talk and generate with seeds 0..K-1; rows give the mean (and per seed)")
     ap.add_argument("--talk-only", action="store_true", help="talk and the re-created clip only (no generate, no depth)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -144,11 +146,19 @@ def main() -> None:
     # 1. talk on real speech
     wav = speech(tmp, a.speech)
     obama = ROOT / "examples" / "obama.jpg"
-    made(tmp / "talk_rgb", "talk", obama, wav, "-o", tmp / "talk.mp4", "--max-seconds", "4", "--rgb-frames", tmp / "talk_rgb",
-         "--depth-frames", tmp / "talk_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *sampling, *model)
-    t = score(tmp / "talk_rgb", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / "talk_depth")
-    rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}"), ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
-             ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}"), ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}"),
+    talks = []
+    for seed in range(a.seeds):  # a talk video's frames are near-identical: each seed is one draw of the face
+        at = "" if seed == 0 else f"_s{seed}"
+        made(tmp / f"talk_rgb{at}", "talk", obama, wav, "-o", tmp / f"talk{at}.mp4", "--max-seconds", "4", "--rgb-frames", tmp / f"talk_rgb{at}",
+             "--depth-frames", tmp / f"talk_depth{at}", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance,
+             "--seed", seed, "-q", *sampling, *model)
+        talks.append(score(tmp / f"talk_rgb{at}", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / f"talk_depth{at}"))
+    t = {k: float(np.mean([x[k] for x in talks])) for k in ("face_found", "flicker", "colour_de", "mouth_audio_r", "depth_face")}
+    per_seed = (lambda k, f: " (" + " / ".join(f % x[k] for x in talks) + ")" if a.seeds > 1 else "")
+    rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}" + per_seed("face_found", "%.2f")),
+             ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
+             ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}" + per_seed("colour_de", "%.1f")),
+             ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}" + per_seed("mouth_audio_r", "%.2f")),
              ("talk: depth face share", f"{t['depth_face']:.2f}")]
 
     rows += codec_floor(obama, a.model)
@@ -175,21 +185,27 @@ def main() -> None:
         gen = {}
         for g in ("1", "3"):
             for name, ref in refs.items():
-                if g == "3" and name == "cold":
-                    continue
-                out = tmp / f"gen_g{g}_{name}"
-                made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "-q", *sampling, *model)
-                gen[g, name] = out
-        s = {name: score(gen["1", name], "-r", refs[name]) for name in refs}
-        sens1 = score(gen["1", "colour"], "-r", refs["colour"], "--against", gen["1", "bw"], "--no-detect")
-        sens3 = score(gen["3", "colour"], "-r", refs["colour"], "--against", gen["3", "bw"], "--no-detect")
-        found = np.mean([s[n]["face_found"] for n in s])
-        de = np.mean([s[n]["colour_de"] for n in s])
-        rows += [("generate: face found, 12 samples (goal >= 0.9)", f"{found:.2f}"), ("generate: colour dE (goal <= 8)", f"{de:.1f}"),
-                 ("generate: chroma of b/w samples (reference: %.1f)" % s["bw"]["reference_chroma"], f"{s['bw']['chroma']:.1f}"),
-                 ("generate: chroma of colour samples (reference: %.1f)" % s["colour"]["reference_chroma"], f"{s['colour']['chroma']:.1f}"),
-                 ("generate: reference sensitivity colour vs b/w, 0..255", f"{sens1['reference_sensitivity']:.1f}"),
-                 ("generate: the same at --guidance 3", f"{sens3['reference_sensitivity']:.1f}")]
+                for seed in range(a.seeds if g == "1" else 1):
+                    if g == "3" and name == "cold":
+                        continue
+                    out = tmp / (f"gen_g{g}_{name}" + ("" if seed == 0 else f"_s{seed}"))
+                    made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "--seed", seed, "-q", *sampling, *model)
+                    gen[g, name, seed] = out
+        seeds = range(a.seeds)
+        s = {(name, seed): score(gen["1", name, seed], "-r", refs[name]) for name in refs for seed in seeds}
+        sens1 = np.mean([score(gen["1", "colour", seed], "-r", refs["colour"], "--against", gen["1", "bw", seed], "--no-detect")["reference_sensitivity"]
+                         for seed in seeds])
+        sens3 = score(gen["3", "colour", 0], "-r", refs["colour"], "--against", gen["3", "bw", 0], "--no-detect")["reference_sensitivity"]
+        found = [np.mean([s[n, seed]["face_found"] for n in refs]) for seed in seeds]
+        de = np.mean([s[key]["colour_de"] for key in s])
+        mean_of = (lambda name, k: np.mean([s[name, seed][k] for seed in seeds]))
+        rows += [(f"generate: face found, {12 * a.seeds} samples (goal >= 0.9)",
+                  f"{np.mean(found):.2f}" + (" (" + " / ".join(f"{f:.2f}" for f in found) + ")" if a.seeds > 1 else "")),
+                 ("generate: colour dE (goal <= 8)", f"{de:.1f}"),
+                 ("generate: chroma of b/w samples (reference: %.1f)" % s["bw", 0]["reference_chroma"], f"{mean_of('bw', 'chroma'):.1f}"),
+                 ("generate: chroma of colour samples (reference: %.1f)" % s["colour", 0]["reference_chroma"], f"{mean_of('colour', 'chroma'):.1f}"),
+                 ("generate: reference sensitivity colour vs b/w, 0..255", f"{sens1:.1f}"),
+                 ("generate: the same at --guidance 3", f"{sens3:.1f}")]
 
         # 4. depth -> image: obama's own estimated depth, obama as the reference, four seeds
         depth = tmp / "obama_depth.png"
@@ -219,6 +235,7 @@ def main() -> None:
              + (f" --noise {a.noise}" if a.noise != "video" else "") + (f" --strength {a.strength}" if float(a.strength) != 1 else "")
              + (f" --guidance {a.guidance}" if float(a.guidance) != 1 else "")
              + (f" --scheduler {a.scheduler}" if a.scheduler != "ddim" else "") + (f" --steps {a.steps}" if int(a.steps) != 25 else "")
+             + (f" --seeds {a.seeds}" if a.seeds != 1 else "")
              + (" --talk-only" if a.talk_only else "") + "`", "",
              "| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     text = "\n".join(lines) + "\n"
