@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--keep", default=None, type=Path, help="keep the generated files here")
     ap.add_argument("--noise", default="video", choices=["video", "frame"], help="talk's initial noise (talk --noise)")
     ap.add_argument("--strength", default="1", help="talk --strength")
-    ap.add_argument("--guidance", default="1", help="talk --guidance (guidance on the reference)")
+    ap.add_argument("--guidance", default=None, help="talk --guidance (guidance on the reference) [default: the model's own]")
     ap.add_argument("--scheduler", default="ddim", help="talk and generate --scheduler")
     ap.add_argument("--steps", default="25", help="talk and generate --steps")
     ap.add_argument("--seeds", type=int, default=1, help="talk and generate with seeds 0..K-1; rows give the mean (and per seed)")
@@ -139,6 +139,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     model = ["--model", a.model] if a.model else []
     sampling = ["--scheduler", a.scheduler, "--steps", a.steps]
+    talk_guidance = ["--guidance", a.guidance] if a.guidance is not None else []
     tmp = Path(tempfile.mkdtemp(prefix="measure-faces-")) if a.keep is None else a.keep
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str]] = []
@@ -150,7 +151,7 @@ def main() -> None:
     for seed in range(a.seeds):  # a talk video's frames are near-identical: each seed is one draw of the face
         at = "" if seed == 0 else f"_s{seed}"
         made(tmp / f"talk_rgb{at}", "talk", obama, wav, "-o", tmp / f"talk{at}.mp4", "--max-seconds", "4", "--rgb-frames", tmp / f"talk_rgb{at}",
-             "--depth-frames", tmp / f"talk_depth{at}", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance,
+             "--depth-frames", tmp / f"talk_depth{at}", "--noise", a.noise, "--strength", a.strength, *talk_guidance,
              "--seed", seed, "-q", *sampling, *model)
         talks.append(score(tmp / f"talk_rgb{at}", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / f"talk_depth{at}"))
     t = {k: float(np.mean([x[k] for x in talks])) for k in ("face_found", "flicker", "colour_de", "mouth_audio_r", "depth_face")}
@@ -171,7 +172,7 @@ def main() -> None:
     first = tmp / "clip_first_frame.png"  # upscaled: the detector needs a face of 32 px or more
     save_image(first, resize(load_image(sorted(clip.glob("rgb_*"))[0]), 256, "cubic"))
     made(tmp / "rec_rgb", "talk", first, clip / "audio.wav", "-o", tmp / "rec.mp4", "--rgb-frames", tmp / "rec_rgb", "--depth-frames",
-         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, "--guidance", a.guidance, "-q", *sampling, *model)
+         tmp / "rec_depth", "--noise", a.noise, "--strength", a.strength, *talk_guidance, "-q", *sampling, *model)
     r = score(tmp / "rec_rgb", "-r", first, "--audio", clip / "audio.wav", "--depth-frames", tmp / "rec_depth", "--gt", clip)
     truth = clip_ceiling(clip)
     unit = json.loads((a.heldout / "dataset.json").read_text()).get("depth_unit_mm", 0.1)
@@ -233,7 +234,7 @@ def main() -> None:
              f"`python benchmarks/measure_faces.py --heldout WORK/heldout --label {a.label}"
              + (f" --model {a.model}" if a.model else "") + (" --train-data WORK/data" if a.train_data else "")
              + (f" --noise {a.noise}" if a.noise != "video" else "") + (f" --strength {a.strength}" if float(a.strength) != 1 else "")
-             + (f" --guidance {a.guidance}" if float(a.guidance) != 1 else "")
+             + (f" --guidance {a.guidance}" if a.guidance is not None else "")
              + (f" --scheduler {a.scheduler}" if a.scheduler != "ddim" else "") + (f" --steps {a.steps}" if int(a.steps) != 25 else "")
              + (f" --seeds {a.seeds}" if a.seeds != 1 else "")
              + (" --talk-only" if a.talk_only else "") + "`", "",

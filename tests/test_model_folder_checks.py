@@ -40,6 +40,8 @@ BREAKS = {
     "meta_not_json": (lambda m: (m / "rgbdface.json").write_text('{"stages": [0,'), "rgbdface.json: not valid JSON"),
     "unknown_depth_key": (lambda m: edit_json(m / "rgbdface.json", lambda d: {**d, "depth": {"scale": 2}}),
                           "rgbdface.json: depth must be an object with keys among"),
+    "talk_guidance_below_one": (lambda m: edit_json(m / "rgbdface.json", lambda d: {**d, "talk_guidance": 0.5}),
+                                "rgbdface.json: talk_guidance must be null or a number >= 1"),
     "stages_not_numbers": (lambda m: edit_json(m / "rgbdface.json", lambda d: {**d, "stages": "0,1"}),
                            "rgbdface.json: stages must be a list of stage numbers 0-3, got '0,1'"),
     "stage2_without_masked_unet": (lambda m: edit_json(m / "rgbdface.json", lambda d: {**d, "stages": [0, 1, 2]}),

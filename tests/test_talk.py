@@ -298,3 +298,26 @@ def test_bad_strength_is_a_one_line_usage_error(model_dir, portrait_path, speech
                             "--strength", "0", "--steps", "4"])
     assert r.exit_code == 2 and r.stderr.strip().startswith("rgbdface: error: --strength 0.0") and len(r.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_guidance_defaults_to_the_model_own_choice(astronaut):
+    """talk_frames(guidance=None) takes the model's meta.talk_guidance (None: 1); an explicit value wins."""
+    m = tiny_motion_model()
+    perturb(m.motion)
+    wave = speech_like(0.2)  # one clip
+
+    def frames(**kw):
+        return np.stack([f.rgb for f in talk_frames(m, astronaut, wave, steps=2, **kw)])
+
+    off, guided = frames(guidance=1.0), frames(guidance=2.0)
+    assert not np.array_equal(off, guided)  # guidance on the reference changes the frames
+    assert np.array_equal(frames(), off)  # no choice in the model: off
+    m.meta.talk_guidance = 2.0
+    assert np.array_equal(frames(), guided)
+    assert np.array_equal(frames(guidance=1.0), off)
+
+
+def test_bundled_model_guides_talk_on_its_reference():
+    from rgbdface.models.folder import BUNDLED_MODEL, read_meta
+
+    assert read_meta(BUNDLED_MODEL)["talk_guidance"] == 2.0

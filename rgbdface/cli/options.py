@@ -21,6 +21,8 @@ DepthFlipOpt = Annotated[Optional[bool], typer.Option("--flip/--no-flip", show_d
                                                       help="Also estimate the mirrored image and ensemble the two (test-time mirroring; twice the compute) [default: the model's own choice (its depth_flip), else off].")]
 SchedulerOpt = Annotated[str, typer.Option("--scheduler", help="Sampling scheduler: ddim, ddpm, dpm (DPM-Solver++), euler, unipc, or any diffusers scheduler class name.")]
 GuidanceOpt = Annotated[float, typer.Option("--guidance", min=1.0, help="Classifier-free guidance scale on the reference (1 = off).")]
+TalkGuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", min=1.0, show_default=False,
+                                                         help="Classifier-free guidance scale on the reference (1 = off; above 1, twice the compute) [default: the model's own choice (its talk_guidance; the bundled model: 2), else 1].")]
 OutputDirOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log output on stderr.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist (default: skip them).")]

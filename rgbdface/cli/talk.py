@@ -9,7 +9,7 @@ import typer
 
 from rgbdface.cli.common import ReportingCommand, fail, handle_errors, log, report
 from rgbdface.cli.loading import load_for_command
-from rgbdface.cli.options import DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ThreadsOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
+from rgbdface.cli.options import DeviceOpt, DtypeOpt, JsonOpt, TalkGuidanceOpt, ThreadsOpt, ModelOpt, QuietOpt, SchedulerOpt, SeedOpt, StepsOpt
 from rgbdface.utils import InputError, check_input_file
 
 CROP_SIZE = 512  # the reference crop; the pipeline resizes it to the model's resolution
@@ -45,7 +45,7 @@ def talk_command(
     wav2vec: Annotated[Optional[Path], typer.Option("--wav2vec", help="wav2vec 2.0 folder, for a model trained on wav2vec features whose recorded folder moved.")] = None,
     steps: StepsOpt = 25,
     seed: SeedOpt = 0,
-    guidance: GuidanceOpt = 1.0,
+    guidance: TalkGuidanceOpt = None,
     scheduler: SchedulerOpt = "ddim",
     noise: Annotated[str, typer.Option("--noise", help="Initial noise: 'video' (one noise for every frame: frames change only with the speech) or 'frame' (fresh noise per frame, as stage 3 trains by default; the frames flicker).")] = "video",
     strength: Annotated[float, typer.Option("--strength", help="1 = start from pure noise (the paper). Below 1: start every clip from the reference itself and its estimated depth, noised to the level of the last STRENGTH share of the --steps, and take only those steps; lower keeps more of the reference (its look and background) and leaves the speech less to change.")] = 1.0,

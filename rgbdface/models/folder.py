@@ -122,6 +122,9 @@ def _check_meta(meta: dict, where: Path, fix: str) -> None:
         raise bad("depth_steps", "null or a whole number >= 1")
     if not isinstance(meta.get("depth_flip", False), bool):
         raise bad("depth_flip", "true or false")
+    guidance = meta.get("talk_guidance")
+    if guidance is not None and (not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 1 <= guidance < 100):
+        raise bad("talk_guidance", "null or a number >= 1")
     depth = meta.get("depth", {})
     if not isinstance(depth, dict) or set(depth) - set(DEPTH_KEYS):
         raise bad("depth", f"an object with keys among {', '.join(DEPTH_KEYS)}")

@@ -55,6 +55,7 @@ class ModelMeta:
     known_latents: str = "noised"  # stage 2: kept cells enter the noisy slots forward-diffused ("noised") or as is ("clean")
     depth_steps: Optional[int] = None  # image → depth denoising steps when the caller names none (None: 25)
     depth_flip: bool = False  # image → depth also reads the mirrored image and ensembles both, when the caller names nothing
+    talk_guidance: Optional[float] = None  # talk's guidance on the reference when the caller names none (None: 1, off)
     latent_channels: int = 4
     depth: DepthConvention = field(default_factory=DepthConvention)
     base: str = ""  # what stage 0 was built from

@@ -85,6 +85,13 @@ def check_inputs(reference: np.ndarray, wave: np.ndarray, steps: int, guidance: 
         raise ValueError(f"strength must be in (0, 1] and leave at least one of the {steps} steps, got {strength}")
 
 
+def talk_guidance(model: RGBDFaceModel, guidance: float | None) -> float:
+    """The guidance asked for, else the model's own choice (`meta.talk_guidance`), else 1 (off)."""
+    if guidance is not None:
+        return float(guidance)
+    return float(model.meta.talk_guidance or 1.0)
+
+
 @torch.no_grad()
 def denoise_clip(
     model: RGBDFaceModel,
@@ -135,7 +142,7 @@ def talk_frames(
     reference: np.ndarray,
     wave: np.ndarray,
     steps: int = 25,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     scheduler: str = "ddim",
     seed: int = 0,
     audio_encoder=None,
@@ -147,7 +154,9 @@ def talk_frames(
     """Frames of the person in `reference` (a face crop, uint8 RGB, framed with `model.meta.crop_margin`)
     speaking `wave` (float32 [T], 16 kHz mono).
 
-    Yields ceil(duration × fps) frames in order, one clip at a time. `audio_encoder`
+    Yields ceil(duration × fps) frames in order, one clip at a time. `guidance`: classifier-free guidance
+    on the reference (1 = off; twice the denoiser passes otherwise); None: the model's own choice
+    (`meta.talk_guidance`; the bundled model: 2), else 1. `audio_encoder`
     defaults to the one the model was trained with (the mel encoder needs no folder).
     `noise`: "video" starts every frame from one initial noise, so that frames differ only by
     what the audio, the motion frames and temporal attention make of them (no frame-to-frame
@@ -163,6 +172,7 @@ def talk_frames(
     exist for one clip at a time.
     """
     # 1. Check inputs
+    guidance = talk_guidance(model, guidance)
     check_inputs(reference, wave, steps, guidance, noise, strength)
     model.require_stage(3, "talk")
     if strength < 1:
@@ -254,7 +264,7 @@ def talk(
     depth_frames: str | Path | None = None,
     mesh_frames: str | Path | None = None,
     steps: int = 25,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     scheduler: str = "ddim",
     seed: int = 0,
     audio_encoder=None,
@@ -270,6 +280,7 @@ def talk(
     """
     from rgbdface.data.video_outputs import VideoOutputs
 
+    guidance = talk_guidance(model, guidance)
     check_inputs(reference, wave, steps, guidance, noise, strength)
     model.require_stage(3, "talk")
     fps = model.motion.config.fps if exists(model.motion) else 25
