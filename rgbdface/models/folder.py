@@ -123,7 +123,7 @@ def _check_meta(meta: dict, where: Path, fix: str) -> None:
     if not isinstance(meta.get("depth_flip", False), bool):
         raise bad("depth_flip", "true or false")
     guidance = meta.get("talk_guidance")
-    if guidance is not None and (not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 1 <= guidance < 100):
+    if guidance is not None and (not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not guidance >= 1):
         raise bad("talk_guidance", "null or a number >= 1")
     depth = meta.get("depth", {})
     if not isinstance(depth, dict) or set(depth) - set(DEPTH_KEYS):
