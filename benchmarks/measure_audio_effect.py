@@ -4,9 +4,10 @@
 
 `--model` is a model folder or `bundled`, optionally named for the table (`NAME=FOLDER`). For each, `talk_frames` runs on obama.jpg (held out of the bundled
 model's training) three times with the same seed and steps: with 2.4 s of synthetic speech (data/speech.py), with the
-same speech at a tenth of its level, and with silence. Reported, over the lower half of the face crop (mouth and
-jaw): the mean absolute difference of the depth frames (relative depth, [-1, 1]) and of the RGB frames (0..255)
-between speech and silence, next to how much consecutive frames of the speech run differ. A model whose audio path
+same speech at a tenth of its level, and with silence, unguided unless --guidance is given. Reported, over the
+lower half of the face crop (mouth and jaw): the mean absolute difference of the depth frames (relative depth,
+[-1, 1]) and of the RGB frames (0..255) between speech and silence, next to how much consecutive frames of the
+speech run differ. A model whose audio path
 works opens the mouth with the speech, so speech and silence must differ well beyond the frame-to-frame change;
 the quieter copy measures how much the level alone matters (level-normalised mel features make it nearly nothing).
 With `--clip DIR` (a synthetic talking clip of prep-depth --talking-clips), the same change between consecutive
@@ -52,7 +53,7 @@ def clip_change(clip: Path) -> float:
     return lower_face_change(frames[1:], frames[:-1], "depth")
 
 
-def measure(model_arg: str, steps: int) -> dict[str, float]:
+def measure(model_arg: str, steps: int, guidance: float = 1.0) -> dict[str, float]:
     from rgbdface.data.face import crop_face
     from rgbdface.data.io import load_image
     from rgbdface.data.speech import synthesize
@@ -62,7 +63,7 @@ def measure(model_arg: str, steps: int) -> dict[str, float]:
     model = load_model(None if model_arg == "bundled" else model_arg)
     ref = crop_face(load_image(ROOT / "examples" / "obama.jpg"), size=256, margin=model.meta.crop_margin).image
     wave = synthesize(SECONDS, np.random.default_rng(0)).audio
-    runs = {name: list(talk_frames(model, ref, audio, steps=steps, seed=0))
+    runs = {name: list(talk_frames(model, ref, audio, steps=steps, seed=0, guidance=guidance))
             for name, audio in (("speech", wave), ("quiet", wave * 0.1), ("silence", np.zeros_like(wave)))}
     speech = runs["speech"]
     return {
@@ -79,11 +80,12 @@ def main() -> None:
     ap.add_argument("--model", action="append", required=True, help="a model folder or 'bundled', or NAME=FOLDER (repeatable)")
     ap.add_argument("--label", default="models")
     ap.add_argument("--steps", type=int, default=10, help="talk's denoising steps")
+    ap.add_argument("--guidance", type=float, default=1.0, help="talk's guidance on the reference (1: unguided, as the recorded results)")
     ap.add_argument("--clip", type=Path, default=None, help="a rendered talking clip, for the scale of a moving jaw")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     models = dict(m.split("=", 1) if "=" in m else (m, m) for m in a.model)
-    results = {name: measure(path, a.steps) for name, path in models.items()}
+    results = {name: measure(path, a.steps, a.guidance) for name, path in models.items()}
     rows = list(next(iter(results.values())))
     lines = ["# How much the speech moves the talking head (obama.jpg, lower half of the face crop)", "",
              "`python benchmarks/measure_audio_effect.py " + " ".join(f"--model {m}" if m == "bundled" else f"--model {m}=MODEL" for m in models)
