@@ -96,6 +96,12 @@ def references(tmp: Path) -> dict[str, Path]:
     return out
 
 
+def mean_and_seeds(values: list[float], digits: int) -> str:
+    """The mean of per-seed values, and with more than one seed each seed's value in brackets."""
+    text = f"{np.mean(values):.{digits}f}"
+    return text + (" (" + " / ".join(f"{v:.{digits}f}" for v in values) + ")" if len(values) > 1 else "")
+
+
 def codec_floor(reference: Path, model_dir: str | None) -> list[tuple[str, str]]:
     """The reference's own face crop through the latent codec and back, at the model's size: the colour dE and
     face found of a result that copied the reference perfectly in latent space. For talk and generate (vae/) and,
@@ -154,13 +160,12 @@ def main() -> None:
              "--depth-frames", tmp / f"talk_depth{at}", "--noise", a.noise, "--strength", a.strength, *talk_guidance,
              "--seed", seed, "-q", *sampling, *model)
         talks.append(score(tmp / f"talk_rgb{at}", "-r", obama, "--kind", "talk", "--audio", wav, "--depth-frames", tmp / f"talk_depth{at}"))
-    t = {k: float(np.mean([x[k] for x in talks])) for k in ("face_found", "flicker", "colour_de", "mouth_audio_r", "depth_face")}
-    per_seed = (lambda k, f: " (" + " / ".join(f % x[k] for x in talks) + ")" if a.seeds > 1 else "")
-    rows += [("talk: face found (goal >= 0.95)", f"{t['face_found']:.2f}" + per_seed("face_found", "%.2f")),
-             ("talk: flicker, 0..255 (goal <= 6)", f"{t['flicker']:.1f}"),
-             ("talk: colour dE (goal <= 8)", f"{t['colour_de']:.1f}" + per_seed("colour_de", "%.1f")),
-             ("talk: mouth-audio r (goal >= 0.3)", f"{t['mouth_audio_r']:.2f}" + per_seed("mouth_audio_r", "%.2f")),
-             ("talk: depth face share", f"{t['depth_face']:.2f}")]
+    t = {k: [x[k] for x in talks] for k in ("face_found", "flicker", "colour_de", "mouth_audio_r", "depth_face")}
+    rows += [("talk: face found (goal >= 0.95)", mean_and_seeds(t["face_found"], 2)),
+             ("talk: flicker, 0..255 (goal <= 6)", f"{np.mean(t['flicker']):.1f}"),
+             ("talk: colour dE (goal <= 8)", mean_and_seeds(t["colour_de"], 1)),
+             ("talk: mouth-audio r (goal >= 0.3)", mean_and_seeds(t["mouth_audio_r"], 2)),
+             ("talk: depth face share", f"{np.mean(t['depth_face']):.2f}")]
 
     rows += codec_floor(obama, a.model)
 
@@ -186,9 +191,9 @@ def main() -> None:
         gen = {}
         for g in ("1", "3"):
             for name, ref in refs.items():
+                if g == "3" and name == "cold":
+                    continue
                 for seed in range(a.seeds if g == "1" else 1):
-                    if g == "3" and name == "cold":
-                        continue
                     out = tmp / (f"gen_g{g}_{name}" + ("" if seed == 0 else f"_s{seed}"))
                     made(out, "generate", ref, "-o", out, "-n", "4", "--guidance", g, "--seed", seed, "-q", *sampling, *model)
                     gen[g, name, seed] = out
@@ -200,8 +205,7 @@ def main() -> None:
         found = [np.mean([s[n, seed]["face_found"] for n in refs]) for seed in seeds]
         de = np.mean([s[key]["colour_de"] for key in s])
         mean_of = (lambda name, k: np.mean([s[name, seed][k] for seed in seeds]))
-        rows += [(f"generate: face found, {12 * a.seeds} samples (goal >= 0.9)",
-                  f"{np.mean(found):.2f}" + (" (" + " / ".join(f"{f:.2f}" for f in found) + ")" if a.seeds > 1 else "")),
+        rows += [(f"generate: face found, {12 * a.seeds} samples (goal >= 0.9)", mean_and_seeds(found, 2)),
                  ("generate: colour dE (goal <= 8)", f"{de:.1f}"),
                  ("generate: chroma of b/w samples (reference: %.1f)" % s["bw", 0]["reference_chroma"], f"{mean_of('bw', 'chroma'):.1f}"),
                  ("generate: chroma of colour samples (reference: %.1f)" % s["colour", 0]["reference_chroma"], f"{mean_of('colour', 'chroma'):.1f}"),
