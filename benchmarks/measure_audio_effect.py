@@ -90,7 +90,7 @@ def main() -> None:
     lines = ["# How much the speech moves the talking head (obama.jpg, lower half of the face crop)", "",
              "`python benchmarks/measure_audio_effect.py " + " ".join(f"--model {m}" if m == "bundled" else f"--model {m}=MODEL" for m in models)
              + (f" --label {a.label}" if a.label != "models" else "") + (f" --steps {a.steps}" if a.steps != 10 else "")
-             + (f" --clip {a.clip}" if a.clip is not None else "") + "`", "",
+             + (f" --guidance {a.guidance:g}" if a.guidance != 1 else "") + (f" --clip {a.clip}" if a.clip is not None else "") + "`", "",
              "| mean \\|change\\| | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     lines += [f"| {r} | " + " | ".join(f"{results[m][r]:.4f}" if r.startswith("depth") else f"{results[m][r]:.2f}" for m in models) + " |"
               for r in rows]
